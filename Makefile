@@ -1,0 +1,62 @@
+# Miandan — the two commands of the quick start are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+# Test defaults: the local PostgreSQL and Redis (override any of them from the environment).
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/miandan
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
+
+.PHONY: demo test run worker beat lint bench install clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install ## run the platform with the demo campaign on http://127.0.0.1:8000 (SQLite, Celery eager)
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py seed_demo
+	@echo ""
+	@echo "  Miandan demo:   http://$(HOST):$(PORT)/"
+	@echo "  Admin:          http://$(HOST):$(PORT)/admin/   (marketing / finance / support, password miandan-demo)"
+	@echo "  API docs:       http://$(HOST):$(PORT)/api/docs/"
+	@echo "  Health:         http://$(HOST):$(PORT)/healthz"
+	@echo ""
+	$(PY) manage.py runserver --insecure --noreload $(HOST):$(PORT)
+
+test: install ## run the whole suite against PostgreSQL and Redis on 127.0.0.1
+	DATABASE_URL="$${DATABASE_URL:-$(TEST_DATABASE_URL)}" \
+	REDIS_URL="$${REDIS_URL:-$(TEST_REDIS_URL)}" \
+	CELERY_BROKER_URL="$${CELERY_BROKER_URL:-$${REDIS_URL:-$(TEST_REDIS_URL)}}" \
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+run: install ## production-like: gunicorn + Celery worker + beat (needs DATABASE_URL and REDIS_URL)
+	@test -n "$$DATABASE_URL" -a -n "$$REDIS_URL" || { echo "set DATABASE_URL and REDIS_URL (see README)"; exit 1; }
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py collectstatic --noinput >/dev/null
+	$(VENV)/bin/celery -A miandan worker -l info --concurrency 2 -Q $${CELERY_DEFAULT_QUEUE:-miandan} & \
+	$(VENV)/bin/celery -A miandan beat -l info --schedule /tmp/miandan-beat & \
+	$(VENV)/bin/gunicorn miandan.wsgi -b $(HOST):$(PORT) -w $${WEB_CONCURRENCY:-4} --access-logfile - ; \
+	kill %1 %2
+
+worker: install
+	$(VENV)/bin/celery -A miandan worker -l info -Q $${CELERY_DEFAULT_QUEUE:-miandan}
+
+beat: install
+	$(VENV)/bin/celery -A miandan beat -l info --schedule /tmp/miandan-beat
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+bench: install ## see bench/README.md
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) db.sqlite3 staticfiles

@@ -1,0 +1,62 @@
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from .models import PHONE_REGEX
+from .services import login_with_otp, otp_request
+
+phone_field = serializers.RegexField(
+    PHONE_REGEX, max_length=11, error_messages={"invalid": "请输入正确的 11 位手机号码"}
+)
+
+
+def client_ip(request) -> str | None:
+    return request.META.get("REMOTE_ADDR")
+
+
+class UserOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    phone = serializers.CharField()
+    joined_app_version = serializers.CharField()
+
+
+class OtpRequestApi(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    class InputSerializer(serializers.Serializer):
+        phone = phone_field
+
+    @extend_schema(request=InputSerializer, responses={202: OpenApiResponse(description="验证码已发送")},
+                   summary="Send a one-time login code")
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        otp_request(phone=data.validated_data["phone"], ip=client_ip(request))
+        return Response({"detail": "验证码已发送", "expires_in": 300}, status=status.HTTP_202_ACCEPTED)
+
+
+class TokenCreateApi(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    class InputSerializer(serializers.Serializer):
+        phone = phone_field
+        code = serializers.RegexField(r"^\d{6}$", error_messages={"invalid": "验证码是 6 位数字"})
+        device_id = serializers.CharField(min_length=1, max_length=128)
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={200: inline_serializer("TokenOutput", {"token": serializers.CharField(), "user": UserOutput()})},
+        summary="Exchange a phone + one-time code for a bearer token",
+    )
+    def post(self, request):
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        token, user = login_with_otp(
+            phone=data.validated_data["phone"], code=data.validated_data["code"],
+            device_id=data.validated_data["device_id"], ip=client_ip(request),
+        )
+        return Response({"token": token, "user": UserOutput(user).data})

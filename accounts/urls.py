@@ -1,0 +1,8 @@
+from django.urls import path
+
+from . import api
+
+urlpatterns = [
+    path("api/v1/auth/otp", api.OtpRequestApi.as_view(), name="auth-otp"),
+    path("api/v1/auth/token", api.TokenCreateApi.as_view(), name="auth-token"),
+]

@@ -1,0 +1,59 @@
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from .errors import CampaignNotFound
+from .models import Campaign
+from .selectors import budget_totals, campaign_get, campaign_list_live
+from .services import campaign_is_live
+
+
+class CampaignOutput(serializers.Serializer):
+    slug = serializers.CharField()
+    name = serializers.CharField()
+    status = serializers.CharField()
+    is_live = serializers.SerializerMethodField()
+    starts_at = serializers.DateTimeField()
+    ends_at = serializers.DateTimeField()
+    face_value = serializers.DecimalField(max_digits=16, decimal_places=2)
+    card_cap = serializers.IntegerField()
+    max_subsidy = serializers.SerializerMethodField()
+    min_app_version = serializers.CharField()
+    card_validity_days = serializers.SerializerMethodField()
+    has_budget = serializers.SerializerMethodField()
+    switches = serializers.SerializerMethodField()
+
+    def get_is_live(self, obj: Campaign) -> bool:
+        return campaign_is_live(obj)
+
+    def get_max_subsidy(self, obj: Campaign) -> str:
+        return f"{obj.face_value * obj.card_cap:.2f}"
+
+    def get_card_validity_days(self, obj: Campaign) -> int:
+        return obj.card_validity.days
+
+    def get_has_budget(self, obj: Campaign) -> bool:
+        return budget_totals(campaign_id=obj.pk)["available"] >= obj.face_value
+
+    def get_switches(self, obj: Campaign) -> dict[str, bool]:
+        return {"claims": obj.claims_enabled, "referrals": obj.referrals_enabled, "orders": obj.orders_enabled}
+
+
+def campaign_or_404(slug: str) -> Campaign:
+    campaign = campaign_get(slug=slug)
+    if campaign is None:
+        raise CampaignNotFound()
+    return campaign
+
+
+class CampaignListApi(APIView):
+    @extend_schema(responses=CampaignOutput(many=True), summary="Live campaigns")
+    def get(self, request):
+        return Response(CampaignOutput(campaign_list_live(), many=True).data)
+
+
+class CampaignDetailApi(APIView):
+    @extend_schema(responses=CampaignOutput, summary="One campaign with its rules")
+    def get(self, request, slug: str):
+        return Response(CampaignOutput(campaign_or_404(slug)).data)

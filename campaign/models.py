@@ -1,0 +1,172 @@
+"""Campaigns, the bucketed budget and its append-only ledger.
+
+Finance invariants live in the database:
+- every bucket: 0 <= reserved, 0 <= spent, reserved + spent <= allotment;
+- the ledger only grows (a PostgreSQL trigger refuses UPDATE and DELETE);
+- per bucket, sum(adjust) == allotment, sum(reserve) - sum(spend) - sum(release) == reserved,
+  sum(spend) == spent (checked by `reconcile`).
+"""
+
+from datetime import timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+
+MONEY = {"max_digits": 16, "decimal_places": 2}
+
+
+class Campaign(models.Model):
+    class Status(models.TextChoices):
+        DRAFT = "draft", "草稿"
+        LIVE = "live", "进行中"
+        PAUSED = "paused", "已暂停"
+        ENDED = "ended", "已结束"
+
+    slug = models.SlugField("标识", max_length=64, unique=True)
+    name = models.CharField("名称", max_length=128)
+    status = models.CharField("状态", max_length=16, choices=Status.choices, default=Status.DRAFT)
+    starts_at = models.DateTimeField("开始时间")
+    ends_at = models.DateTimeField("结束时间")
+    face_value = models.DecimalField("单张面额（元）", default=Decimal("25.00"), **MONEY)
+    card_cap = models.PositiveSmallIntegerField("每人最多卡数", default=21)
+    min_app_version = models.CharField("最低 App 版本", max_length=32, default="1.0.0")
+    card_validity = models.DurationField("卡有效期", default=timedelta(days=30))
+    total_budget = models.DecimalField("总预算（元）", default=Decimal("0.00"), **MONEY)
+    bucket_count = models.PositiveSmallIntegerField("预算分桶数", default=64)
+
+    claims_enabled = models.BooleanField("允许领卡", default=True)
+    referrals_enabled = models.BooleanField("允许邀请", default=True)
+    orders_enabled = models.BooleanField("允许下单", default=True)
+
+    # Referral abuse rules (per campaign, see referrals.services).
+    referral_inviter_hourly_limit = models.PositiveIntegerField("每位邀请人每小时最多成功邀请", default=20)
+    referral_inviter_daily_limit = models.PositiveIntegerField("每位邀请人每天最多成功邀请", default=100)
+    referral_device_max_accounts = models.PositiveIntegerField("同一设备最多被邀请账号数", default=1)
+    referral_ip_burst_limit = models.PositiveIntegerField("同一 IP 十分钟内新账号接受邀请上限", default=5)
+
+    created_at = models.DateTimeField("创建时间", auto_now_add=True)
+    updated_at = models.DateTimeField("更新时间", auto_now=True)
+
+    class Meta:
+        verbose_name = "活动"
+        verbose_name_plural = "活动"
+        ordering = ["-starts_at"]
+        permissions = [
+            ("view_budget_report", "可查看与导出预算报表"),
+            ("change_budget", "可调整活动预算"),
+            ("toggle_switches", "可切换活动开关"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(ends_at__gt=F("starts_at")), name="campaign_window_order"),
+            models.CheckConstraint(condition=Q(face_value__gt=0), name="campaign_face_positive"),
+            models.CheckConstraint(
+                condition=Q(card_cap__gte=1) & Q(card_cap__lte=100), name="campaign_cap_range"
+            ),
+            models.CheckConstraint(condition=Q(total_budget__gte=0), name="campaign_budget_nonneg"),
+            models.CheckConstraint(
+                condition=Q(bucket_count__gte=1) & Q(bucket_count__lte=1024), name="campaign_bucket_count_range"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.slug})"
+
+
+class BudgetBucket(models.Model):
+    """One slice of a campaign's budget. Many rows so that no single row serialises the country."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.PROTECT, related_name="buckets", verbose_name="活动")
+    index = models.PositiveSmallIntegerField("桶号")
+    allotment = models.DecimalField("额度", default=Decimal("0.00"), **MONEY)
+    reserved = models.DecimalField("已预留", default=Decimal("0.00"), **MONEY)
+    spent = models.DecimalField("已花费", default=Decimal("0.00"), **MONEY)
+
+    class Meta:
+        verbose_name = "预算桶"
+        verbose_name_plural = "预算桶"
+        ordering = ["campaign", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "index"], name="bucket_unique_index"),
+            models.CheckConstraint(condition=Q(allotment__gte=0), name="bucket_allotment_nonneg"),
+            models.CheckConstraint(condition=Q(reserved__gte=0), name="bucket_reserved_nonneg"),
+            models.CheckConstraint(condition=Q(spent__gte=0), name="bucket_spent_nonneg"),
+            models.CheckConstraint(
+                condition=Q(allotment__gte=F("reserved") + F("spent")), name="bucket_never_overspent"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.campaign.slug}#{self.index}"
+
+    @property
+    def available(self) -> Decimal:
+        return self.allotment - self.reserved - self.spent
+
+
+class LedgerEntry(models.Model):
+    """Append-only record of every budget movement. Amounts are positive; `kind` gives the sign."""
+
+    class Kind(models.TextChoices):
+        RESERVE = "reserve", "预留"
+        SPEND = "spend", "花费"
+        RELEASE = "release", "释放"
+        ADJUST = "adjust", "调整"
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.PROTECT, related_name="ledger", verbose_name="活动")
+    bucket = models.ForeignKey(BudgetBucket, on_delete=models.PROTECT, related_name="ledger", verbose_name="预算桶")
+    kind = models.CharField("类型", max_length=16, choices=Kind.choices)
+    # Adjust entries may be negative (budget lowered, or moved out of a bucket when rebalancing).
+    amount = models.DecimalField("金额", **MONEY)
+    # Plain ids: `campaign` sits below `vouchers` and `orders` and must not import them.
+    voucher_id = models.BigIntegerField("卡 ID", null=True, blank=True, db_index=True)
+    order_id = models.BigIntegerField("订单 ID", null=True, blank=True, db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+", verbose_name="操作人"
+    )
+    reason = models.CharField("原因", max_length=255, blank=True, default="")
+    created_at = models.DateTimeField("时间", auto_now_add=True, db_index=True)
+
+    class Meta:
+        verbose_name = "预算流水"
+        verbose_name_plural = "预算流水"
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["campaign", "kind"], name="ledger_campaign_kind")]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(kind="adjust") | Q(amount__gt=0), name="ledger_movement_positive"
+            ),
+            models.CheckConstraint(
+                condition=~Q(kind="adjust") | ~Q(amount=0), name="ledger_adjust_nonzero"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} {self.amount}"
+
+
+class AuditLog(models.Model):
+    """Who changed what, when, with before/after. Written by services, read-only in admin."""
+
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+", verbose_name="操作人"
+    )
+    action = models.CharField("动作", max_length=64, db_index=True)
+    object_type = models.CharField("对象类型", max_length=64)
+    object_id = models.CharField("对象 ID", max_length=64)
+    campaign = models.ForeignKey(
+        Campaign, on_delete=models.PROTECT, null=True, blank=True, related_name="audit", verbose_name="活动"
+    )
+    before = models.JSONField("变更前", null=True, blank=True)
+    after = models.JSONField("变更后", null=True, blank=True)
+    reason = models.CharField("原因", max_length=255, blank=True, default="")
+    created_at = models.DateTimeField("时间", auto_now_add=True, db_index=True)
+
+    class Meta:
+        verbose_name = "审计日志"
+        verbose_name_plural = "审计日志"
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.object_type}:{self.object_id}"

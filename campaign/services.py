@@ -1,0 +1,320 @@
+"""Writes for campaigns and their budget.
+
+Public services own a durable transaction. `budget_*` helpers without a leading
+`campaign_` run inside their caller's transaction (the voucher services call them).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from .errors import BudgetBelowCommitted, BudgetExhausted, InvalidCampaign
+from .models import AuditLog, BudgetBucket, Campaign, LedgerEntry
+
+CENT = Decimal("0.01")
+ZERO = Decimal("0.00")
+
+
+def _split(total: Decimal, parts: int, unit: Decimal = CENT) -> list[Decimal]:
+    """Split money into `parts` shares that add up to `total`, in whole `unit`s where possible.
+
+    Splitting in whole cards (unit = face value) keeps every bucket able to pay a full card;
+    the sub-unit remainder goes to the first bucket.
+    """
+    units = int(total // unit)
+    base, extra = divmod(units, parts)
+    shares = [unit * (base + (1 if i < extra else 0)) for i in range(parts)]
+    shares[0] += total - unit * units
+    return shares
+
+
+def audit(
+    *,
+    actor: Any,
+    action: str,
+    obj: Any,
+    campaign: Campaign | None = None,
+    before: dict | None = None,
+    after: dict | None = None,
+    reason: str = "",
+) -> AuditLog:
+    """Record a staff-visible change in the caller's transaction."""
+    return AuditLog.objects.create(
+        actor=actor if getattr(actor, "pk", None) else None,
+        action=action,
+        object_type=obj._meta.label_lower,
+        object_id=str(obj.pk),
+        campaign=campaign,
+        before=before,
+        after=after,
+        reason=reason[:255],
+    )
+
+
+def _ledger(
+    *, bucket: BudgetBucket | int, campaign_id: int, kind: str, amount: Decimal, voucher_id=None, order_id=None,
+    actor=None, reason: str = "",
+) -> LedgerEntry:
+    bucket_id = bucket if isinstance(bucket, int) else bucket.pk
+    return LedgerEntry.objects.create(
+        campaign_id=campaign_id, bucket_id=bucket_id, kind=kind, amount=amount, voucher_id=voucher_id,
+        order_id=order_id, actor=actor if getattr(actor, "pk", None) else None, reason=reason[:255],
+    )
+
+
+@dataclass(frozen=True)
+class CampaignSpec:
+    slug: str
+    name: str
+    total_budget: Decimal
+    starts_at: datetime
+    ends_at: datetime
+    face_value: Decimal = Decimal("25.00")
+    card_cap: int = 21
+    min_app_version: str = "1.0.0"
+    card_validity: timedelta = timedelta(days=30)
+    status: str = Campaign.Status.DRAFT
+    bucket_count: int = 64
+
+
+def validate_spec(spec: CampaignSpec) -> None:
+    from packaging.version import InvalidVersion, Version
+
+    errors: dict[str, str] = {}
+    if spec.total_budget < 0 or spec.total_budget != spec.total_budget.quantize(CENT):
+        errors["budget"] = "预算必须是不小于 0 的金额，最多两位小数"
+    if spec.face_value <= 0 or spec.face_value != spec.face_value.quantize(CENT):
+        errors["face"] = "面额必须大于 0，最多两位小数"
+    if not 1 <= spec.card_cap <= 100:
+        errors["cap"] = "每人卡数上限必须在 1 到 100 之间"
+    if spec.ends_at <= spec.starts_at:
+        errors["ends_at"] = "结束时间必须晚于开始时间"
+    if not 1 <= spec.bucket_count <= 1024:
+        errors["bucket_count"] = "分桶数必须在 1 到 1024 之间"
+    try:
+        Version(spec.min_app_version)
+    except InvalidVersion:
+        errors["min_app_version"] = "最低版本号格式不正确，例如 1.0.0"
+    if Campaign.objects.filter(slug=spec.slug).exists():
+        errors["slug"] = "该标识已被使用"
+    if errors:
+        raise InvalidCampaign("活动参数有误：" + "；".join(errors.values()), extra={"fields": errors})
+
+
+@transaction.atomic(durable=True)
+def campaign_create(*, spec: CampaignSpec, actor=None) -> Campaign:
+    """Create a campaign, its budget buckets and the opening `adjust` ledger entries."""
+    validate_spec(spec)
+    campaign = Campaign.objects.create(
+        slug=spec.slug, name=spec.name, status=spec.status, starts_at=spec.starts_at, ends_at=spec.ends_at,
+        face_value=spec.face_value, card_cap=spec.card_cap, min_app_version=spec.min_app_version,
+        card_validity=spec.card_validity, total_budget=spec.total_budget, bucket_count=spec.bucket_count,
+    )
+    shares = _split(spec.total_budget, spec.bucket_count, unit=spec.face_value)
+    buckets = BudgetBucket.objects.bulk_create(
+        BudgetBucket(campaign=campaign, index=i, allotment=share) for i, share in enumerate(shares)
+    )
+    LedgerEntry.objects.bulk_create(
+        LedgerEntry(
+            campaign=campaign, bucket=b, kind=LedgerEntry.Kind.ADJUST, amount=b.allotment,
+            actor=actor if getattr(actor, "pk", None) else None, reason="活动创建：初始预算",
+        )
+        for b in buckets
+        if b.allotment != 0
+    )
+    audit(actor=actor, action="campaign.create", obj=campaign, campaign=campaign,
+          after={"total_budget": str(spec.total_budget), "face_value": str(spec.face_value),
+                 "card_cap": spec.card_cap})
+    return campaign
+
+
+# --- helpers for the voucher engine (caller's transaction) ---------------------------
+
+def budget_reserve(*, campaign: Campaign, amount: Decimal, hint: int | None = None) -> BudgetBucket:
+    """Reserve `amount` from one bucket with a conditional UPDATE; no read-modify-write.
+
+    Starts at the bucket chosen by `hint` (e.g. the user id) or at random, then falls back to
+    any bucket that still has room. Raises BudgetExhausted when none has.
+    """
+    n = campaign.bucket_count
+    start = (hint if hint is not None else random.randrange(n)) % n
+    qs = BudgetBucket.objects.filter(campaign_id=campaign.pk)
+    room = Q(allotment__gte=F("reserved") + F("spent") + amount)
+    if qs.filter(room, index=start).update(reserved=F("reserved") + amount) == 1:
+        return qs.get(index=start)
+    # The preferred bucket is empty: try the others with room, nearest index first.
+    candidates = list(qs.filter(room).exclude(index=start).values_list("index", flat=True))
+    candidates.sort(key=lambda idx: (idx - start) % n)
+    for idx in candidates:
+        if qs.filter(room, index=idx).update(reserved=F("reserved") + amount) == 1:
+            return qs.get(index=idx)
+    return _reserve_consolidating(campaign=campaign, amount=amount)
+
+
+def _reserve_consolidating(*, campaign: Campaign, amount: Decimal) -> BudgetBucket:
+    """Slow path near the end of a budget: free room is scattered in pieces smaller than a card.
+
+    Lock every bucket in primary-key order, gather room into the roomiest bucket with
+    paired `adjust` entries (net zero), then reserve there. Rare by construction.
+    """
+    buckets = list(BudgetBucket.objects.select_for_update().filter(campaign_id=campaign.pk).order_by("pk"))
+    if sum((b.available for b in buckets), ZERO) < amount:
+        raise BudgetExhausted()
+    target = max(buckets, key=lambda b: b.available)
+    need = amount - target.available
+    for donor in sorted((b for b in buckets if b.pk != target.pk), key=lambda b: b.available, reverse=True):
+        if need <= 0:
+            break
+        take = min(need, donor.available)
+        if take <= 0:
+            continue
+        BudgetBucket.objects.filter(pk=donor.pk).update(allotment=F("allotment") - take)
+        BudgetBucket.objects.filter(pk=target.pk).update(allotment=F("allotment") + take)
+        _ledger(bucket=donor, campaign_id=campaign.pk, kind=LedgerEntry.Kind.ADJUST, amount=-take,
+                reason=f"预算归集：移往桶 #{target.index}")
+        _ledger(bucket=target, campaign_id=campaign.pk, kind=LedgerEntry.Kind.ADJUST, amount=take,
+                reason=f"预算归集：来自桶 #{donor.index}")
+        need -= take
+    room = Q(allotment__gte=F("reserved") + F("spent") + amount)
+    if BudgetBucket.objects.filter(room, pk=target.pk).update(reserved=F("reserved") + amount) != 1:
+        raise BudgetExhausted()
+    target.refresh_from_db()
+    return target
+
+
+def budget_record(
+    *, bucket: BudgetBucket | int, campaign_id: int, kind: str, amount: Decimal, voucher_id=None, order_id=None,
+    actor=None, reason: str = "",
+) -> LedgerEntry:
+    return _ledger(bucket=bucket, campaign_id=campaign_id, kind=kind, amount=amount, voucher_id=voucher_id,
+                   order_id=order_id, actor=actor, reason=reason)
+
+
+def budget_release(*, bucket_id: int, amount: Decimal) -> None:
+    """Return a reservation to its bucket. The CHECK constraints stop it going negative."""
+    updated = BudgetBucket.objects.filter(pk=bucket_id, reserved__gte=amount).update(reserved=F("reserved") - amount)
+    if updated != 1:
+        raise RuntimeError(f"bucket {bucket_id} holds less than {amount} reserved")
+
+
+def budget_spend(*, bucket_id: int, reserved: Decimal, spend: Decimal) -> None:
+    """Turn a reservation into spending: `spend` becomes spent, the rest of `reserved` goes back."""
+    updated = BudgetBucket.objects.filter(pk=bucket_id, reserved__gte=reserved).update(
+        reserved=F("reserved") - reserved, spent=F("spent") + spend
+    )
+    if updated != 1:
+        raise RuntimeError(f"bucket {bucket_id} holds less than {reserved} reserved")
+
+
+# --- budget changes and rebalancing (staff) ----------------------------------------
+
+def _committed(buckets: list[BudgetBucket]) -> Decimal:
+    return sum((b.reserved + b.spent for b in buckets), ZERO)
+
+
+@transaction.atomic(durable=True)
+def campaign_budget_change(*, campaign: Campaign, new_total: Decimal, actor, reason: str) -> Campaign:
+    """Raise or lower a campaign's budget through `adjust` ledger entries.
+
+    All buckets are locked in primary-key order, so concurrent claims either finish before
+    (and count as committed) or wait and see the new allotments.
+    """
+    if not reason or not reason.strip():
+        raise InvalidCampaign("调整预算必须填写原因", extra={"fields": {"reason": "必填"}})
+    if new_total < 0 or new_total != new_total.quantize(CENT):
+        raise InvalidCampaign("预算必须是不小于 0 的金额，最多两位小数", extra={"fields": {"total_budget": "格式错误"}})
+    campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
+    buckets = list(BudgetBucket.objects.select_for_update().filter(campaign=campaign).order_by("pk"))
+    committed = _committed(buckets)
+    if new_total < committed:
+        raise BudgetBelowCommitted(
+            f"预算不能低于已预留与已花费之和（{committed} 元）", extra={"committed": str(committed)}
+        )
+    old_total = campaign.total_budget
+    delta = new_total - old_total
+    if delta == 0:
+        return campaign
+    if delta > 0:
+        changes = _split(delta, len(buckets), unit=campaign.face_value)
+    else:
+        # Take the cut from each bucket's free room, largest room first.
+        need = -delta
+        changes = [ZERO] * len(buckets)
+        for i in sorted(range(len(buckets)), key=lambda i: buckets[i].available, reverse=True):
+            take = min(need, buckets[i].available)
+            changes[i] = -take
+            need -= take
+            if need == 0:
+                break
+    for bucket, change in zip(buckets, changes, strict=True):
+        if change == 0:
+            continue
+        BudgetBucket.objects.filter(pk=bucket.pk).update(allotment=F("allotment") + change)
+        _ledger(bucket=bucket, campaign_id=campaign.pk, kind=LedgerEntry.Kind.ADJUST, amount=change, actor=actor,
+                reason=reason)
+    campaign.total_budget = new_total
+    campaign.save(update_fields=["total_budget", "updated_at"])
+    audit(actor=actor, action="campaign.budget_change", obj=campaign, campaign=campaign,
+          before={"total_budget": str(old_total)}, after={"total_budget": str(new_total)}, reason=reason)
+    transaction.on_commit(lambda: _budget_changed(campaign.pk))
+    return campaign
+
+
+@transaction.atomic(durable=True)
+def campaign_budget_rebalance(*, campaign: Campaign, actor=None) -> int:
+    """Even out free room across buckets so the hot path rarely falls back. Returns rows moved."""
+    buckets = list(BudgetBucket.objects.select_for_update().filter(campaign=campaign).order_by("pk"))
+    if not buckets:
+        return 0
+    free = sum((b.available for b in buckets), ZERO)
+    targets = _split(free, len(buckets), unit=campaign.face_value)
+    moved = 0
+    for bucket, target in zip(buckets, targets, strict=True):
+        change = target - bucket.available
+        if change == 0:
+            continue
+        BudgetBucket.objects.filter(pk=bucket.pk).update(allotment=F("allotment") + change)
+        _ledger(bucket=bucket, campaign_id=campaign.pk, kind=LedgerEntry.Kind.ADJUST, amount=change, actor=actor,
+                reason="预算桶再平衡")
+        moved += 1
+    return moved
+
+
+@transaction.atomic(durable=True)
+def campaign_set_switches(*, campaign: Campaign, actor, **switches: bool) -> Campaign:
+    """Flip kill switches (claims / referrals / orders) with an audit row."""
+    allowed = {"claims_enabled", "referrals_enabled", "orders_enabled"}
+    unknown = set(switches) - allowed
+    if unknown:
+        raise InvalidCampaign(f"未知开关：{', '.join(sorted(unknown))}")
+    campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
+    before = {k: getattr(campaign, k) for k in switches}
+    for key, value in switches.items():
+        setattr(campaign, key, bool(value))
+    campaign.save(update_fields=[*switches, "updated_at"])
+    audit(actor=actor, action="campaign.switches", obj=campaign, campaign=campaign, before=before,
+          after={k: getattr(campaign, k) for k in switches})
+    transaction.on_commit(lambda: _budget_changed(campaign.pk))
+    return campaign
+
+
+def _budget_changed(campaign_id: int) -> None:
+    """Hook for caches in front of the budget (the admission layer registers itself here)."""
+    for listener in list(BUDGET_LISTENERS):
+        listener(campaign_id)
+
+
+BUDGET_LISTENERS: list = []
+
+
+def campaign_is_live(campaign: Campaign, now: datetime | None = None) -> bool:
+    now = now or timezone.now()
+    return campaign.status == Campaign.Status.LIVE and campaign.starts_at <= now < campaign.ends_at

@@ -1,0 +1,141 @@
+"""Domain errors and the one place that renders every API error.
+
+Services raise `DomainError` subclasses; this module turns them (and DRF's own
+exceptions) into the api.md shape `{"code", "detail", ...extra}`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, JsonResponse
+from rest_framework import exceptions as drf_exc
+from rest_framework.response import Response
+
+logger = logging.getLogger(__name__)
+
+
+class DomainError(Exception):
+    """A business rule said no. `code` is part of the API contract."""
+
+    code = "error"
+    detail = "请求无法完成"
+    status = 400
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        extra: dict[str, Any] | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        self.detail = detail or self.detail
+        self.code = code or self.code
+        self.status = status or self.status
+        self.extra = dict(extra or {})
+        self.retry_after = retry_after
+        if retry_after is not None:
+            self.extra.setdefault("retry_after", retry_after)
+        super().__init__(f"{self.code}: {self.detail}")
+
+    def body(self) -> dict[str, Any]:
+        return {"code": self.code, "detail": str(self.detail), **self.extra}
+
+
+class NotFound(DomainError):
+    code = "not_found"
+    detail = "找不到该资源"
+    status = 404
+
+
+class InvalidInput(DomainError):
+    code = "invalid"
+    detail = "请求参数有误"
+    status = 400
+
+
+class RateLimited(DomainError):
+    code = "rate_limited"
+    detail = "操作太频繁了，请稍后再试"
+    status = 429
+
+
+class Busy(DomainError):
+    code = "busy"
+    detail = "活动太火爆了，请稍后再试"
+    status = 503
+
+
+class Paused(DomainError):
+    code = "paused"
+    detail = "该功能暂时暂停，请稍后再试"
+    status = 503
+
+
+def error_response(code: str, detail: str, status: int, **extra: Any) -> JsonResponse:
+    """A plain Django response in the API error shape (for middleware and handlers)."""
+    response = JsonResponse(
+        {"code": code, "detail": detail, **extra}, status=status, json_dumps_params={"ensure_ascii": False}
+    )
+    if "retry_after" in extra:
+        response["Retry-After"] = str(extra["retry_after"])
+    return response
+
+
+def _flatten(detail: Any) -> Any:
+    if isinstance(detail, dict):
+        return {key: _flatten(value) for key, value in detail.items()}
+    if isinstance(detail, list):
+        return [_flatten(item) for item in detail]
+    return str(detail)
+
+
+def exception_handler(exc: Exception, context: dict) -> Response | None:
+    if isinstance(exc, DomainError):
+        response = Response(exc.body(), status=exc.status)
+        if exc.retry_after is not None:
+            response["Retry-After"] = str(exc.retry_after)
+        return response
+    if isinstance(exc, Http404):
+        return Response({"code": "not_found", "detail": "找不到该资源"}, status=404)
+    if isinstance(exc, PermissionDenied):
+        # api.md: anything the caller may not see is simply not there.
+        return Response({"code": "not_found", "detail": "找不到该资源"}, status=404)
+    if isinstance(exc, drf_exc.ValidationError):
+        fields = _flatten(exc.detail)
+        if not isinstance(fields, dict):
+            fields = {"non_field_errors": fields if isinstance(fields, list) else [fields]}
+        return Response({"code": "invalid", "detail": "请求参数有误", "fields": fields}, status=400)
+    if isinstance(exc, drf_exc.ParseError):
+        return Response({"code": "invalid", "detail": "请求体不是合法的 JSON", "fields": {}}, status=400)
+    if isinstance(exc, drf_exc.UnsupportedMediaType):
+        return Response({"code": "unsupported_media_type", "detail": "请使用 application/json"}, status=415)
+    if isinstance(exc, (drf_exc.NotAuthenticated, drf_exc.AuthenticationFailed)):
+        return Response(
+            {"code": "not_authenticated", "detail": "请先登录"},
+            status=401,
+            headers={"WWW-Authenticate": 'Bearer realm="api"'},
+        )
+    if isinstance(exc, drf_exc.PermissionDenied):
+        return Response({"code": "not_found", "detail": "找不到该资源"}, status=404)
+    if isinstance(exc, drf_exc.NotFound):
+        return Response({"code": "not_found", "detail": "找不到该资源"}, status=404)
+    if isinstance(exc, drf_exc.MethodNotAllowed):
+        return Response({"code": "method_not_allowed", "detail": "不支持该请求方法"}, status=405)
+    if isinstance(exc, drf_exc.NotAcceptable):
+        return Response({"code": "not_acceptable", "detail": "不支持请求的返回格式"}, status=406)
+    if isinstance(exc, drf_exc.Throttled):
+        wait = int(exc.wait or 1)
+        return Response(
+            {"code": "rate_limited", "detail": RateLimited.detail, "retry_after": wait},
+            status=429,
+            headers={"Retry-After": str(wait)},
+        )
+    if isinstance(exc, drf_exc.APIException):
+        return Response({"code": str(exc.default_code), "detail": str(exc.detail)}, status=exc.status_code)
+    logger.exception("unhandled API error", extra={"view": repr(context.get("view"))})
+    return Response({"code": "server_error", "detail": "服务开小差了，请稍后再试"}, status=500)

@@ -1,0 +1,93 @@
+"""Invite codes and the referral graph.
+
+The graph is a forest per campaign. An invitee joins it once (UNIQUE(campaign, invitee)),
+and stores its inviter, root, depth and materialised ancestor path, so ancestry and
+subtree questions are single indexed queries instead of per-request recursion.
+"""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+
+from campaign.models import Campaign
+from vouchers.models import Voucher
+
+
+class InviteCode(models.Model):
+    campaign = models.ForeignKey(Campaign, on_delete=models.PROTECT, related_name="invite_codes", verbose_name="活动")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="invite_codes", verbose_name="邀请人"
+    )
+    code = models.CharField("邀请码", max_length=16, unique=True)
+    created_at = models.DateTimeField("创建时间", auto_now_add=True)
+
+    class Meta:
+        verbose_name = "邀请码"
+        verbose_name_plural = "邀请码"
+        constraints = [models.UniqueConstraint(fields=["campaign", "user"], name="invite_code_one_per_user")]
+
+    def __str__(self) -> str:
+        return self.code
+
+
+class Referral(models.Model):
+    class Status(models.TextChoices):
+        ACCEPTED = "accepted", "已接受"
+        UNDER_REVIEW = "under_review", "待审核"
+        REJECTED = "rejected", "已拒绝"
+
+    class Outcome(models.TextChoices):
+        ISSUED = "issued", "已发卡"
+        CARD_LIMIT_REACHED = "card_limit_reached", "已达卡数上限"
+        BUDGET_EXHAUSTED = "budget_exhausted", "预算已用完"
+        PENDING = "pending", "审核中"
+        REJECTED = "rejected", "审核未通过"
+        NOT_LIVE = "campaign_not_live", "活动未进行"
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.PROTECT, related_name="referrals", verbose_name="活动")
+    invite_code = models.ForeignKey(InviteCode, on_delete=models.PROTECT, related_name="referrals", verbose_name="邀请码")
+    inviter = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="referrals_made", verbose_name="邀请人"
+    )
+    invitee = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="referrals_received", verbose_name="受邀人"
+    )
+    root = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", verbose_name="链条起点"
+    )
+    depth = models.PositiveIntegerField("深度", default=1)
+    # "/<root id>/.../<inviter id>/": ancestors of the invitee, for LIKE-prefix subtree queries.
+    path = models.CharField("祖先路径", max_length=2048, db_index=True)
+    status = models.CharField("状态", max_length=16, choices=Status.choices, default=Status.ACCEPTED)
+    inviter_outcome = models.CharField("邀请人奖励", max_length=32, choices=Outcome.choices, default=Outcome.PENDING)
+    invitee_outcome = models.CharField("受邀人奖励", max_length=32, choices=Outcome.choices, default=Outcome.PENDING)
+    inviter_voucher = models.OneToOneField(
+        Voucher, on_delete=models.PROTECT, null=True, blank=True, related_name="+", verbose_name="邀请人的卡"
+    )
+    invitee_voucher = models.OneToOneField(
+        Voucher, on_delete=models.PROTECT, null=True, blank=True, related_name="+", verbose_name="受邀人的卡"
+    )
+    review_reasons = models.JSONField("可疑原因", default=list, blank=True)
+    device_id = models.CharField("受邀设备", max_length=128, blank=True, default="", db_index=True)
+    ip = models.GenericIPAddressField("受邀 IP", null=True, blank=True)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+", verbose_name="审核人"
+    )
+    reviewed_at = models.DateTimeField("审核时间", null=True, blank=True)
+    review_note = models.CharField("审核说明", max_length=255, blank=True, default="")
+    created_at = models.DateTimeField("时间", auto_now_add=True, db_index=True)
+
+    class Meta:
+        verbose_name = "邀请记录"
+        verbose_name_plural = "邀请记录"
+        ordering = ["-id"]
+        permissions = [("review_referral", "可审核可疑邀请")]
+        indexes = [models.Index(fields=["campaign", "inviter", "created_at"], name="referral_inviter_recent")]
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "invitee"], name="referral_one_per_invitee"),
+            models.CheckConstraint(condition=~Q(inviter=F("invitee")), name="referral_not_self"),
+            models.CheckConstraint(condition=Q(depth__gte=1), name="referral_depth_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.inviter} -> {self.invitee}"

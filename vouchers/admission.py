@@ -1,0 +1,102 @@
+"""Redis in front of the voucher engine: reject the hopeless before PostgreSQL sees them.
+
+Redis never decides a success. It only remembers facts that cannot become false:
+a user's card count only grows (slots are never freed) and a welcome card, once issued,
+stays that user's. A lost key is rebuilt from PostgreSQL on the next request; any Redis
+error is treated as "don't know" and the database decides.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import redis
+
+from miandan.redis import get_redis, key
+
+logger = logging.getLogger(__name__)
+USER_TTL = 600
+EXHAUSTED_TTL = 2  # seconds; released budget becomes claimable again at the latest this much later
+
+
+@dataclass(frozen=True)
+class UserState:
+    count: int
+    welcome_code: str
+
+
+def _user_key(campaign_id: int, user_id: int) -> str:
+    return key(f"{{c{campaign_id}}}", "u", user_id)
+
+
+def _exhausted_key(campaign_id: int) -> str:
+    return key(f"{{c{campaign_id}}}", "exhausted")
+
+
+def user_state(campaign_id: int, user_id: int) -> UserState | None:
+    client = get_redis()
+    if client is None:
+        return None
+    try:
+        data = client.hgetall(_user_key(campaign_id, user_id))
+    except redis.RedisError:
+        logger.warning("admission: redis unavailable, falling back to the database")
+        return None
+    if not data:
+        return None
+    return UserState(count=int(data.get("n", 0)), welcome_code=data.get("w", ""))
+
+
+def remember_user(campaign_id: int, user_id: int, *, count: int, welcome_code: str) -> None:
+    client = get_redis()
+    if client is None:
+        return
+    try:
+        k = _user_key(campaign_id, user_id)
+        pipe = client.pipeline(transaction=False)
+        pipe.hset(k, mapping={"n": count, "w": welcome_code})
+        pipe.expire(k, USER_TTL)
+        pipe.execute()
+    except redis.RedisError:
+        pass
+
+
+def forget_user(campaign_id: int, user_id: int) -> None:
+    client = get_redis()
+    if client is None:
+        return
+    try:
+        client.delete(_user_key(campaign_id, user_id))
+    except redis.RedisError:
+        pass
+
+
+def budget_known_exhausted(campaign_id: int) -> bool:
+    client = get_redis()
+    if client is None:
+        return False
+    try:
+        return bool(client.exists(_exhausted_key(campaign_id)))
+    except redis.RedisError:
+        return False
+
+
+def mark_exhausted(campaign_id: int) -> None:
+    client = get_redis()
+    if client is None:
+        return
+    try:
+        client.set(_exhausted_key(campaign_id), 1, ex=EXHAUSTED_TTL)
+    except redis.RedisError:
+        pass
+
+
+def clear_exhausted(campaign_id: int) -> None:
+    client = get_redis()
+    if client is None:
+        return
+    try:
+        client.delete(_exhausted_key(campaign_id))
+    except redis.RedisError:
+        pass

@@ -1,0 +1,88 @@
+"""The 25-yuan card.
+
+Database-enforced rules:
+- a user's cards in a campaign occupy slots 1..cap: UNIQUE(campaign, user, slot) and
+  CHECK(1 <= slot <= cap) with the cap copied onto the row, so no race can exceed it;
+- one welcome card per user per campaign (partial unique index);
+- a redeemed card names its order and subsidy, and subsidy <= face value;
+- a card is attached to at most one order at a time (UNIQUE(order_id)).
+"""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+
+from campaign.models import MONEY, BudgetBucket, Campaign
+
+
+class Voucher(models.Model):
+    class Source(models.TextChoices):
+        WELCOME = "welcome", "新人卡"
+        REFERRAL_INVITER = "referral_inviter", "邀请奖励"
+        REFERRAL_INVITEE = "referral_invitee", "受邀奖励"
+        STAFF = "staff", "人工发放"
+
+    class Status(models.TextChoices):
+        ISSUED = "issued", "可使用"
+        LOCKED = "locked", "下单中"
+        REDEEMED = "redeemed", "已使用"
+        EXPIRED = "expired", "已过期"
+        VOID = "void", "已作废"
+
+    code = models.CharField("卡号", max_length=16, unique=True)
+    campaign = models.ForeignKey(Campaign, on_delete=models.PROTECT, related_name="vouchers", verbose_name="活动")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="vouchers", verbose_name="持有人"
+    )
+    bucket = models.ForeignKey(BudgetBucket, on_delete=models.PROTECT, related_name="vouchers", verbose_name="预算桶")
+    slot = models.PositiveSmallIntegerField("卡位")
+    cap = models.PositiveSmallIntegerField("卡数上限")
+    source = models.CharField("来源", max_length=32, choices=Source.choices)
+    status = models.CharField("状态", max_length=16, choices=Status.choices, default=Status.ISSUED)
+    face_value = models.DecimalField("面额", **MONEY)
+    subsidy = models.DecimalField("实际补贴", null=True, blank=True, **MONEY)
+    # Plain id: `orders` sits above `vouchers`.
+    order_id = models.BigIntegerField("订单 ID", null=True, blank=True)
+    issued_at = models.DateTimeField("发放时间", auto_now_add=True)
+    expires_at = models.DateTimeField("过期时间", db_index=True)
+    locked_at = models.DateTimeField("锁定时间", null=True, blank=True)
+    redeemed_at = models.DateTimeField("使用时间", null=True, blank=True)
+    closed_at = models.DateTimeField("过期/作废时间", null=True, blank=True)
+    void_reason = models.CharField("作废原因", max_length=255, blank=True, default="")
+
+    class Meta:
+        verbose_name = "免单卡"
+        verbose_name_plural = "免单卡"
+        ordering = ["expires_at", "id"]
+        permissions = [("void_voucher", "可作废免单卡"), ("issue_voucher", "可人工发卡")]
+        indexes = [
+            models.Index(fields=["user", "campaign", "status"], name="voucher_owner_status"),
+            models.Index(fields=["status", "expires_at"], name="voucher_status_expiry"),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "user", "slot"], name="voucher_unique_slot"),
+            models.CheckConstraint(condition=Q(slot__gte=1) & Q(slot__lte=F("cap")), name="voucher_slot_within_cap"),
+            models.UniqueConstraint(
+                fields=["campaign", "user"], condition=Q(source="welcome"), name="voucher_one_welcome_card"
+            ),
+            models.UniqueConstraint(fields=["order_id"], name="voucher_one_per_order"),
+            models.CheckConstraint(condition=Q(face_value__gt=0), name="voucher_face_positive"),
+            models.CheckConstraint(
+                condition=Q(subsidy__isnull=True) | (Q(subsidy__gte=0) & Q(subsidy__lte=F("face_value"))),
+                name="voucher_subsidy_within_face",
+            ),
+            models.CheckConstraint(
+                condition=~Q(status="redeemed") | (Q(order_id__isnull=False) & Q(subsidy__isnull=False)),
+                name="voucher_redeemed_has_order",
+            ),
+            models.CheckConstraint(
+                condition=~Q(status="locked") | Q(order_id__isnull=False), name="voucher_locked_has_order"
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=["issued", "locked", "redeemed", "expired", "void"]),
+                name="voucher_status_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.code

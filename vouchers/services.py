@@ -1,0 +1,288 @@
+"""The voucher engine: every write to a card and the budget money behind it.
+
+Money moves only through `campaign.services.budget_*` with a ledger row in the same
+transaction. Card state changes are conditional UPDATEs from the expected state, so a
+repeated call (a redelivered task, a double click) changes nothing twice.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import defaultdict
+from decimal import Decimal
+
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+from django.utils import timezone
+from packaging.version import InvalidVersion, Version
+
+from campaign.errors import BudgetExhausted, CampaignNotLive
+from campaign.models import BudgetBucket, Campaign, LedgerEntry
+from campaign.services import (
+    BUDGET_LISTENERS,
+    audit,
+    budget_record,
+    budget_release,
+    budget_reserve,
+    budget_spend,
+    campaign_is_live,
+)
+from miandan.api.errors import InvalidInput, Paused
+from miandan.db import advisory_lock, retry_on_conflict
+
+from . import admission
+from .errors import AppUpgradeRequired, CardLimitReached, NoVoucher, VoucherStateConflict
+from .models import Voucher
+
+CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"  # no 0/O/1/I/L
+CODE_LENGTH = 12
+
+
+def new_voucher_code() -> str:
+    return "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
+
+
+def parse_app_version(value: object) -> Version:
+    if not isinstance(value, str) or not value.strip() or len(value) > 32:
+        raise InvalidInput("App 版本号格式不正确", extra={"fields": {"app_version": ["请提供形如 1.2.3 的版本号"]}})
+    try:
+        return Version(value.strip())
+    except InvalidVersion as exc:
+        raise InvalidInput(
+            "App 版本号格式不正确", extra={"fields": {"app_version": ["请提供形如 1.2.3 的版本号"]}}
+        ) from exc
+
+
+def _after_commit_user(campaign_id: int, user_id: int) -> None:
+    transaction.on_commit(lambda: admission.forget_user(campaign_id, user_id))
+
+
+def _issue_locked(*, user, campaign: Campaign, source: str, actor=None, reason: str = "") -> Voucher:
+    """Issue one card. Caller holds the (campaign, user) advisory lock inside its transaction."""
+    used = Voucher.objects.filter(campaign=campaign, user=user).aggregate(m=Max("slot"))["m"] or 0
+    slot = used + 1
+    if slot > campaign.card_cap:
+        raise CardLimitReached()
+    try:
+        bucket = budget_reserve(campaign=campaign, amount=campaign.face_value, hint=user.pk)
+    except BudgetExhausted:
+        admission.mark_exhausted(campaign.pk)
+        raise
+    voucher = Voucher.objects.create(
+        code=new_voucher_code(), campaign=campaign, user=user, bucket=bucket, slot=slot, cap=campaign.card_cap,
+        source=source, face_value=campaign.face_value, expires_at=timezone.now() + campaign.card_validity,
+    )
+    budget_record(bucket=bucket, campaign_id=campaign.pk, kind=LedgerEntry.Kind.RESERVE, amount=voucher.face_value,
+                  voucher_id=voucher.pk, actor=actor, reason=reason or f"发卡：{voucher.get_source_display()}")
+    _after_commit_user(campaign.pk, user.pk)
+    return voucher
+
+
+def voucher_issue_in_tx(*, user, campaign: Campaign, source: str, actor=None, reason: str = "") -> Voucher:
+    """Issue a card inside the caller's transaction (referrals issue two at once).
+
+    Runs in a savepoint so a refusal (cap, budget) leaves the caller's transaction usable.
+    """
+    if not campaign_is_live(campaign):
+        raise CampaignNotLive()
+    with transaction.atomic():
+        advisory_lock("slot", campaign.pk, user.pk)
+        return _issue_locked(user=user, campaign=campaign, source=source, actor=actor, reason=reason)
+
+
+@retry_on_conflict()
+@transaction.atomic(durable=True)
+def voucher_issue(*, user, campaign: Campaign, source: str, actor=None, reason: str = "") -> Voucher:
+    """Issue one card of any source: next slot, face value reserved from a bucket, ledger row."""
+    if source == Voucher.Source.STAFF and not reason.strip():
+        raise InvalidInput("人工发卡必须填写原因", extra={"fields": {"reason": ["必填"]}})
+    voucher = voucher_issue_in_tx(user=user, campaign=campaign, source=source, actor=actor, reason=reason)
+    if source == Voucher.Source.STAFF:
+        audit(actor=actor, action="voucher.issue", obj=voucher, campaign=campaign, after={"code": voucher.code},
+              reason=reason)
+    return voucher
+
+
+def _check_join(*, campaign: Campaign, app_version: object) -> None:
+    version = parse_app_version(app_version)
+    if not campaign_is_live(campaign):
+        raise CampaignNotLive()
+    if not campaign.claims_enabled:
+        raise Paused("领卡功能暂时暂停，请稍后再试")
+    if version < Version(campaign.min_app_version):
+        raise AppUpgradeRequired(extra={"min_app_version": campaign.min_app_version})
+
+
+def campaign_join(*, user, campaign: Campaign, app_version: object) -> tuple[Voucher, bool]:
+    """Give the user their welcome card. Returns (card, created); a repeat returns the same card."""
+    _check_join(campaign=campaign, app_version=app_version)
+    state = admission.user_state(campaign.pk, user.pk)
+    if state is not None:
+        if state.welcome_code:
+            existing = Voucher.objects.filter(code=state.welcome_code, user=user).first()
+            if existing is not None:
+                return existing, False
+        elif state.count >= campaign.card_cap:
+            raise CardLimitReached()
+    if admission.budget_known_exhausted(campaign.pk):
+        existing = _welcome_card(campaign, user)
+        if existing is not None:
+            return existing, False
+        raise BudgetExhausted()
+    try:
+        return _join_db(user=user, campaign=campaign, app_version=str(app_version).strip())
+    except IntegrityError:
+        # The partial unique index caught a concurrent join that slipped past the lock.
+        existing = _welcome_card(campaign, user)
+        if existing is None:
+            raise
+        return existing, False
+
+
+def _welcome_card(campaign: Campaign, user) -> Voucher | None:
+    return Voucher.objects.filter(campaign=campaign, user=user, source=Voucher.Source.WELCOME).first()
+
+
+@retry_on_conflict()
+@transaction.atomic(durable=True)
+def _join_db(*, user, campaign: Campaign, app_version: str) -> tuple[Voucher, bool]:
+    advisory_lock("slot", campaign.pk, user.pk)
+    cards = list(Voucher.objects.filter(campaign=campaign, user=user).values_list("source", "code"))
+    welcome = next((code for source, code in cards if source == Voucher.Source.WELCOME), "")
+    if welcome:
+        transaction.on_commit(
+            lambda: admission.remember_user(campaign.pk, user.pk, count=len(cards), welcome_code=welcome)
+        )
+        return Voucher.objects.get(code=welcome), False
+    if len(cards) >= campaign.card_cap:
+        transaction.on_commit(lambda: admission.remember_user(campaign.pk, user.pk, count=len(cards), welcome_code=""))
+        raise CardLimitReached()
+    voucher = _issue_locked(user=user, campaign=campaign, source=Voucher.Source.WELCOME)
+    if not user.joined_app_version:
+        type(user).objects.filter(pk=user.pk, joined_app_version="").update(joined_app_version=app_version[:32])
+    return voucher, True
+
+
+# --- the order side: lock, redeem, release -------------------------------------------
+
+def voucher_lock_for_order(*, user, campaign: Campaign | None, order_id: int, voucher_code: str | None = None) -> Voucher:
+    """Attach the caller's card that expires first (or the one named) to an order. Caller's transaction.
+
+    SKIP LOCKED lets parallel orders of one user take different cards instead of queueing.
+    """
+    now = timezone.now()
+    qs = Voucher.objects.filter(user=user, status=Voucher.Status.ISSUED, expires_at__gt=now)
+    if campaign is not None:
+        qs = qs.filter(campaign=campaign)
+    if voucher_code:
+        qs = qs.filter(code=voucher_code.strip().upper())
+    for voucher in qs.select_for_update(skip_locked=True).order_by("expires_at", "id")[:5]:
+        updated = Voucher.objects.filter(pk=voucher.pk, status=Voucher.Status.ISSUED).update(
+            status=Voucher.Status.LOCKED, order_id=order_id, locked_at=now
+        )
+        if updated == 1:
+            voucher.refresh_from_db()
+            return voucher
+    raise NoVoucher()
+
+
+def voucher_redeem(*, voucher_id: int, order_id: int, order_amount: Decimal) -> Voucher:
+    """Spend min(order, face) of the card's reservation and release the rest. Caller's transaction.
+
+    Idempotent: a card already redeemed for this order is returned unchanged.
+    """
+    voucher = Voucher.objects.select_for_update().get(pk=voucher_id)
+    if voucher.status == Voucher.Status.REDEEMED and voucher.order_id == order_id:
+        return voucher
+    if voucher.status != Voucher.Status.LOCKED or voucher.order_id != order_id:
+        raise VoucherStateConflict()
+    subsidy = min(order_amount, voucher.face_value)
+    now = timezone.now()
+    Voucher.objects.filter(pk=voucher.pk, status=Voucher.Status.LOCKED, order_id=order_id).update(
+        status=Voucher.Status.REDEEMED, subsidy=subsidy, redeemed_at=now
+    )
+    budget_spend(bucket_id=voucher.bucket_id, reserved=voucher.face_value, spend=subsidy)
+    if subsidy > 0:
+        budget_record(bucket=voucher.bucket_id, campaign_id=voucher.campaign_id, kind=LedgerEntry.Kind.SPEND,
+                      amount=subsidy, voucher_id=voucher.pk, order_id=order_id, reason="订单完成：补贴")
+    rest = voucher.face_value - subsidy
+    if rest > 0:
+        budget_record(bucket=voucher.bucket_id, campaign_id=voucher.campaign_id, kind=LedgerEntry.Kind.RELEASE,
+                      amount=rest, voucher_id=voucher.pk, order_id=order_id, reason="订单完成：面额未用完部分退回")
+        transaction.on_commit(lambda: admission.clear_exhausted(voucher.campaign_id))
+    voucher.refresh_from_db()
+    return voucher
+
+
+def voucher_release(*, voucher_id: int, order_id: int) -> bool:
+    """Give a locked card back to its owner after a failed or cancelled order. Caller's transaction.
+
+    Nothing is spent and the reservation stays. Returns False if it was not locked by that order.
+    """
+    return (
+        Voucher.objects.filter(pk=voucher_id, status=Voucher.Status.LOCKED, order_id=order_id).update(
+            status=Voucher.Status.ISSUED, order_id=None, locked_at=None
+        )
+        == 1
+    )
+
+
+# --- closing cards: expiry and void ------------------------------------------------
+
+def _close_cards(cards: list[Voucher], *, status: str, actor=None, reason: str) -> None:
+    """Mark cards expired/void and return their reservations, bucket rows in id order."""
+    now = timezone.now()
+    per_bucket: dict[int, Decimal] = defaultdict(Decimal)
+    for card in cards:
+        per_bucket[card.bucket_id] += card.face_value
+    for bucket_id in sorted(per_bucket):
+        budget_release(bucket_id=bucket_id, amount=per_bucket[bucket_id])
+    Voucher.objects.filter(pk__in=[c.pk for c in cards]).update(status=status, closed_at=now)
+    LedgerEntry.objects.bulk_create(
+        LedgerEntry(campaign_id=c.campaign_id, bucket_id=c.bucket_id, kind=LedgerEntry.Kind.RELEASE,
+                    amount=c.face_value, voucher_id=c.pk, actor=actor if getattr(actor, "pk", None) else None,
+                    reason=reason[:255])
+        for c in cards
+    )
+    campaign_ids = {c.campaign_id for c in cards}
+    transaction.on_commit(lambda: [admission.clear_exhausted(cid) for cid in campaign_ids])
+
+
+@retry_on_conflict()
+@transaction.atomic(durable=True)
+def voucher_expire_batch(*, limit: int = 1000, now=None) -> int:
+    """Expire up to `limit` issued cards past their date and return their reservations."""
+    now = now or timezone.now()
+    cards = list(
+        Voucher.objects.select_for_update(skip_locked=True)
+        .filter(status=Voucher.Status.ISSUED, expires_at__lte=now)
+        .order_by("id")[:limit]
+    )
+    if cards:
+        _close_cards(cards, status=Voucher.Status.EXPIRED, reason="卡已过期，预留退回")
+    return len(cards)
+
+
+@transaction.atomic(durable=True)
+def voucher_void(*, voucher: Voucher, actor, reason: str) -> Voucher:
+    """Staff voids an unused card; its reservation returns to the budget."""
+    if not reason or not reason.strip():
+        raise InvalidInput("作废必须填写原因", extra={"fields": {"reason": ["必填"]}})
+    card = Voucher.objects.select_for_update().get(pk=voucher.pk)
+    if card.status != Voucher.Status.ISSUED:
+        raise VoucherStateConflict(f"只有未使用的卡可以作废（当前状态：{card.get_status_display()}）")
+    _close_cards([card], status=Voucher.Status.VOID, actor=actor, reason=f"作废：{reason}")
+    card.void_reason = reason[:255]
+    card.save(update_fields=["void_reason"])
+    audit(actor=actor, action="voucher.void", obj=card, campaign=card.campaign,
+          before={"status": Voucher.Status.ISSUED}, after={"status": Voucher.Status.VOID}, reason=reason)
+    card.refresh_from_db()
+    return card
+
+
+BUDGET_LISTENERS.append(admission.clear_exhausted)
+
+__all__ = [
+    "BudgetBucket", "campaign_join", "new_voucher_code", "voucher_expire_batch", "voucher_issue",
+    "voucher_issue_in_tx", "voucher_lock_for_order", "voucher_redeem", "voucher_release", "voucher_void",
+]
