@@ -68,10 +68,12 @@ INSTALLED_APPS = [
     "vouchers",
     "referrals",
     "orders",
+    "reports",
 ]
 
 MIDDLEWARE = [
     "miandan.api.middleware.RequestIdMiddleware",
+    "miandan.api.metrics.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
@@ -80,6 +82,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, so its process_view runs right before the view: kill switch -> shedding -> rate limit.
+    "miandan.api.guard.GuardMiddleware",
 ]
 
 ROOT_URLCONF = "miandan.urls"
@@ -152,6 +156,37 @@ else:
         }
     }
 
+# --- Flash-crowd guard (miandan/api/guard.py; docs/operations.md) -------------------
+# Rate-limit counters get their own cache alias: short timeouts, and errors reach the guard
+# (no IGNORE_EXCEPTIONS) so it applies its per-endpoint Redis-down policy.
+RATELIMIT_REDIS_URL = env("RATELIMIT_REDIS_URL", REDIS_URL)
+if RATELIMIT_REDIS_URL:
+    CACHES["ratelimit"] = {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": RATELIMIT_REDIS_URL,
+        "KEY_PREFIX": REDIS_KEY_PREFIX,
+        "OPTIONS": {
+            "CLIENT_CLASS": "django_redis.client.DefaultClient",
+            "SOCKET_CONNECT_TIMEOUT": env_float("RATELIMIT_REDIS_TIMEOUT", 0.2),
+            "SOCKET_TIMEOUT": env_float("RATELIMIT_REDIS_TIMEOUT", 0.2),
+        },
+    }
+else:
+    CACHES["ratelimit"] = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "miandan-rl"}
+RATELIMIT_USE_CACHE = "ratelimit"
+RATELIMIT_ENABLE = env_bool("RATELIMIT_ENABLE", True)
+# Overrides of the per-endpoint limits, e.g. "join_user=10/m,join_ip=60/m" (names in miandan/options.py).
+MIANDAN_RATELIMITS = dict(item.split("=", 1) for item in env_list("MIANDAN_RATELIMITS") if "=" in item)
+# Number of trusted reverse proxies in front of gunicorn that append to X-Forwarded-For (0: use REMOTE_ADDR).
+MIANDAN_PROXY_COUNT = env_int("MIANDAN_PROXY_COUNT", 0)
+MIANDAN_SHED_ENABLED = env_bool("MIANDAN_SHED_ENABLED", True)
+MIANDAN_SHED_MIN_LIMIT = env_int("MIANDAN_SHED_MIN_LIMIT", 2)
+MIANDAN_SHED_MAX_LIMIT = env_int("MIANDAN_SHED_MAX_LIMIT", 64)
+MIANDAN_SHED_INITIAL_LIMIT = env_int("MIANDAN_SHED_INITIAL_LIMIT", 8)
+MIANDAN_SHED_TARGET_MS = env_float("MIANDAN_SHED_TARGET_MS", 250.0)
+MIANDAN_SHED_RETRY_AFTER = env_int("MIANDAN_SHED_RETRY_AFTER", 2)
+MIANDAN_READYZ_TIMEOUT = env_float("MIANDAN_READYZ_TIMEOUT", 1.0)
+
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", REDIS_URL)
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", CELERY_BROKER_URL is None)
 CELERY_TASK_EAGER_PROPAGATES = False
@@ -207,7 +242,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "miandan.api.pagination.Pagination",
     "PAGE_SIZE": 20,
     "EXCEPTION_HANDLER": "miandan.api.errors.exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "miandan.api.schema.AutoSchema",  # unique component names, bearer auth
     "COERCE_DECIMAL_TO_STRING": True,
     "UNAUTHENTICATED_USER": None,
     "TEST_REQUEST_DEFAULT_FORMAT": "json",

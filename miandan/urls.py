@@ -14,6 +14,7 @@ urlpatterns = [
     path("", include("vouchers.urls")),
     path("", include("referrals.urls")),
     path("", include("orders.urls")),
+    path("", include("reports.urls")),
 ]
 
 handler400 = handlers.bad_request

@@ -1,0 +1,165 @@
+"""Render the budget report and the full ledger as CSV (streamed) and XLSX (openpyxl write-only).
+
+CSV starts with a UTF-8 BOM so that Excel opens the Chinese headers correctly. XLSX money
+cells carry the number format '#,##0.00' and hold exact Decimals. Both writers consume
+row iterators, so memory stays bounded whatever the number of rows.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Iterable, Iterator
+from decimal import Decimal
+from typing import IO
+
+from openpyxl import Workbook
+from openpyxl.cell import WriteOnlyCell
+from openpyxl.styles import Font
+
+from orders.models import Order
+from vouchers.models import Voucher
+
+from .selectors import LEDGER_COLUMNS, SHANGHAI, SUMMARY_LABELS, BudgetReport
+
+BOM = "\ufeff"
+MONEY_FORMAT = "#,##0.00"
+SOURCE_LABELS = dict(Voucher.Source.choices)
+CARD_STATE_LABELS = dict(Voucher.Status.choices)
+ORDER_STATE_LABELS = dict(Order.Status.choices)
+Progress = Callable[[int], None]
+
+
+class _Echo:
+    """A file-like object whose write() returns the line, so csv.writer can feed a generator."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+def _cell_text(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, Decimal):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def report_sections(report: BudgetReport) -> list[tuple[str, list[tuple[str, object, str]]]]:
+    """The fixed-size part of the report: (section title, [(label, value, kind)])."""
+    s = report.summary
+    return [
+        ("指标", [(SUMMARY_LABELS[k], v, "money" if isinstance(v, Decimal) else "int") for k, v in s.items()]),
+        ("发卡来源", [(SOURCE_LABELS[k], v, "int") for k, v in report.cards_by_source.items()]),
+        ("卡状态", [(CARD_STATE_LABELS[k], v, "int") for k, v in report.cards_by_state.items()]),
+        ("订单状态", [(ORDER_STATE_LABELS[k], v, "int") for k, v in report.orders_by_state.items()]),
+    ]
+
+
+def _header_lines(report: BudgetReport) -> list[list[str]]:
+    c = report.campaign
+    return [
+        ["预算报表", c.name, c.slug],
+        ["生成时间（北京时间）", report.generated_at.astimezone(SHANGHAI).strftime("%Y-%m-%d %H:%M:%S")],
+        ["货币", "人民币（元）"],
+    ]
+
+
+def _reconciliation_lines(report: BudgetReport) -> list[list[str]]:
+    rec = report.reconciliation
+    lines = [["对账结果", "PASS" if rec.ok else "FAIL"]]
+    lines += [["差异", diff] for diff in rec.differences]
+    return lines
+
+
+def budget_report_csv(report: BudgetReport) -> Iterator[str]:
+    """Yield the report as CSV text chunks: header, sections, grouped rows (streamed), reconciliation."""
+    writer = csv.writer(_Echo())
+    yield BOM
+    for line in _header_lines(report):
+        yield writer.writerow(line)
+    for title, items in report_sections(report):
+        yield writer.writerow([])
+        yield writer.writerow([title, "数值"])
+        for label, value, _kind in items:
+            yield writer.writerow([label, _cell_text(value)])
+    yield writer.writerow([])
+    yield writer.writerow([f"分组明细（按{GROUP_TITLES[report.group_by]}）"])
+    yield writer.writerow([col.label for col in report.columns])
+    for row in report.rows():
+        yield writer.writerow([_cell_text(row[col.key]) for col in report.columns])
+    yield writer.writerow([])
+    for line in _reconciliation_lines(report):
+        yield writer.writerow(line)
+
+
+GROUP_TITLES = {"day": "日期", "brand": "品牌", "city": "城市"}
+
+
+def _cell(ws, value, kind: str = "str", bold: bool = False) -> WriteOnlyCell:
+    cell = WriteOnlyCell(ws, value=value)
+    if kind == "money" and value is not None:
+        cell.number_format = MONEY_FORMAT
+    if bold:
+        cell.font = Font(bold=True)
+    return cell
+
+
+def budget_report_xlsx(report: BudgetReport, fileobj: IO[bytes]) -> None:
+    """Two sheets: 汇总 (figures and reconciliation) and 明细 (grouped rows, streamed)."""
+    wb = Workbook(write_only=True)
+    ws = wb.create_sheet("汇总")
+    ws.column_dimensions["A"].width = 24
+    ws.column_dimensions["B"].width = 22
+    for line in _header_lines(report):
+        ws.append([_cell(ws, line[0], bold=True), *line[1:]])
+    for title, items in report_sections(report):
+        ws.append([])
+        ws.append([_cell(ws, title, bold=True), _cell(ws, "数值", bold=True)])
+        for label, value, kind in items:
+            ws.append([label, _cell(ws, value, kind)])
+    ws.append([])
+    for line in _reconciliation_lines(report):
+        ws.append([_cell(ws, line[0], bold=True), line[1]])
+    rows = wb.create_sheet("明细")
+    rows.append([_cell(rows, col.label, bold=True) for col in report.columns])
+    for row in report.rows():
+        rows.append([_cell(rows, row[col.key], col.kind) for col in report.columns])
+    wb.save(fileobj)
+
+
+# --- the full ledger ---------------------------------------------------------------------
+
+PROGRESS_EVERY = 10_000
+
+
+def _counted(rows: Iterable[tuple], progress: Progress | None) -> Iterator[tuple]:
+    n = 0
+    for row in rows:
+        yield row
+        n += 1
+        if progress is not None and n % PROGRESS_EVERY == 0:
+            progress(n)
+    if progress is not None:
+        progress(n)
+
+
+def ledger_csv(rows: Iterable[tuple], fileobj: IO[str], progress: Progress | None = None) -> None:
+    fileobj.write(BOM)
+    writer = csv.writer(fileobj)
+    writer.writerow([col.label for col in LEDGER_COLUMNS])
+    money_at = [i for i, col in enumerate(LEDGER_COLUMNS) if col.kind == "money"]
+    for row in _counted(rows, progress):
+        out = list(row)
+        for i in money_at:
+            out[i] = f"{out[i]:.2f}"
+        writer.writerow(["" if v is None else v for v in out])
+
+
+def ledger_xlsx(rows: Iterable[tuple], fileobj: IO[bytes], progress: Progress | None = None) -> None:
+    wb = Workbook(write_only=True)
+    ws = wb.create_sheet("预算流水")
+    ws.append([_cell(ws, col.label, bold=True) for col in LEDGER_COLUMNS])
+    kinds = [col.kind for col in LEDGER_COLUMNS]
+    for row in _counted(rows, progress):
+        ws.append([_cell(ws, v, k) if k == "money" else v for v, k in zip(row, kinds, strict=True)])
+    wb.save(fileobj)

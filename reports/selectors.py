@@ -1,0 +1,378 @@
+"""Reads behind the budget report, the ledger export and the live dashboard.
+
+`reports` sits above campaign/vouchers/orders/referrals, so it may read all of them.
+Everything that can grow with the campaign (ledger, orders) is aggregated in the database
+or streamed with `.iterator(chunk_size=...)`; nothing loads a whole table into memory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
+from zoneinfo import ZoneInfo
+
+from django.db.models import Count, DecimalField, OuterRef, Q, QuerySet, Subquery, Sum, Value
+from django.db.models.functions import Coalesce, TruncDate, TruncDay, TruncHour, TruncMinute
+from django.utils import timezone
+
+from campaign.models import Campaign, LedgerEntry
+from campaign.selectors import budget_totals
+from orders.models import Order
+from referrals.models import InviteCode, Referral
+from vouchers.models import Voucher
+from vouchers.selectors import ReconcileReport, reconcile
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+ZERO = Decimal("0.00")
+CENT = Decimal("0.01")
+CHUNK = 5000
+GROUP_BY = ("day", "brand", "city")
+FORMATS = ("json", "csv", "xlsx")
+MONEY_FIELD = DecimalField(max_digits=16, decimal_places=2)
+
+
+def money(value) -> Decimal:
+    return (value if value is not None else ZERO).quantize(CENT)
+
+
+def average(total: Decimal, count: int) -> Decimal:
+    return (total / count).quantize(CENT, rounding=ROUND_HALF_UP) if count else ZERO
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    label: str
+    kind: str = "str"  # "str" | "int" | "money"
+
+
+SUMMARY_LABELS = {
+    "total_budget": "总预算",
+    "reserved": "已预留",
+    "spent": "已花费",
+    "released": "已释放",
+    "remaining": "剩余",
+    "cards_issued": "发卡总数",
+    "redeemed_cards": "已使用卡数",
+    "subsidy_spent": "补贴合计",
+    "average_subsidy": "平均补贴",
+}
+SUMMARY_MONEY = {"total_budget", "reserved", "spent", "released", "remaining", "subsidy_spent", "average_subsidy"}
+
+GROUP_COLUMNS: dict[str, list[Column]] = {
+    "day": [
+        Column("day", "日期"),
+        Column("reserved", "预留", "money"),
+        Column("spent", "花费", "money"),
+        Column("released", "释放", "money"),
+        Column("adjusted", "预算调整", "money"),
+        Column("entries", "流水笔数", "int"),
+    ],
+    "brand": [
+        Column("brand", "品牌"),
+        Column("orders", "订单数", "int"),
+        Column("completed_orders", "已完成订单数", "int"),
+        Column("subsidised_orders", "享受补贴订单数", "int"),
+        Column("subsidy", "补贴合计", "money"),
+        Column("average_subsidy", "平均补贴", "money"),
+    ],
+    "city": [
+        Column("city", "城市"),
+        Column("orders", "订单数", "int"),
+        Column("completed_orders", "已完成订单数", "int"),
+        Column("subsidised_orders", "享受补贴订单数", "int"),
+        Column("subsidy", "补贴合计", "money"),
+        Column("average_subsidy", "平均补贴", "money"),
+    ],
+}
+
+
+@dataclass
+class BudgetReport:
+    campaign: Campaign
+    group_by: str
+    generated_at: dt.datetime
+    summary: dict[str, Decimal | int]
+    cards_by_source: dict[str, int]
+    cards_by_state: dict[str, int]
+    orders_by_state: dict[str, int]
+    reconciliation: ReconcileReport
+    columns: list[Column] = field(default_factory=list)
+
+    def rows(self) -> Iterator[dict]:
+        """Grouped rows, computed by the database and streamed in chunks (call once per export)."""
+        return report_rows(campaign=self.campaign, group_by=self.group_by)
+
+
+def campaign_orders(*, campaign: Campaign) -> QuerySet[Order]:
+    """Orders that belong to the campaign: tagged with it, or paid with one of its cards."""
+    return Order.objects.filter(Q(campaign=campaign) | Q(voucher__campaign=campaign))
+
+
+def _counts(qs: QuerySet, key: str, choices) -> dict[str, int]:
+    counts = {value: 0 for value in choices.values}
+    for row in qs.order_by().values(key).annotate(n=Count("id")):
+        counts[row[key]] = row["n"]
+    return counts
+
+
+def budget_report(*, campaign: Campaign, group_by: str = "day") -> BudgetReport:
+    """Every figure finance checks, from the bucket counters, the ledger and the card states."""
+    if group_by not in GROUP_BY:
+        raise ValueError(group_by)
+    buckets = budget_totals(campaign_id=campaign.pk)
+    ledger = {k: ZERO for k in LedgerEntry.Kind.values}
+    for row in LedgerEntry.objects.filter(campaign=campaign).order_by().values("kind").annotate(t=Sum("amount")):
+        ledger[row["kind"]] = row["t"]
+    cards = Voucher.objects.filter(campaign=campaign)
+    cards_by_state = _counts(cards, "status", Voucher.Status)
+    redeemed = cards_by_state[Voucher.Status.REDEEMED]
+    subsidy = money(ledger[LedgerEntry.Kind.SPEND])
+    summary: dict[str, Decimal | int] = {
+        "total_budget": money(campaign.total_budget),
+        "reserved": money(buckets["reserved"]),
+        "spent": money(buckets["spent"]),
+        "released": money(ledger[LedgerEntry.Kind.RELEASE]),
+        "remaining": money(campaign.total_budget - buckets["reserved"] - buckets["spent"]),
+        "cards_issued": sum(cards_by_state.values()),
+        "redeemed_cards": redeemed,
+        "subsidy_spent": subsidy,
+        "average_subsidy": average(subsidy, redeemed),
+    }
+    return BudgetReport(
+        campaign=campaign,
+        group_by=group_by,
+        generated_at=timezone.now(),
+        summary=summary,
+        cards_by_source=_counts(cards, "source", Voucher.Source),
+        cards_by_state=cards_by_state,
+        orders_by_state=_counts(campaign_orders(campaign=campaign), "status", Order.Status),
+        reconciliation=reconcile(campaign=campaign),
+        columns=GROUP_COLUMNS[group_by],
+    )
+
+
+def _order_subsidy(campaign: Campaign) -> Subquery:
+    # The ledger is the proof of money spent, so per-order subsidy comes from its spend rows.
+    spend = (
+        LedgerEntry.objects.filter(campaign_id=campaign.pk, kind=LedgerEntry.Kind.SPEND, order_id=OuterRef("pk"))
+        .order_by()
+        .values("order_id")
+        .annotate(s=Sum("amount"))
+        .values("s")[:1]
+    )
+    return Subquery(spend, output_field=MONEY_FIELD)
+
+
+def report_rows(*, campaign: Campaign, group_by: str) -> Iterator[dict]:
+    if group_by == "day":
+        qs = (
+            LedgerEntry.objects.filter(campaign=campaign)
+            .order_by()
+            .annotate(day=TruncDate("created_at", tzinfo=SHANGHAI))
+            .values("day")
+            .annotate(
+                reserved=Sum("amount", filter=Q(kind=LedgerEntry.Kind.RESERVE)),
+                spent=Sum("amount", filter=Q(kind=LedgerEntry.Kind.SPEND)),
+                released=Sum("amount", filter=Q(kind=LedgerEntry.Kind.RELEASE)),
+                adjusted=Sum("amount", filter=Q(kind=LedgerEntry.Kind.ADJUST)),
+                entries=Count("id"),
+            )
+            .order_by("day")
+        )
+        for row in qs.iterator(chunk_size=CHUNK):
+            yield {
+                "day": row["day"].isoformat(),
+                "reserved": money(row["reserved"]),
+                "spent": money(row["spent"]),
+                "released": money(row["released"]),
+                "adjusted": money(row["adjusted"]),
+                "entries": row["entries"],
+            }
+        return
+    key = {"brand": "store__brand__name", "city": "store__city"}[group_by]
+    qs = (
+        campaign_orders(campaign=campaign)
+        .order_by()
+        .annotate(ledger_subsidy=Coalesce(_order_subsidy(campaign), Value(ZERO), output_field=MONEY_FIELD))
+        .values(key)
+        .annotate(
+            orders=Count("id", distinct=True),
+            completed_orders=Count("id", filter=Q(status=Order.Status.COMPLETED), distinct=True),
+            subsidised_orders=Count("id", filter=Q(ledger_subsidy__gt=0), distinct=True),
+            subsidy=Sum("ledger_subsidy"),
+        )
+        .order_by(key)
+    )
+    for row in qs.iterator(chunk_size=CHUNK):
+        subsidy = money(row["subsidy"])
+        yield {
+            group_by: row[key],
+            "orders": row["orders"],
+            "completed_orders": row["completed_orders"],
+            "subsidised_orders": row["subsidised_orders"],
+            "subsidy": subsidy,
+            "average_subsidy": average(subsidy, row["subsidised_orders"]),
+        }
+
+
+# --- the full ledger (large exports) ---------------------------------------------------
+
+LEDGER_COLUMNS = [
+    Column("id", "流水号", "int"),
+    Column("created_at", "时间（北京时间）"),
+    Column("kind", "类型"),
+    Column("amount", "金额", "money"),
+    Column("bucket", "预算桶 ID", "int"),
+    Column("voucher_id", "卡 ID", "int"),
+    Column("order_id", "订单 ID", "int"),
+    Column("actor_id", "操作人 ID", "int"),
+    Column("reason", "原因"),
+]
+KIND_LABELS = dict(LedgerEntry.Kind.choices)
+
+
+def ledger_export_queryset(*, campaign: Campaign, upto_id: int | None = None) -> QuerySet:
+    qs = LedgerEntry.objects.filter(campaign=campaign)
+    if upto_id is not None:
+        # A snapshot bound: entries appended while the export runs belong to the next export.
+        qs = qs.filter(pk__lte=upto_id)
+    return qs
+
+
+def ledger_rows(*, campaign: Campaign, upto_id: int | None = None) -> Iterator[tuple]:
+    """Ledger rows as tuples in LEDGER_COLUMNS order, oldest first, streamed in chunks."""
+    qs = (
+        ledger_export_queryset(campaign=campaign, upto_id=upto_id)
+        .order_by("id")
+        .values_list("id", "created_at", "kind", "amount", "bucket_id", "voucher_id", "order_id", "actor_id", "reason")
+    )
+    for pk, created, kind, amount, bucket, voucher, order, actor, reason in qs.iterator(chunk_size=CHUNK):
+        yield (
+            pk, created.astimezone(SHANGHAI).strftime("%Y-%m-%d %H:%M:%S"), KIND_LABELS.get(kind, kind), amount,
+            bucket, voucher, order, actor, reason,
+        )
+
+
+# --- the live dashboard ----------------------------------------------------------------
+
+@dataclass
+class Dashboard:
+    campaign: Campaign
+    generated_at: dt.datetime
+    totals: dict[str, Decimal]
+    percent_used: Decimal
+    cards_issued: int
+    cards_by_state: dict[str, int]
+    burn: list[tuple[dt.datetime, Decimal, Decimal]]  # (time, committed so far, spent so far)
+    burn_unit: str
+    cards_per_minute: list[tuple[dt.datetime, int]]
+    orders_by_state: dict[str, int]
+    top_stores: list[dict]
+    referral_funnel: list[tuple[str, int]]
+    switches: dict[str, bool]
+
+
+def _burn(campaign: Campaign, now: dt.datetime) -> tuple[list[tuple[dt.datetime, Decimal, Decimal]], str]:
+    """Cumulative committed (reserve - release) and spent per time bin, bin size by campaign age."""
+    first = LedgerEntry.objects.filter(campaign=campaign).order_by("id").values_list("created_at", flat=True).first()
+    if first is None:
+        return [], "minute"
+    span = now - first
+    if span <= dt.timedelta(hours=3):
+        unit, trunc = "minute", TruncMinute
+    elif span <= dt.timedelta(days=4):
+        unit, trunc = "hour", TruncHour
+    else:
+        unit, trunc = "day", TruncDay
+    qs = (
+        LedgerEntry.objects.filter(campaign=campaign)
+        .order_by()
+        .annotate(t=trunc("created_at", tzinfo=SHANGHAI))
+        .values("t")
+        .annotate(
+            reserve=Sum("amount", filter=Q(kind=LedgerEntry.Kind.RESERVE)),
+            release=Sum("amount", filter=Q(kind=LedgerEntry.Kind.RELEASE)),
+            spend=Sum("amount", filter=Q(kind=LedgerEntry.Kind.SPEND)),
+        )
+        .order_by("t")
+    )
+    points, committed, spent = [], ZERO, ZERO
+    for row in qs.iterator(chunk_size=CHUNK):
+        # reserved + spent == sum(reserve) - sum(release): spend only moves money from reserved to spent.
+        committed += money(row["reserve"]) - money(row["release"])
+        spent += money(row["spend"])
+        points.append((row["t"], committed, spent))
+    return points, unit
+
+
+def dashboard(*, campaign: Campaign, now: dt.datetime | None = None, minutes: int = 60) -> Dashboard:
+    now = now or timezone.now()
+    totals = budget_totals(campaign_id=campaign.pk)
+    committed = totals["reserved"] + totals["spent"]
+    percent = (committed * 100 / campaign.total_budget).quantize(Decimal("0.1")) if campaign.total_budget else Decimal("0.0")
+    cards = Voucher.objects.filter(campaign=campaign)
+    cards_by_state = _counts(cards, "status", Voucher.Status)
+    since = (now - dt.timedelta(minutes=minutes - 1)).replace(second=0, microsecond=0)
+    per_minute = {
+        row["m"]: row["n"]
+        for row in cards.filter(issued_at__gte=since)
+        .order_by()
+        .annotate(m=TruncMinute("issued_at", tzinfo=SHANGHAI))
+        .values("m")
+        .annotate(n=Count("id"))
+    }
+    minutes_axis = [(since + dt.timedelta(minutes=i)).astimezone(SHANGHAI) for i in range(minutes)]
+    cards_per_minute = [(m, per_minute.get(m, 0)) for m in minutes_axis]
+    orders = campaign_orders(campaign=campaign)
+    top_stores = list(
+        orders.order_by()
+        .values("store_id", "store__name", "store__brand__name", "store__city")
+        .annotate(orders=Count("id", distinct=True))
+        .order_by("-orders", "store_id")[:10]
+    )
+    referrals = Referral.objects.filter(campaign=campaign)
+    ref = referrals.aggregate(
+        total=Count("id"),
+        accepted=Count("id", filter=Q(status=Referral.Status.ACCEPTED)),
+        review=Count("id", filter=Q(status=Referral.Status.UNDER_REVIEW)),
+        rejected=Count("id", filter=Q(status=Referral.Status.REJECTED)),
+        inviter_paid=Count("id", filter=Q(inviter_outcome=Referral.Outcome.ISSUED)),
+        invitee_paid=Count("id", filter=Q(invitee_outcome=Referral.Outcome.ISSUED)),
+    )
+    funnel = [
+        ("邀请码", InviteCode.objects.filter(campaign=campaign).count()),
+        ("接受邀请", ref["total"]),
+        ("已通过", ref["accepted"]),
+        ("待审核", ref["review"]),
+        ("已拒绝", ref["rejected"]),
+        ("邀请人得卡", ref["inviter_paid"]),
+        ("受邀人得卡", ref["invitee_paid"]),
+    ]
+    burn, unit = _burn(campaign, now)
+    return Dashboard(
+        campaign=campaign,
+        generated_at=now,
+        totals={
+            "total_budget": money(campaign.total_budget),
+            "reserved": money(totals["reserved"]),
+            "spent": money(totals["spent"]),
+            "remaining": money(campaign.total_budget - committed),
+        },
+        percent_used=percent,
+        cards_issued=sum(cards_by_state.values()),
+        cards_by_state=cards_by_state,
+        burn=burn,
+        burn_unit=unit,
+        cards_per_minute=cards_per_minute,
+        orders_by_state=_counts(orders, "status", Order.Status),
+        top_stores=top_stores,
+        referral_funnel=funnel,
+        switches={
+            "claims_enabled": campaign.claims_enabled,
+            "referrals_enabled": campaign.referrals_enabled,
+            "orders_enabled": campaign.orders_enabled,
+        },
+    )
