@@ -19,6 +19,12 @@ class JsonFormatter(logging.Formatter):
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
                 payload[key] = value
+        request = payload.pop("request", None)
+        if request is not None and hasattr(request, "path"):
+            # django.request passes the HttpRequest: keep what helps, never headers or bodies.
+            payload["method"] = getattr(request, "method", None)
+            payload["path"] = request.path
+        # (django.server passes its socket as `request`; the access line already names the path.)
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)
         return json.dumps(payload, ensure_ascii=False, default=str)

@@ -15,7 +15,9 @@ def current_request_id() -> str:
 
 class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = _request_id.get()
+        # django.request logs 4xx/5xx after the middleware chain returned, but hands us the request.
+        request = getattr(record, "request", None)
+        record.request_id = getattr(request, "request_id", None) or _request_id.get()
         return True
 
 
@@ -29,10 +31,9 @@ class RequestIdMiddleware:
         incoming = request.META.get("HTTP_X_REQUEST_ID", "")
         rid = incoming if _VALID_ID.match(incoming) else uuid.uuid4().hex
         request.request_id = rid
-        token = _request_id.set(rid)
-        try:
-            response = self.get_response(request)
-        finally:
-            _request_id.reset(token)
+        # Not reset on the way out: runserver's django.server access line is written by this same
+        # thread after the response, and should carry the id too. The next request overwrites it.
+        _request_id.set(rid)
+        response = self.get_response(request)
         response["X-Request-ID"] = rid
         return response

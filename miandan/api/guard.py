@@ -1,0 +1,348 @@
+"""The flash-crowd guard: kill switches, load shedding and rate limits, before any view runs.
+
+`GuardMiddleware.process_view` runs after URL resolution and right before the view, in this order:
+
+1. kill switch  -> 503 `paused`   (campaign row from a 0.5 s per-process cache: no query per request)
+2. shedding     -> 503 `busy`     (in-process adaptive concurrency limit: no I/O at all)
+3. rate limits  -> 429 `rate_limited` (django-ratelimit counters in Redis)
+
+Shedding comes before rate limiting (architecture.md lists it after) so that a shed request costs
+no Redis round trip and does not use up the caller's rate-limit budget for work never done.
+
+Which route gets what is the table in `miandan.options`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from django_ratelimit.core import get_usage
+
+from . import metrics
+from .errors import Busy, Paused, RateLimited, error_response
+
+logger = logging.getLogger(__name__)
+
+PAUSED_DETAIL = {
+    "claims_enabled": "领卡功能暂时暂停，请稍后再试",
+    "referrals_enabled": "邀请功能暂时暂停，请稍后再试",
+    "orders_enabled": "下单功能暂时暂停，请稍后再试",
+}
+PAUSED_RETRY_AFTER = 30
+REDIS_DOWN_DETAIL = "系统繁忙，请稍后再试"
+
+
+# --- adaptive concurrency limiter ----------------------------------------------------
+
+@dataclass
+class Ticket:
+    start: float
+
+
+class AdaptiveLimiter:
+    """AIMD concurrency limit for campaign writes in this process.
+
+    - A request may start only while fewer than floor(limit) are in flight; otherwise it is shed.
+    - Each completion measures its latency. Slower than `target` seconds: the limit shrinks by
+      `backoff` (at most once per `target` interval, so one burst of slow completions counts once).
+      Faster while the limiter was nearly full: the limit grows by 1/limit (about +1 per round).
+    So the limit follows the latency PostgreSQL and the CPU actually deliver instead of a fixed number;
+    with gunicorn gthread workers the threads it does not admit stay free for shed answers and core reads.
+    """
+
+    def __init__(self, *, min_limit: int, max_limit: int, initial: int, target: float, backoff: float = 0.8) -> None:
+        self.min_limit = max(1, min_limit)
+        self.max_limit = max(self.min_limit, max_limit)
+        self.limit = float(min(max(initial, self.min_limit), self.max_limit))
+        self.target = target
+        self.backoff = backoff
+        self.inflight = 0
+        self.shed = 0
+        self._last_decrease = 0.0
+        self._lock = threading.Lock()
+        metrics.SHED_LIMIT.set(self.limit)
+
+    def try_acquire(self) -> Ticket | None:
+        with self._lock:
+            if self.inflight >= math.floor(self.limit):
+                self.shed += 1
+                return None
+            self.inflight += 1
+        metrics.SHED_INFLIGHT.inc()
+        return Ticket(start=time.perf_counter())
+
+    def release(self, ticket: Ticket) -> None:
+        now = time.perf_counter()
+        latency = now - ticket.start
+        with self._lock:
+            self.inflight -= 1
+            if latency > self.target:
+                if now - self._last_decrease >= self.target:
+                    self.limit = max(self.min_limit, self.limit * self.backoff)
+                    self._last_decrease = now
+            elif self.inflight + 1 >= math.floor(self.limit):
+                self.limit = min(self.max_limit, self.limit + 1.0 / self.limit)
+            limit = self.limit
+        metrics.SHED_INFLIGHT.dec()
+        metrics.SHED_LIMIT.set(limit)
+
+    def cancel(self, ticket: Ticket) -> None:
+        """Give the slot back without a latency sample (the request was refused before the view)."""
+        with self._lock:
+            self.inflight -= 1
+        metrics.SHED_INFLIGHT.dec()
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {"limit": self.limit, "inflight": self.inflight, "shed": self.shed}
+
+
+_limiter: AdaptiveLimiter | None = None
+_limiter_lock = threading.Lock()
+
+
+def get_limiter() -> AdaptiveLimiter:
+    global _limiter
+    if _limiter is None:
+        with _limiter_lock:
+            if _limiter is None:
+                _limiter = AdaptiveLimiter(
+                    min_limit=settings.MIANDAN_SHED_MIN_LIMIT,
+                    max_limit=settings.MIANDAN_SHED_MAX_LIMIT,
+                    initial=settings.MIANDAN_SHED_INITIAL_LIMIT,
+                    target=settings.MIANDAN_SHED_TARGET_MS / 1000.0,
+                )
+    return _limiter
+
+
+@receiver(setting_changed)
+def _reset_on_settings_change(*, setting, **kwargs):
+    global _limiter
+    if setting.startswith("MIANDAN_SHED_"):
+        _limiter = None
+    if setting in ("CACHES", "RATELIMIT_USE_CACHE"):
+        _breaker.reset()
+
+
+# --- identity for rate-limit keys -------------------------------------------------------
+
+def client_ip(request) -> str:
+    """REMOTE_ADDR, or the address MIANDAN_PROXY_COUNT trusted proxies put in X-Forwarded-For."""
+    count = getattr(settings, "MIANDAN_PROXY_COUNT", 0)
+    if count > 0:
+        hops = [h.strip() for h in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if h.strip()]
+        if len(hops) >= count:
+            return hops[-count][:64]
+    return request.META.get("REMOTE_ADDR", "") or "unknown"
+
+
+def _bearer_key(request) -> str | None:
+    header = request.META.get("HTTP_AUTHORIZATION", "")
+    if header[:7].lower() == "bearer " and len(header) > 7:
+        # The token's hash identifies the user without a database lookup before the view.
+        return "t:" + hashlib.sha256(header[7:].strip().encode()).hexdigest()[:32]
+    return None
+
+
+def _json_body(request) -> dict:
+    if getattr(request, "_guard_body", None) is not None:
+        return request._guard_body
+    body: dict = {}
+    if request.content_type == "application/json":
+        try:
+            parsed = json.loads(request.body or b"{}")
+            body = parsed if isinstance(parsed, dict) else {}
+        except Exception:  # malformed JSON or too big: the view answers 400 itself
+            body = {}
+    request._guard_body = body
+    return body
+
+
+def _key_value(kind: str, request) -> str:
+    if kind == "ip":
+        return "ip:" + client_ip(request)
+    if kind == "phone":
+        phone = _json_body(request).get("phone")
+        if isinstance(phone, str) and 0 < len(phone) <= 20:
+            return "p:" + phone
+        return "ip:" + client_ip(request)
+    return _bearer_key(request) or "ip:" + client_ip(request)
+
+
+# --- Redis circuit breaker for the rate-limit cache --------------------------------------
+
+class _Breaker:
+    """After a Redis error, skip Redis for `cool_off` seconds instead of paying a timeout per request."""
+
+    cool_off = 1.0
+
+    def __init__(self) -> None:
+        self.open_until = 0.0
+
+    def is_open(self) -> bool:
+        return time.monotonic() < self.open_until
+
+    def trip(self) -> None:
+        if not self.is_open():
+            logger.warning("guard: rate-limit Redis unavailable; applying each route's redis_down policy for %ss",
+                           self.cool_off)
+        self.open_until = time.monotonic() + self.cool_off
+
+    def reset(self) -> None:
+        self.open_until = 0.0
+
+
+_breaker = _Breaker()
+
+
+class RateLimitUnavailable(Exception):
+    pass
+
+
+def check_rate_limits(policy, request) -> int | None:
+    """Count this request against each limit of the policy. Returns Retry-After seconds if over a limit."""
+    from miandan.options import rate
+
+    if _breaker.is_open():
+        raise RateLimitUnavailable()
+    retry_after = None
+    for name, kind in policy.limits:
+        configured = rate(name)
+        if configured is None:
+            continue
+        value = _key_value(kind, request)
+        try:
+            usage = get_usage(request, group=f"guard:{name}", key=lambda _g, _r, v=value: v, rate=configured,
+                              increment=True)
+        except Exception as exc:
+            _breaker.trip()
+            raise RateLimitUnavailable() from exc
+        if usage is None:
+            continue
+        if usage["time_left"] == -1 and usage["limit"] == 0:
+            # django-ratelimit could not read the counter (a cache that swallows errors).
+            _breaker.trip()
+            raise RateLimitUnavailable()
+        if usage["should_limit"]:
+            retry_after = max(retry_after or 0, max(1, int(usage["time_left"])))
+    return retry_after
+
+
+# --- kill switches ------------------------------------------------------------------------
+
+_LIVE_CACHE: tuple[float, list] = (0.0, [])
+
+
+def _live_campaigns() -> list:
+    """Live campaigns, cached per process for the same half second as `campaign_get_cached`."""
+    global _LIVE_CACHE
+    from campaign.selectors import CACHE_SECONDS, campaign_list_live
+
+    now = time.monotonic()
+    at, campaigns = _LIVE_CACHE
+    if now - at >= CACHE_SECONDS:
+        campaigns = campaign_list_live()
+        _LIVE_CACHE = (now, campaigns)
+    return campaigns
+
+
+def switched_off(policy, request, view_kwargs) -> bool:
+    """Is the policy's feature paused for the campaign this request is about?
+
+    Join and referrals name the campaign in the path. Orders may name it in the body
+    (`campaign`); an order that names none is paused when every live campaign pauses orders
+    (the order service still checks the card's own campaign).
+    """
+    from campaign.selectors import campaign_get_cached
+
+    if policy.switch is None:
+        return False
+    slug = view_kwargs.get("slug")
+    if slug is None and policy.switch == "orders_enabled":
+        named = _json_body(request).get("campaign")
+        slug = named if isinstance(named, str) and 0 < len(named) <= 64 else None
+        if slug is None:
+            live = _live_campaigns()
+            return bool(live) and not any(getattr(c, policy.switch) for c in live)
+    if slug is None:
+        return False
+    campaign = campaign_get_cached(slug=slug)
+    if campaign is None:
+        return False  # the view answers 404
+    return not getattr(campaign, policy.switch)
+
+
+# --- the middleware ----------------------------------------------------------------------
+
+def _reject(code: str, detail: str, status: int, retry_after: int | None, route: str):
+    extra = {"retry_after": retry_after} if retry_after is not None else {}
+    response = error_response(code, detail, status, **extra)
+    response.error_code = code
+    return response
+
+
+class GuardMiddleware:
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        ticket = getattr(request, "_guard_ticket", None)
+        if ticket is not None:
+            request._guard_ticket = None
+            get_limiter().release(ticket)
+        return response
+
+    def process_view(self, request, view_func, view_args, view_kwargs):
+        from miandan.options import policy_for
+
+        match = request.resolver_match
+        policy = policy_for(url_name=match.url_name if match else None, path=request.path_info, method=request.method)
+        if policy is None:
+            return None
+        request.guard_policy = policy.key
+
+        try:
+            paused = switched_off(policy, request, view_kwargs)
+        except Exception:
+            # The campaign row could not be read: the view will hit the same database and decide.
+            logger.warning("guard: kill switch unreadable", exc_info=True)
+            paused = False
+        if paused:
+            return _reject(Paused.code, PAUSED_DETAIL[policy.switch], 503, PAUSED_RETRY_AFTER, policy.key)
+
+        if policy.shed and settings.MIANDAN_SHED_ENABLED:
+            ticket = get_limiter().try_acquire()
+            if ticket is None:
+                metrics.SHED.labels(policy.key).inc()
+                return _reject(Busy.code, Busy.detail, 503, settings.MIANDAN_SHED_RETRY_AFTER, policy.key)
+            request._guard_ticket = ticket
+
+        try:
+            retry_after = check_rate_limits(policy, request) if policy.limits else None
+        except RateLimitUnavailable:
+            metrics.RATELIMIT_REDIS_ERRORS.labels(policy.key).inc()
+            if policy.redis_down == "closed":
+                self._release(request)
+                return _reject(Busy.code, REDIS_DOWN_DETAIL, 503, settings.MIANDAN_SHED_RETRY_AFTER, policy.key)
+            retry_after = None
+        if retry_after is not None:
+            self._release(request)
+            return _reject(RateLimited.code, RateLimited.detail, 429, retry_after, policy.key)
+        return None
+
+    @staticmethod
+    def _release(request) -> None:
+        ticket = getattr(request, "_guard_ticket", None)
+        if ticket is not None:
+            request._guard_ticket = None
+            get_limiter().cancel(ticket)

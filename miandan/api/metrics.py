@@ -1,0 +1,179 @@
+"""Prometheus metrics: /metrics and the middleware that counts requests.
+
+Multiprocess-safe: when PROMETHEUS_MULTIPROC_DIR is set (gunicorn with several workers), every
+process writes its samples to files there and /metrics aggregates them (prometheus_client's
+multiprocess mode). Point the variable at an empty directory that is wiped on deploy.
+
+Process-local counters (requests, rejections, shedding, cards issued) are incremented where they
+happen. State that lives in the database (orders by state, cards by status, budget remaining)
+and the Celery queue depth are read at scrape time through a short shared cache, so many
+workers being scraped do not each run the same GROUP BY.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import transaction
+from django.db.models.signals import post_save
+from django.http import HttpResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+
+logger = logging.getLogger(__name__)
+MULTIPROC = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+REQUESTS = Counter("miandan_http_requests_total", "HTTP requests by route and status", ["route", "method", "status"])
+LATENCY = Histogram(
+    "miandan_http_request_duration_seconds", "Server time per request by route", ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+REJECTIONS = Counter("miandan_rejections_total", "Refused API requests by error code", ["code", "route"])
+SHED = Counter("miandan_shed_total", "Requests shed by the adaptive limiter", ["route"])
+SHED_LIMIT = Gauge("miandan_shed_limit", "Adaptive concurrency limit (per process)", multiprocess_mode="liveall")
+SHED_INFLIGHT = Gauge("miandan_shed_inflight", "Campaign writes in flight", multiprocess_mode="livesum")
+RATELIMIT_REDIS_ERRORS = Counter("miandan_ratelimit_redis_errors_total", "Rate-limit checks without Redis", ["policy"])
+CARDS_ISSUED = Counter("miandan_cards_issued_total", "Cards issued (committed) by this process", ["source"])
+
+SCRAPE_CACHE_SECONDS = 5
+
+
+# --- request counting --------------------------------------------------------------
+
+class MetricsMiddleware:
+    """Counts every request by route (URL name, never the raw path: bounded label values)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        connect_signals()
+
+    def __call__(self, request):
+        start = time.perf_counter()
+        response = self.get_response(request)
+        match = getattr(request, "resolver_match", None)
+        route = (match.url_name or match.route) if match is not None else "unmatched"
+        REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+        LATENCY.labels(route).observe(time.perf_counter() - start)
+        if response.status_code >= 400:
+            code = getattr(response, "error_code", None)
+            data = getattr(response, "data", None)
+            if code is None and isinstance(data, dict):
+                code = data.get("code")
+            REJECTIONS.labels(str(code or response.status_code), route).inc()
+        return response
+
+
+def _card_saved(sender, instance, created, **kwargs):
+    if created:
+        source = instance.source
+        transaction.on_commit(lambda: CARDS_ISSUED.labels(source).inc())
+
+
+def connect_signals() -> None:
+    from vouchers.models import Voucher
+
+    post_save.connect(_card_saved, sender=Voucher, dispatch_uid="metrics-cards-issued")
+
+
+# --- scrape-time gauges from the database and the broker ---------------------------
+
+def _queue_depth() -> dict[str, int]:
+    if settings.CELERY_TASK_ALWAYS_EAGER or not settings.CELERY_BROKER_URL:
+        return {}
+    from miandan.celery import app
+
+    name = settings.CELERY_TASK_DEFAULT_QUEUE
+    with app.connection_for_read() as conn:
+        conn.ensure_connection(max_retries=1, timeout=1)
+        ok = conn.default_channel.queue_declare(queue=name, passive=True)
+        return {name: int(ok.message_count)}
+
+
+def _db_snapshot() -> dict:
+    from django.db.models import Count
+
+    from campaign.models import Campaign
+    from campaign.selectors import budget_totals
+    from orders.models import Order
+    from vouchers.models import Voucher
+
+    now = time.time()
+    campaigns = list(Campaign.objects.filter(status=Campaign.Status.LIVE).values("pk", "slug", "total_budget"))
+    budget = []
+    for c in campaigns:
+        totals = budget_totals(campaign_id=c["pk"])
+        budget.append((c["slug"], float(totals["available"]), float(totals["reserved"]), float(totals["spent"]),
+                       float(c["total_budget"])))
+    orders = list(Order.objects.values_list("status").annotate(n=Count("id")))
+    cards = list(Voucher.objects.values_list("campaign__slug", "status").annotate(n=Count("id")))
+    return {"at": now, "budget": budget, "orders": orders, "cards": cards}
+
+
+def _cached(key: str, fn, default):
+    try:
+        value = cache.get(key)
+    except Exception:
+        value = None
+    if value is not None:
+        return value
+    try:
+        value = fn()
+    except Exception as exc:  # a metric must never break the scrape
+        logger.warning("metrics: %s unavailable: %s", key, exc)
+        return default
+    try:
+        cache.set(key, value, SCRAPE_CACHE_SECONDS)
+    except Exception:
+        pass
+    return value
+
+
+class StateCollector:
+    """Gauges computed at scrape time (identical in every process, so collected once, not per worker)."""
+
+    def collect(self):
+        snap = _cached("metrics:db-snapshot", _db_snapshot, {"budget": [], "orders": [], "cards": []})
+        remaining = GaugeMetricFamily("miandan_budget_remaining_yuan", "Budget not reserved or spent", labels=["campaign"])
+        reserved = GaugeMetricFamily("miandan_budget_reserved_yuan", "Budget reserved by open cards", labels=["campaign"])
+        spent = GaugeMetricFamily("miandan_budget_spent_yuan", "Budget spent on orders", labels=["campaign"])
+        total = GaugeMetricFamily("miandan_budget_total_yuan", "Campaign total budget", labels=["campaign"])
+        for slug, avail, res, sp, tot in snap["budget"]:
+            remaining.add_metric([slug], avail)
+            reserved.add_metric([slug], res)
+            spent.add_metric([slug], sp)
+            total.add_metric([slug], tot)
+        orders = GaugeMetricFamily("miandan_orders", "Orders by state", labels=["state"])
+        for state, n in snap["orders"]:
+            orders.add_metric([state], n)
+        cards = GaugeMetricFamily("miandan_cards", "Cards by campaign and status", labels=["campaign", "status"])
+        for slug, status, n in snap["cards"]:
+            cards.add_metric([slug, status], n)
+        depth = GaugeMetricFamily("miandan_celery_queue_depth", "Messages waiting in the Celery queue", labels=["queue"])
+        for queue, n in _cached("metrics:queue-depth", _queue_depth, {}).items():
+            depth.add_metric([queue], n)
+        yield from (remaining, reserved, spent, total, orders, cards, depth)
+
+
+def metrics_view(request):
+    if MULTIPROC:
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        from prometheus_client import REGISTRY as registry
+    state = CollectorRegistry(auto_describe=False)
+    state.register(StateCollector())
+    body = generate_latest(registry) + generate_latest(state)
+    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
