@@ -1,3 +1,11 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from . import api, views
+
+urlpatterns = [
+    path("api/v1/campaigns/<slug:slug>/invite", api.InviteApi.as_view(), name="referral-invite"),
+    path("api/v1/campaigns/<slug:slug>/referrals", api.ReferralsApi.as_view(), name="referral-list"),
+    path("invite/<str:code>", views.invite_landing, name="invite-landing"),
+    path("invite/<str:code>/qr.png", views.invite_qr_png, name="invite-qr-png"),
+    path("invite/<str:code>/qr.svg", views.invite_qr_svg, name="invite-qr-svg"),
+]

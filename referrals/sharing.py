@@ -1,0 +1,68 @@
+"""What an invite looks like outside the app: absolute link, QR codes, and the copyable 口令.
+
+WeChat blocks share links it deems 诱导分享, so every invite must also survive as a QR image
+and as plain text that carries the code with no link at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from decimal import Decimal
+
+import segno
+from django.conf import settings
+from django.urls import reverse
+
+from campaign.models import Campaign
+
+QR_VERSION = "1"  # bump when the rendering below changes, so cached images (ETag) are refreshed
+QR_KINDS = {"png": "image/png", "svg": "image/svg+xml"}
+
+
+def public_url(path: str) -> str:
+    return settings.MIANDAN_PUBLIC_BASE_URL.rstrip("/") + path
+
+
+def invite_url(code: str) -> str:
+    return public_url(reverse("invite-landing", args=[code]))
+
+
+def qr_url(code: str, kind: str) -> str:
+    return public_url(reverse(f"invite-qr-{kind}", args=[code]))
+
+
+def app_link(code: str) -> str:
+    """Deep link that opens the app on the accept screen (configurable; never shown inside WeChat)."""
+    template = getattr(settings, "MIANDAN_APP_INVITE_LINK", "qianwen://miandan/invite?code={code}")
+    return template.format(code=code)
+
+
+def yuan(amount: Decimal) -> str:
+    """25.00 -> "25", 12.50 -> "12.5": how people write prices in a chat message."""
+    text = f"{amount.normalize():f}"
+    return text
+
+
+def share_text(*, campaign: Campaign, code: str) -> str:
+    """The 口令: readable on its own, survives being pasted anywhere, no URL in it."""
+    return (
+        f"【{campaign.name}】好友请你喝奶茶！复制这段话打开千问App，输入邀请码 {code}，"
+        f"我们各得一张{yuan(campaign.face_value)}元免单卡"
+    )
+
+
+def qr_etag(code: str, kind: str) -> str:
+    """Derived from everything the image depends on, so a 304 needs no rendering."""
+    digest = hashlib.sha256(f"{QR_VERSION}|{kind}|{invite_url(code)}".encode()).hexdigest()[:32]
+    return f'"{digest}"'
+
+
+def qr_render(code: str, kind: str) -> bytes:
+    qr = segno.make(invite_url(code), error="m")
+    buf = io.BytesIO()
+    if kind == "png":
+        qr.save(buf, kind="png", scale=10, border=2)
+    else:
+        qr.save(buf, kind="svg", scale=10, border=2, xmldecl=False, title=f"邀请码 {code}")
+    return buf.getvalue()
