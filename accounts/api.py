@@ -22,6 +22,14 @@ class UserOutput(serializers.Serializer):
     joined_app_version = serializers.CharField()
 
 
+class MeApi(APIView):
+    """The caller's own profile: the cheapest authenticated call (token lookup + render)."""
+
+    @extend_schema(responses=UserOutput, summary="The logged-in user")
+    def get(self, request):
+        return Response(UserOutput(request.user).data)
+
+
 class OtpRequestApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
