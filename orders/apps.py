@@ -4,3 +4,19 @@ from django.apps import AppConfig
 class OrdersConfig(AppConfig):
     name = "orders"
     verbose_name = "门店与订单"
+
+    def ready(self) -> None:
+        from django.db.models.signals import post_delete, post_save
+
+        from . import geo, parser
+        from .models import Brand, Product, Store
+
+        # Keep the Redis GEO index and the parser's compiled catalogue in step with edits.
+        post_save.connect(lambda sender, instance, **kw: geo.index_store(instance), sender=Store, weak=False,
+                          dispatch_uid="orders-geo-save")
+        post_delete.connect(lambda sender, instance, **kw: geo.unindex_store(instance.pk), sender=Store, weak=False,
+                            dispatch_uid="orders-geo-delete")
+        for model in (Brand, Product):
+            post_save.connect(parser.catalogue_changed, sender=model, weak=False, dispatch_uid=f"orders-parser-{model.__name__}")
+            post_delete.connect(parser.catalogue_changed, sender=model, weak=False,
+                                dispatch_uid=f"orders-parser-del-{model.__name__}")

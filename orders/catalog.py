@@ -110,6 +110,7 @@ BRANDS: list[dict] = [
         "products": [
             _p("芝士葡萄", "18.00", aliases=["芝士葡萄冻"], sizes=M_L, ices=NO_ICE_CHEESE),
             _p("杨枝甘露", "15.00", aliases=[], sizes=M_L, ices=COLD_ROOM),
+            _p("珍珠奶茶", "10.00", aliases=[], category="奶茶", sizes=M_L),
             _p("超A芝士葡萄", "20.00", aliases=["超a芝士葡萄"], sizes=L_ONLY, ices=NO_ICE_CHEESE),
             _p("布蕾脆脆奶芙", "16.00", aliases=["奶芙", "布蕾奶芙"], category="奶茶", sizes=M_L, is_default=True),
             _p("生椰拿铁", "13.00", aliases=[], category="咖啡", sizes=M_L, ices=["正常冰", "少冰", "去冰", "热"]),
