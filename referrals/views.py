@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.urls import reverse
 from django.utils.cache import patch_cache_control, patch_vary_headers
 from django.utils.http import parse_etags
 from django.views.decorators.http import require_safe
@@ -33,7 +34,8 @@ def invite_landing(request: HttpRequest, code: str) -> HttpResponse:
         "code": invite.code,
         "face": sharing.yuan(campaign.face_value),
         "share_text": sharing.share_text(campaign=campaign, code=invite.code),
-        "qr_svg_url": sharing.qr_url(invite.code, "svg"),
+        # Same-origin path: the page may be served from a host other than the public base URL.
+        "qr_svg_url": reverse("invite-qr-svg", args=[invite.code]),
         "app_link": sharing.app_link(invite.code),
         "wechat": is_wechat(request),
         "live": campaign_is_live(campaign) and campaign.referrals_enabled,
