@@ -204,6 +204,11 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 300}
 CELERY_TIMEZONE = "Asia/Shanghai"
 CELERY_BEAT_SCHEDULE: dict = {}
+# Voucher engine (vouchers/tasks.py): expiry returns reservations; idempotency records live 24 h.
+CELERY_BEAT_SCHEDULE.update({
+    "vouchers-expire": {"task": "vouchers.expire_batch", "schedule": 60.0},
+    "idempotency-purge": {"task": "api.idempotency_purge", "schedule": 3600.0},
+})
 
 # --- I18N ---------------------------------------------------------------------------
 LANGUAGE_CODE = "zh-hans"
