@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -138,24 +138,44 @@ def campaign_create(*, spec: CampaignSpec, actor=None) -> Campaign:
 
 # --- helpers for the voucher engine (caller's transaction) ---------------------------
 
+_RESERVE_SQL = (
+    f"UPDATE {BudgetBucket._meta.db_table} SET reserved = reserved + %s "
+    "WHERE campaign_id = %s AND index = %s AND allotment >= reserved + spent + %s RETURNING id"
+)
+
+
+def _reserve_in(*, campaign_id: int, index: int, amount: Decimal) -> int | None:
+    """One conditional UPDATE ... RETURNING: the bucket's id if it had room, else None. No read-modify-write."""
+    with connection.cursor() as cursor:
+        cursor.execute(_RESERVE_SQL, [amount, campaign_id, index, amount])
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
 def budget_reserve(*, campaign: Campaign, amount: Decimal, hint: int | None = None) -> BudgetBucket:
     """Reserve `amount` from one bucket with a conditional UPDATE; no read-modify-write.
 
     Starts at the bucket chosen by `hint` (e.g. the user id) or at random, then falls back to
     any bucket that still has room. Raises BudgetExhausted when none has.
+    The returned bucket is not re-read: only its `pk`, `index` and `campaign_id` are meant to be used.
     """
+    if amount <= 0:
+        raise ValueError("reserve amount must be positive")
     n = campaign.bucket_count
     start = (hint if hint is not None else random.randrange(n)) % n
-    qs = BudgetBucket.objects.filter(campaign_id=campaign.pk)
-    room = Q(allotment__gte=F("reserved") + F("spent") + amount)
-    if qs.filter(room, index=start).update(reserved=F("reserved") + amount) == 1:
-        return qs.get(index=start)
+    bucket_id = _reserve_in(campaign_id=campaign.pk, index=start, amount=amount)
+    if bucket_id is not None:
+        return BudgetBucket(pk=bucket_id, campaign_id=campaign.pk, index=start)
     # The preferred bucket is empty: try the others with room, nearest index first.
-    candidates = list(qs.filter(room).exclude(index=start).values_list("index", flat=True))
+    room = Q(allotment__gte=F("reserved") + F("spent") + amount)
+    candidates = list(
+        BudgetBucket.objects.filter(room, campaign_id=campaign.pk).exclude(index=start).values_list("index", flat=True)
+    )
     candidates.sort(key=lambda idx: (idx - start) % n)
     for idx in candidates:
-        if qs.filter(room, index=idx).update(reserved=F("reserved") + amount) == 1:
-            return qs.get(index=idx)
+        bucket_id = _reserve_in(campaign_id=campaign.pk, index=idx, amount=amount)
+        if bucket_id is not None:
+            return BudgetBucket(pk=bucket_id, campaign_id=campaign.pk, index=idx)
     return _reserve_consolidating(campaign=campaign, amount=amount)
 
 

@@ -43,9 +43,33 @@ def user_state(campaign_id: int, user_id: int) -> UserState | None:
     except redis.RedisError:
         logger.warning("admission: redis unavailable, falling back to the database")
         return None
+    return _state(data)
+
+
+def precheck(campaign_id: int, user_id: int) -> tuple[UserState | None, bool]:
+    """The user's remembered state and the "budget known exhausted" flag, in one round trip."""
+    client = get_redis()
+    if client is None:
+        return None, False
+    try:
+        pipe = client.pipeline(transaction=False)
+        pipe.hgetall(_user_key(campaign_id, user_id))
+        pipe.exists(_exhausted_key(campaign_id))
+        data, exhausted = pipe.execute()
+    except redis.RedisError:
+        logger.warning("admission: redis unavailable, falling back to the database")
+        return None, False
+    return _state(data), bool(exhausted)
+
+
+def _state(data: dict) -> UserState | None:
+    """Parse a remembered user hash; anything odd counts as "don't know" (the database decides)."""
     if not data:
         return None
-    return UserState(count=int(data.get("n", 0)), welcome_code=data.get("w", ""))
+    try:
+        return UserState(count=int(data.get("n", 0)), welcome_code=str(data.get("w", "")))
+    except (TypeError, ValueError):
+        return None
 
 
 def remember_user(campaign_id: int, user_id: int, *, count: int, welcome_code: str) -> None:

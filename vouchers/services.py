@@ -57,24 +57,37 @@ def _after_commit_user(campaign_id: int, user_id: int) -> None:
     transaction.on_commit(lambda: admission.forget_user(campaign_id, user_id))
 
 
-def _issue_locked(*, user, campaign: Campaign, source: str, actor=None, reason: str = "") -> Voucher:
-    """Issue one card. Caller holds the (campaign, user) advisory lock inside its transaction."""
-    used = Voucher.objects.filter(campaign=campaign, user=user).aggregate(m=Max("slot"))["m"] or 0
+def _issue_locked(
+    *, user, campaign: Campaign, source: str, actor=None, reason: str = "", used: int | None = None
+) -> Voucher:
+    """Issue one card. Caller holds the (campaign, user) advisory lock inside its transaction.
+
+    `used` is the number of cards the user already holds here, when the caller has just counted them.
+    """
+    if used is None:
+        used = Voucher.objects.filter(campaign=campaign, user=user).aggregate(m=Max("slot"))["m"] or 0
     slot = used + 1
     if slot > campaign.card_cap:
         raise CardLimitReached()
     try:
         bucket = budget_reserve(campaign=campaign, amount=campaign.face_value, hint=user.pk)
     except BudgetExhausted:
+        # Runs before the rollback on purpose: "exhausted" is only a hint that expires in seconds.
         admission.mark_exhausted(campaign.pk)
         raise
     voucher = Voucher.objects.create(
-        code=new_voucher_code(), campaign=campaign, user=user, bucket=bucket, slot=slot, cap=campaign.card_cap,
+        code=new_voucher_code(), campaign=campaign, user=user, bucket_id=bucket.pk, slot=slot, cap=campaign.card_cap,
         source=source, face_value=campaign.face_value, expires_at=timezone.now() + campaign.card_validity,
     )
-    budget_record(bucket=bucket, campaign_id=campaign.pk, kind=LedgerEntry.Kind.RESERVE, amount=voucher.face_value,
+    budget_record(bucket=bucket.pk, campaign_id=campaign.pk, kind=LedgerEntry.Kind.RESERVE, amount=voucher.face_value,
                   voucher_id=voucher.pk, actor=actor, reason=reason or f"发卡：{voucher.get_source_display()}")
-    _after_commit_user(campaign.pk, user.pk)
+    if source == Voucher.Source.WELCOME:
+        # Under the slot lock the count is exact; a card issued right after us forgets this on its own commit.
+        transaction.on_commit(
+            lambda: admission.remember_user(campaign.pk, user.pk, count=slot, welcome_code=voucher.code)
+        )
+    else:
+        _after_commit_user(campaign.pk, user.pk)
     return voucher
 
 
@@ -114,29 +127,39 @@ def _check_join(*, campaign: Campaign, app_version: object) -> None:
 
 
 def campaign_join(*, user, campaign: Campaign, app_version: object) -> tuple[Voucher, bool]:
-    """Give the user their welcome card. Returns (card, created); a repeat returns the same card."""
+    """Give the user their welcome card. Returns (card, created); a repeat returns the same card.
+
+    Redis (one round trip) answers the hopeless and the repeats; PostgreSQL decides every success.
+    """
     _check_join(campaign=campaign, app_version=app_version)
-    state = admission.user_state(campaign.pk, user.pk)
+    state, exhausted = admission.precheck(campaign.pk, user.pk)
     if state is not None:
         if state.welcome_code:
-            existing = Voucher.objects.filter(code=state.welcome_code, user=user).first()
+            existing = Voucher.objects.filter(code=state.welcome_code, user=user, campaign=campaign).first()
             if existing is not None:
                 return existing, False
         elif state.count >= campaign.card_cap:
             raise CardLimitReached()
-    if admission.budget_known_exhausted(campaign.pk):
+    if exhausted:
         existing = _welcome_card(campaign, user)
         if existing is not None:
             return existing, False
         raise BudgetExhausted()
     try:
-        return _join_db(user=user, campaign=campaign, app_version=str(app_version).strip())
+        voucher, created, cards, welcome = _join_db(user=user, campaign=campaign, app_version=str(app_version).strip())
     except IntegrityError:
         # The partial unique index caught a concurrent join that slipped past the lock.
         existing = _welcome_card(campaign, user)
         if existing is None:
             raise
         return existing, False
+    if voucher is None:
+        # Capped without a welcome card: remember it (counts only grow), so the next try costs no query.
+        admission.remember_user(campaign.pk, user.pk, count=cards, welcome_code=welcome)
+        raise CardLimitReached()
+    if not created:
+        admission.remember_user(campaign.pk, user.pk, count=cards, welcome_code=welcome)
+    return voucher, created
 
 
 def _welcome_card(campaign: Campaign, user) -> Voucher | None:
@@ -145,22 +168,22 @@ def _welcome_card(campaign: Campaign, user) -> Voucher | None:
 
 @retry_on_conflict()
 @transaction.atomic(durable=True)
-def _join_db(*, user, campaign: Campaign, app_version: str) -> tuple[Voucher, bool]:
+def _join_db(*, user, campaign: Campaign, app_version: str) -> tuple[Voucher | None, bool, int, str]:
+    """(card, created, cards held, welcome code). card is None when the user is at the cap without a welcome card.
+
+    Refusals are returned, not raised, so the caller can still cache what it learned.
+    """
     advisory_lock("slot", campaign.pk, user.pk)
     cards = list(Voucher.objects.filter(campaign=campaign, user=user).values_list("source", "code"))
     welcome = next((code for source, code in cards if source == Voucher.Source.WELCOME), "")
     if welcome:
-        transaction.on_commit(
-            lambda: admission.remember_user(campaign.pk, user.pk, count=len(cards), welcome_code=welcome)
-        )
-        return Voucher.objects.get(code=welcome), False
+        return Voucher.objects.get(code=welcome), False, len(cards), welcome
     if len(cards) >= campaign.card_cap:
-        transaction.on_commit(lambda: admission.remember_user(campaign.pk, user.pk, count=len(cards), welcome_code=""))
-        raise CardLimitReached()
-    voucher = _issue_locked(user=user, campaign=campaign, source=Voucher.Source.WELCOME)
+        return None, False, len(cards), ""
+    voucher = _issue_locked(user=user, campaign=campaign, source=Voucher.Source.WELCOME, used=len(cards))
     if not user.joined_app_version:
         type(user).objects.filter(pk=user.pk, joined_app_version="").update(joined_app_version=app_version[:32])
-    return voucher, True
+    return voucher, True, len(cards) + 1, voucher.code
 
 
 # --- the order side: lock, redeem, release -------------------------------------------
@@ -191,6 +214,11 @@ def voucher_redeem(*, voucher_id: int, order_id: int, order_amount: Decimal) -> 
 
     Idempotent: a card already redeemed for this order is returned unchanged.
     """
+    if isinstance(order_amount, int) and not isinstance(order_amount, bool):
+        order_amount = Decimal(order_amount)
+    if not isinstance(order_amount, Decimal) or not order_amount.is_finite() or order_amount < 0:
+        raise InvalidInput("订单金额必须是不小于 0 的金额", extra={"fields": {"order_amount": ["格式错误"]}})
+    order_amount = order_amount.quantize(Decimal("0.01"))
     voucher = Voucher.objects.select_for_update().get(pk=voucher_id)
     if voucher.status == Voucher.Status.REDEEMED and voucher.order_id == order_id:
         return voucher
