@@ -1,0 +1,42 @@
+"""`manage.py simulate` on a small population ends with a clean invariant report."""
+
+import io
+import json
+
+import pytest
+from django.core.management import call_command
+
+from tests.factories import CampaignFactory
+from vouchers.models import Voucher
+
+
+@pytest.mark.django_db(transaction=True)
+def test_simulate_small_population_clean_report(settings):
+    settings.MIANDAN_SMS_BACKEND = "fixed"
+    settings.MIANDAN_FIXED_OTP = "246810"
+    campaign = CampaignFactory(slug="sim-tea")
+    out = io.StringIO()
+    call_command("simulate", users=8, orders=0, concurrency=3, campaign="sim-tea", json=True, stdout=out)
+    report = json.loads(out.getvalue())
+    assert report["ok"] is True, report
+    assert all(check["ok"] for check in report["checks"].values())
+    assert report["run"]["logged_in"] == 8
+    assert report["run"]["joined"] == 8
+    assert report["codes"]["join:201"] == 8
+    referral_answers = sum(n for key, n in report["codes"].items() if key.startswith("referral:"))
+    assert referral_answers == report["run"]["referral_attempts"]
+    assert report["checks"]["cards_per_user_within_cap"]["users_over_cap"] == 0
+    assert report["checks"]["reconcile"]["ok"] is True
+    assert report["checks"]["no_server_errors"]["5xx_other_than_503"] == 0
+    welcome = Voucher.objects.filter(campaign=campaign, source=Voucher.Source.WELCOME).count()
+    assert welcome == 8
+    # Referral cards (if the invitee was accepted) are counted against the same budget and reconcile.
+    assert Voucher.objects.filter(campaign=campaign).count() >= welcome
+
+
+@pytest.mark.django_db(transaction=True)
+def test_simulate_fails_loudly_on_unknown_campaign():
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="not found"):
+        call_command("simulate", users=1, orders=0, campaign="nope", json=True, stdout=io.StringIO())
