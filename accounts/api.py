@@ -4,12 +4,12 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from .models import PHONE_REGEX
-from .services import login_with_otp, otp_request
+from miandan.api.fields import StrictCharField, StrictRegexField
 
-phone_field = serializers.RegexField(
-    PHONE_REGEX, max_length=11, error_messages={"invalid": "请输入正确的 11 位手机号码"}
-)
+from .models import PHONE_REGEX
+from .services import auth_ip_check, login_with_otp, otp_request, token_revoke
+
+phone_field = StrictRegexField(PHONE_REGEX, max_length=11, error_messages={"invalid": "请输入正确的 11 位手机号码"})
 
 
 def client_ip(request) -> str | None:
@@ -30,6 +30,17 @@ class MeApi(APIView):
         return Response(UserOutput(request.user).data)
 
 
+class LogoutApi(APIView):
+    """Revoke the bearer token this request was made with; other devices stay logged in."""
+
+    @extend_schema(request=None, responses={204: None}, summary="Log out: revoke the current token")
+    def post(self, request):
+        token = getattr(request, "auth_token", None)
+        if token is not None:
+            token_revoke(token=token)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
 class OtpRequestApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
@@ -42,6 +53,7 @@ class OtpRequestApi(APIView):
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
+        auth_ip_check(action="otp", ip=client_ip(request))
         otp_request(phone=data.validated_data["phone"], ip=client_ip(request))
         return Response({"detail": "验证码已发送", "expires_in": 300}, status=status.HTTP_202_ACCEPTED)
 
@@ -52,8 +64,8 @@ class TokenCreateApi(APIView):
 
     class InputSerializer(serializers.Serializer):
         phone = phone_field
-        code = serializers.RegexField(r"^\d{6}$", error_messages={"invalid": "验证码是 6 位数字"})
-        device_id = serializers.CharField(min_length=1, max_length=128)
+        code = StrictRegexField(r"^\d{6}$", error_messages={"invalid": "验证码是 6 位数字"})
+        device_id = StrictCharField(min_length=1, max_length=128)
 
     @extend_schema(
         request=InputSerializer,
@@ -63,6 +75,7 @@ class TokenCreateApi(APIView):
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
+        auth_ip_check(action="token", ip=client_ip(request))
         token, user = login_with_otp(
             phone=data.validated_data["phone"], code=data.validated_data["code"],
             device_id=data.validated_data["device_id"], ip=client_ip(request),

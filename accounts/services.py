@@ -5,12 +5,17 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import logging
 import secrets
+import time
 
 from django.conf import settings
+from django.core.cache import caches
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
+
+from miandan.api.errors import RateLimited
 
 from .auth import hash_token
 from .errors import OtpInvalid, OtpTooFrequent, OtpTooManyAttempts
@@ -20,6 +25,34 @@ from .sms import get_backend
 OTP_LIFETIME = dt.timedelta(minutes=5)
 OTP_MAX_ATTEMPTS = 5
 OTP_RESEND_INTERVAL = dt.timedelta(seconds=int(getattr(settings, "MIANDAN_OTP_RESEND_SECONDS", 30)))
+OTP_MAX_PER_HOUR = 10  # per phone: bounds SMS cost and guessing (5 tries per code)
+# Per client IP, per window: (max requests, window seconds). Generous: carrier NAT puts many phones on one IP.
+AUTH_IP_LIMITS = {"otp": (30, 600), "token": (60, 600)}
+
+logger = logging.getLogger(__name__)
+
+
+def auth_ip_check(*, action: str, ip: str | None) -> None:
+    """Fixed-window per-IP counter in the cache (Redis in production). Fails open if the cache is down.
+
+    The general rate-limit layer (miandan.api.guard) sits in front of this; this is the login's own floor.
+    """
+    if not ip:
+        return
+    limit, window = getattr(settings, "MIANDAN_AUTH_IP_LIMITS", AUTH_IP_LIMITS).get(action, (None, None))
+    if not limit:
+        return
+    cache = caches["ratelimit"] if "ratelimit" in settings.CACHES else caches["default"]
+    now = int(time.time())
+    key = f"authip:{action}:{ip}:{now // window}"
+    try:
+        cache.add(key, 0, timeout=window + 1)
+        count = cache.incr(key)
+    except Exception:  # a broken cache must not lock everyone out of logging in
+        logger.warning("auth ip limit: cache unavailable")
+        return
+    if count > limit:
+        raise RateLimited(retry_after=window - now % window)
 
 
 def _hash_code(phone: str, code: str) -> str:
@@ -36,6 +69,9 @@ def otp_request(*, phone: str, ip: str | None = None) -> None:
         recent = OtpCode.objects.filter(phone=phone, created_at__gt=now - OTP_RESEND_INTERVAL, used_at__isnull=True)
         if not fixed and recent.exists():
             raise OtpTooFrequent(retry_after=int(OTP_RESEND_INTERVAL.total_seconds()))
+        hourly = OtpCode.objects.filter(phone=phone, created_at__gt=now - dt.timedelta(hours=1))
+        if not fixed and hourly.count() >= OTP_MAX_PER_HOUR:
+            raise OtpTooFrequent(retry_after=3600)
         code = backend.generate_code()
         OtpCode.objects.create(phone=phone, code_hash=_hash_code(phone, code), expires_at=now + OTP_LIFETIME,
                                request_ip=ip)

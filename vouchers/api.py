@@ -5,6 +5,7 @@ from rest_framework.views import APIView
 
 from campaign.errors import CampaignNotFound
 from campaign.selectors import campaign_get_cached
+from miandan.api.fields import StrictCharField
 from miandan.api.idempotency import idempotent
 from miandan.api.pagination import Pagination
 
@@ -31,7 +32,7 @@ class VoucherOutput(serializers.Serializer):
 
 class CampaignJoinApi(APIView):
     class InputSerializer(serializers.Serializer):
-        app_version = serializers.CharField(max_length=32, error_messages={"required": "请提供 App 版本号"})
+        app_version = StrictCharField(max_length=32, error_messages={"required": "请提供 App 版本号"})
 
     @extend_schema(
         request=InputSerializer,

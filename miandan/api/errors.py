@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf_exc
 from rest_framework.response import Response
@@ -100,6 +100,10 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         if exc.retry_after is not None:
             response["Retry-After"] = str(exc.retry_after)
         return response
+    if isinstance(exc, RequestDataTooBig):
+        return Response({"code": "payload_too_large", "detail": "请求体太大"}, status=413)
+    if isinstance(exc, SuspiciousOperation):
+        return Response({"code": "invalid", "detail": "请求格式有误", "fields": {}}, status=400)
     if isinstance(exc, Http404):
         return Response({"code": "not_found", "detail": "找不到该资源"}, status=404)
     if isinstance(exc, PermissionDenied):

@@ -42,11 +42,8 @@ class IdempotencyInProgress(DomainError):
 
 
 def _fingerprint(request) -> str:
-    try:
-        data = request.data
-        canonical = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
-    except Exception:
-        canonical = request.body.decode("utf-8", "replace")
+    """Hash of the parsed body. A body that does not parse raises here (400/413/415) before any record exists."""
+    canonical = json.dumps(request.data, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

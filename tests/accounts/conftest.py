@@ -1,0 +1,1 @@
+from tests.vouchers.conftest import guard_off  # noqa: F401
