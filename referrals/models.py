@@ -91,3 +91,13 @@ class Referral(models.Model):
 
     def __str__(self) -> str:
         return f"{self.inviter} -> {self.invitee}"
+
+
+class PendingReferral(Referral):
+    """The review queue in admin: referrals held by the abuse rules (same table, own menu entry)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "待审核邀请"
+        verbose_name_plural = "待审核邀请（审核队列）"
+        default_permissions = ()

@@ -1,0 +1,252 @@
+"""Staff screens for referrals: codes, the referral list, the review queue, chains and top inviters.
+
+Everything here is read-only except the review actions, which call the services
+(`referral_approve` / `referral_reject`): cards and outcomes are never edited by hand.
+"""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+
+from campaign.models import Campaign
+from miandan.api.errors import DomainError
+
+from .errors import ReferralNotPending
+from .models import InviteCode, PendingReferral, Referral
+from .selectors import referral_chain, top_inviters
+from .services import REVIEW_REASONS, referral_approve, referral_reject
+
+
+def _who(user) -> str:
+    return (getattr(user, "phone", None) or getattr(user, "username", "")) if user is not None else "-"
+
+
+def chain_url(user_id: int, campaign_id: int | None = None) -> str:
+    url = reverse("admin:referrals_referral_chain", args=[user_id])
+    return f"{url}?campaign={campaign_id}" if campaign_id else url
+
+
+@admin.register(InviteCode)
+class InviteCodeAdmin(admin.ModelAdmin):
+    list_display = ("code", "owner", "campaign", "invitee_count", "created_at")
+    list_filter = ("campaign",)
+    search_fields = ("code", "user__phone", "user__username")
+    list_select_related = ("user", "campaign")
+    readonly_fields = ("code", "user", "campaign", "created_at")
+    ordering = ("-id",)
+    show_full_result_count = False
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(_invitees=Count("referrals"))
+
+    @admin.display(description="邀请人")
+    def owner(self, obj: InviteCode):
+        return format_html('<a href="{}">{}</a>', chain_url(obj.user_id, obj.campaign_id), _who(obj.user))
+
+    @admin.display(description="邀请人数", ordering="_invitees")
+    def invitee_count(self, obj: InviteCode) -> int:
+        return obj._invitees
+
+    # Codes are created by the app on first use; staff only look them up.
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(Referral)
+class ReferralAdmin(admin.ModelAdmin):
+    change_list_template = "referrals/admin/referral_change_list.html"
+    list_display = ("id", "campaign", "inviter_link", "invitee_link", "status", "inviter_outcome", "invitee_outcome",
+                    "depth", "reasons", "created_at")
+    list_filter = ("status", "campaign", "inviter_outcome", "invitee_outcome")
+    search_fields = ("inviter__phone", "invitee__phone", "invite_code__code", "device_id")
+    list_select_related = ("campaign", "inviter", "invitee")
+    actions = ("approve_selected", "reject_selected")
+    readonly_fields = (
+        "campaign", "invite_code", "inviter_link", "invitee_link", "root", "depth", "path", "status",
+        "inviter_outcome", "invitee_outcome", "inviter_voucher", "invitee_voucher", "reasons", "device_id", "ip",
+        "reviewed_by", "reviewed_at", "review_note", "created_at",
+    )
+    fields = readonly_fields
+    show_full_result_count = False
+    list_per_page = 50
+
+    @admin.display(description="邀请人", ordering="inviter__phone")
+    def inviter_link(self, obj: Referral):
+        return format_html('<a href="{}">{}</a>', chain_url(obj.inviter_id, obj.campaign_id), _who(obj.inviter))
+
+    @admin.display(description="受邀人", ordering="invitee__phone")
+    def invitee_link(self, obj: Referral):
+        return format_html('<a href="{}">{}</a>', chain_url(obj.invitee_id, obj.campaign_id), _who(obj.invitee))
+
+    @admin.display(description="可疑原因")
+    def reasons(self, obj: Referral) -> str:
+        return "；".join(REVIEW_REASONS.get(r, r) for r in obj.review_reasons or []) or "-"
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_review_permission(self, request) -> bool:
+        return request.user.has_perm("referrals.review_referral")
+
+    # --- bulk review --------------------------------------------------------------------
+
+    @admin.action(description="通过所选待审核邀请（发卡，仍受上限与预算约束）", permissions=["review"])
+    def approve_selected(self, request, queryset):
+        return self._review(request, queryset, approve=True)
+
+    @admin.action(description="拒绝所选待审核邀请（不发卡）", permissions=["review"])
+    def reject_selected(self, request, queryset):
+        return self._review(request, queryset, approve=False)
+
+    def _review(self, request, queryset, *, approve: bool):
+        """First POST shows a confirmation page asking why; the second (confirm=yes) decides."""
+        action = "approve_selected" if approve else "reject_selected"
+        error = ""
+        if request.POST.get("confirm") == "yes":
+            note = request.POST.get("note", "").strip()
+            if note:
+                self._decide(request, queryset, approve=approve, note=note)
+                return None  # back to the change list
+            error = "请填写审核说明（会记入审计日志）"
+        pending = list(
+            queryset.filter(status=Referral.Status.UNDER_REVIEW).select_related("inviter", "invitee", "campaign")
+        )
+        for referral in pending:
+            referral.reason_text = self.reasons(referral)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "批量通过邀请" if approve else "批量拒绝邀请",
+            "opts": self.model._meta,
+            "approve": approve,
+            "action": action,
+            "queryset": queryset,
+            "pending": pending,
+            "skipped": queryset.count() - len(pending),
+            "error": error,
+            "note": request.POST.get("note", ""),
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "referrals/admin/review_confirm.html", context)
+
+    def _decide(self, request, queryset, *, approve: bool, note: str) -> None:
+        service = referral_approve if approve else referral_reject
+        done = skipped = 0
+        failures: list[str] = []
+        # One transaction per referral: a failure on one does not undo the others.
+        for referral in queryset.order_by("pk"):
+            try:
+                service(referral=referral, actor=request.user, note=note)
+                done += 1
+            except ReferralNotPending:
+                skipped += 1
+            except DomainError as exc:
+                failures.append(f"#{referral.pk}: {exc.detail}")
+        verb = "通过" if approve else "拒绝"
+        if done:
+            messages.success(request, f"已{verb} {done} 条邀请。")
+        if skipped:
+            messages.warning(request, f"{skipped} 条邀请不在待审核状态，已跳过。")
+        for failure in failures[:20]:
+            messages.error(request, failure)
+
+    # --- chain and top inviters -----------------------------------------------------------
+
+    def get_urls(self):
+        custom = [
+            path("chain/<int:user_id>/", self.admin_site.admin_view(self.chain_view), name="referrals_referral_chain"),
+            path("top-inviters/", self.admin_site.admin_view(self.top_inviters_view),
+                 name="referrals_referral_top_inviters"),
+        ]
+        return custom + super().get_urls()
+
+    def _require_view(self, request) -> None:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+
+    def chain_view(self, request, user_id: int):
+        self._require_view(request)
+        user = get_object_or_404(get_user_model(), pk=user_id)
+        campaign_ids = set(Referral.objects.filter(invitee=user).values_list("campaign_id", flat=True))
+        campaign_ids |= set(Referral.objects.filter(inviter=user).values_list("campaign_id", flat=True))
+        wanted = request.GET.get("campaign", "")
+        if wanted.isdigit():
+            campaign_ids = {int(wanted)}
+        campaigns = Campaign.objects.filter(pk__in=campaign_ids).order_by("-starts_at")
+        chains = [referral_chain(user=user, campaign=c) for c in campaigns]
+        for chain in chains:
+            chain.ancestor_links = format_html_join(
+                " → ", '<a href="{}">{}</a>', ((chain_url(a.pk, chain.campaign.pk), _who(a)) for a in chain.ancestors)
+            )
+            chain.invitee_rows = [
+                (r, chain_url(r.invitee_id, chain.campaign.pk)) for r in chain.invitees
+            ]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"邀请链：{_who(user)}",
+            "opts": self.model._meta,
+            "subject": user,
+            "subject_name": _who(user),
+            "chains": chains,
+            "status_labels": dict(Referral.Status.choices),
+        }
+        return TemplateResponse(request, "referrals/admin/chain.html", context)
+
+    def top_inviters_view(self, request):
+        self._require_view(request)
+        campaigns = list(Campaign.objects.order_by("-starts_at")[:100])
+        wanted = request.GET.get("campaign", "")
+        campaign = next((c for c in campaigns if str(c.pk) == wanted), None)
+        rows = top_inviters(campaign=campaign, limit=100)
+        for row in rows:
+            row["chain_url"] = chain_url(row["inviter_id"], row["campaign_id"])
+            row["name"] = _who(row["inviter"])
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "邀请排行榜",
+            "opts": self.model._meta,
+            "campaigns": campaigns,
+            "campaign": campaign,
+            "rows": rows,
+        }
+        return TemplateResponse(request, "referrals/admin/top_inviters.html", context)
+
+
+@admin.register(PendingReferral)
+class PendingReferralAdmin(ReferralAdmin):
+    """Held referrals only: the queue staff work through with the bulk actions."""
+
+    list_filter = ("campaign",)
+    ordering = ("id",)  # oldest first: first held, first decided
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).filter(status=Referral.Status.UNDER_REVIEW)
+
+    def get_urls(self):
+        return admin.ModelAdmin.get_urls(self)
+
+    # The proxy has no permissions of its own: whoever may see or review referrals sees the queue.
+    def has_view_permission(self, request, obj=None) -> bool:
+        return request.user.has_perm("referrals.view_referral") or self.has_review_permission(request)
+
+    def has_module_permission(self, request) -> bool:
+        return self.has_view_permission(request)
