@@ -4,7 +4,8 @@
 - A repeat with the same key and body gets the original status and body back.
 - The same key with a different body: 422 `idempotency_key_reused`.
 - A repeat while the first is still running: 409 `idempotency_in_progress`.
-- Records live 24 hours. 5xx, 429 and 503 answers are not stored: the client may retry them.
+- Records live 24 hours. 5xx, 429 and 503 answers are not stored: the client may retry them;
+  nor are 400/401/413/415 (refused before doing anything: a corrected request may reuse the key).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ RETENTION = dt.timedelta(hours=24)
 STALE_AFTER = dt.timedelta(seconds=120)  # a first attempt that died without finishing
 _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 _TRANSIENT = {429, 503}
+# The request was refused before it did anything: keep no record, so a corrected retry can reuse the key.
+_NOT_PROCESSED = {400, 401, 413, 415}
 
 
 class IdempotencyKeyReused(DomainError):
@@ -104,7 +107,7 @@ def idempotent(method):
             except Exception:
                 records.filter(status_code__isnull=True).delete()
                 raise
-        if response.status_code >= 500 or response.status_code in _TRANSIENT:
+        if response.status_code >= 500 or response.status_code in _TRANSIENT or response.status_code in _NOT_PROCESSED:
             records.filter(status_code__isnull=True).delete()
             return response
         body = json.loads(JSONRenderer().render(response.data)) if response.data is not None else None
