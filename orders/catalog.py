@@ -30,7 +30,7 @@ NO_ICE_CHEESE = ["少冰", "去冰"]
 M_L = {"中杯": "0.00", "大杯": "3.00"}
 L_ONLY = {"大杯": "0.00"}
 L_XL = {"大杯": "0.00", "超大杯": "4.00"}
-S_M_L = {"小杯": "0.00", "中杯": "2.00", "大杯": "4.00"}
+S_M_L = {"中杯": "0.00", "大杯": "3.00", "超大杯": "6.00"}
 
 
 def _p(name, price, *, aliases=(), category="果茶", sizes=None, sugars=None, ices=None, default_size="", is_default=False):

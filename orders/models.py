@@ -188,3 +188,23 @@ class OrderEvent(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.order_id} {self.from_status} -> {self.to_status}"
+
+
+class StoreMinute(models.Model):
+    """Orders accepted by a store in one wall-clock minute: the capacity counter when Redis is absent.
+
+    Taken with INSERT .. ON CONFLICT DO UPDATE .. WHERE count < capacity inside the order's
+    transaction, so a rolled-back order gives its slot back by itself.
+    """
+
+    store = models.ForeignKey(Store, on_delete=models.CASCADE, related_name="+", verbose_name="门店")
+    minute = models.BigIntegerField("分钟（Unix 时间 // 60）")
+    count = models.PositiveIntegerField("已接单数", default=0)
+
+    class Meta:
+        verbose_name = "门店每分钟接单数"
+        verbose_name_plural = "门店每分钟接单数"
+        constraints = [models.UniqueConstraint(fields=["store", "minute"], name="store_minute_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.store_id}@{self.minute}: {self.count}"

@@ -1,0 +1,30 @@
+"""Reads for stores and orders."""
+
+from __future__ import annotations
+
+from django.db.models import Prefetch, QuerySet
+
+from . import geo
+from .models import Order, OrderEvent, OrderItem
+
+
+def stores_nearby(*, lat: float, lng: float, radius_m: int = 3000, limit: int = 50) -> list[geo.Hit]:
+    return geo.stores_nearby(lat=lat, lng=lng, radius_m=radius_m, limit=limit)
+
+
+def _with_details(qs: QuerySet[Order]) -> QuerySet[Order]:
+    return qs.select_related("store__brand", "campaign", "voucher").prefetch_related(
+        Prefetch("items", queryset=OrderItem.objects.select_related("product__brand").order_by("id")),
+        Prefetch("events", queryset=OrderEvent.objects.order_by("id")),
+    )
+
+
+def order_list(*, user, status: str | None = None) -> QuerySet[Order]:
+    qs = Order.objects.filter(user=user)
+    if status:
+        qs = qs.filter(status=status)
+    return _with_details(qs).order_by("-id")
+
+
+def order_get(*, user, order_id: int) -> Order | None:
+    return _with_details(Order.objects.filter(user=user, pk=order_id)).first()

@@ -1,0 +1,480 @@
+"""Orders: placement (store choice, capacity, card lock, price) and the fulfilment state machine.
+
+Placement is an outbox: the order row, its items, the locked card and the first OrderEvent are
+written in one transaction and the Celery task is sent on commit. Every later state change is a
+conditional transition (lock the row, check the expected state, write, add the OrderEvent that
+is unique per state), so a redelivered task or a racing cancel can never apply a step twice.
+Merchant calls (network) happen between transactions, never inside one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from campaign.errors import CampaignNotFound, CampaignNotLive
+from campaign.models import Campaign
+from campaign.services import campaign_is_live
+from miandan.api.errors import InvalidInput, Paused
+from miandan.db import retry_on_conflict
+from vouchers.errors import NoVoucher
+from vouchers.models import Voucher
+from vouchers.services import voucher_lock_for_order, voucher_redeem, voucher_release
+
+from . import capacity, geo
+from .errors import CannotCancel, NoStoreAvailable, NotUnderstood, OrderNotFound
+from .merchant import MerchantRejected, get_merchant
+from .models import Order, OrderEvent, OrderItem, Product, Store, StoreMinute
+from .parser import MAX_CUPS, Intent, parse
+from .parser import NotUnderstood as ParseRefusal
+
+logger = logging.getLogger(__name__)
+S = Order.Status
+CANCELLABLE = (S.PLACED, S.SENT_TO_STORE)
+ACTIVE = (S.PLACED, S.SENT_TO_STORE, S.ACCEPTED, S.DELIVERING)
+
+
+def _setting(name: str, default):
+    return getattr(settings, name, default)
+
+
+# --- what to order -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Line:
+    """One requested item before a store is chosen."""
+
+    quantity: int
+    size: str | None = None
+    sugar: str | None = None
+    ice: str | None = None
+    candidates: tuple[tuple[int, str], ...] = ()  # (brand_id, product name) from the parser
+    product_id: int | None = None  # explicit product (plain order API)
+    brand_id: int | None = None  # generic drink of this brand
+
+    @property
+    def generic(self) -> bool:
+        return not self.candidates and self.product_id is None
+
+
+@dataclass
+class QuotedItem:
+    product: Product
+    quantity: int
+    size: str | None
+    sugar: str | None
+    ice: str | None
+    unit_price: Decimal
+
+    @property
+    def line_total(self) -> Decimal:
+        return self.unit_price * self.quantity
+
+
+@dataclass
+class Quote:
+    store: Store
+    distance_m: int | None
+    items: list[QuotedItem]
+    total: Decimal = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.total = sum((i.line_total for i in self.items), Decimal("0.00"))
+
+
+class _OptionProblem(Exception):
+    def __init__(self, message: str, options: list[str]) -> None:
+        super().__init__(message)
+        self.message, self.options = message, options
+
+
+class _NotSold(Exception):
+    pass
+
+
+def _quote_at(store: Store, lines: list[Line], products: dict[tuple[int, str], Product],
+              defaults: dict[int, Product], by_id: dict[int, Product], sold_out: set[int]) -> list[QuotedItem]:
+    items = []
+    for line in lines:
+        if line.product_id is not None:
+            product = by_id.get(line.product_id)
+            if product is None or product.brand_id != store.brand_id:
+                raise _NotSold()
+        elif line.candidates:
+            name = next((n for b, n in line.candidates if b == store.brand_id), None)
+            product = products.get((store.brand_id, name)) if name else None
+        else:
+            if line.brand_id is not None and line.brand_id != store.brand_id:
+                raise _NotSold()
+            product = defaults.get(store.brand_id)
+        if product is None or not product.active or product.pk in sold_out:
+            raise _NotSold()
+        size_key = line.size or product.default_size or next(iter(product.sizes or {}), "")
+        if line.size and line.size not in (product.sizes or {}):
+            raise _OptionProblem(f"{product.name}没有{line.size}", list(product.sizes))
+        if line.sugar and line.sugar not in product.sugar_options:
+            raise _OptionProblem(f"{product.name}不能做{line.sugar}", list(product.sugar_options))
+        if line.ice and line.ice not in product.ice_options:
+            raise _OptionProblem(f"{product.name}不能做{line.ice}", list(product.ice_options))
+        surcharge = Decimal(str((product.sizes or {}).get(size_key, "0")))
+        items.append(QuotedItem(product=product, quantity=line.quantity, size=line.size, sugar=line.sugar, ice=line.ice,
+                                unit_price=(product.price + surcharge).quantize(Decimal("0.01"))))
+    return items
+
+
+def _quotes(lines: list[Line], stores: list[tuple[Store, int | None]]) -> tuple[list[Quote], _OptionProblem | None]:
+    """Every candidate store (nearest first) that sells all lines with the asked options."""
+    brand_ids = {s.brand_id for s, _ in stores}
+    products: dict[tuple[int, str], Product] = {}
+    defaults: dict[int, Product] = {}
+    by_id: dict[int, Product] = {}
+    explicit = [line.product_id for line in lines if line.product_id is not None]
+    qs = Product.objects.filter(brand_id__in=brand_ids)
+    for p in qs if not explicit else qs | Product.objects.filter(pk__in=explicit):
+        products[(p.brand_id, p.name)] = p
+        by_id[p.pk] = p
+        if p.is_default and p.active:
+            defaults[p.brand_id] = p
+    sold: dict[int, set[int]] = {}
+    for store_id, product_id in Store.sold_out.through.objects.filter(
+        store_id__in=[s.pk for s, _ in stores]
+    ).values_list("store_id", "product_id"):
+        sold.setdefault(store_id, set()).add(product_id)
+    quotes, problem = [], None
+    for store, distance in stores:
+        try:
+            quotes.append(Quote(store=store, distance_m=distance,
+                                items=_quote_at(store, lines, products, defaults, by_id, sold.get(store.pk, set()))))
+        except _OptionProblem as exc:
+            problem = problem or exc
+        except _NotSold:
+            continue
+    return quotes, problem
+
+
+# --- which campaign and card -----------------------------------------------------------
+
+def _campaign_for(*, user, slug: str | None) -> Campaign | None:
+    now = timezone.now()
+    if slug:
+        campaign = Campaign.objects.filter(slug=slug).first()
+        if campaign is None:
+            raise CampaignNotFound()
+        if not campaign_is_live(campaign, now):
+            raise CampaignNotLive()
+        return campaign
+    live = Campaign.objects.filter(status=Campaign.Status.LIVE, starts_at__lte=now, ends_at__gt=now)
+    card = (
+        Voucher.objects.filter(user=user, status=Voucher.Status.ISSUED, expires_at__gt=now, campaign__in=live)
+        .order_by("expires_at", "id").select_related("campaign").first()
+    )
+    if card is not None:
+        return card.campaign
+    only = list(live[:2])
+    return only[0] if len(only) == 1 else None
+
+
+def _check_switch(campaign: Campaign | None) -> None:
+    if campaign is not None and not campaign.orders_enabled:
+        raise Paused("下单功能暂时暂停，请稍后再试")
+
+
+def _usable_card(*, user, campaign: Campaign | None, code: str | None) -> Voucher | None:
+    if campaign is None:
+        return None
+    qs = Voucher.objects.filter(user=user, campaign=campaign, status=Voucher.Status.ISSUED, expires_at__gt=timezone.now())
+    if code:
+        qs = qs.filter(code=code.strip().upper())
+    return qs.order_by("expires_at", "id").first()
+
+
+# --- placement ------------------------------------------------------------------------
+
+@dataclass
+class Placement:
+    """What `order_place` decided; `order` is None for a preview."""
+
+    quote: Quote
+    subsidy: Decimal
+    amount_to_pay: Decimal
+    voucher: Voucher | None
+    campaign: Campaign | None
+    order: Order | None = None
+
+
+class _StoreFull(Exception):
+    pass
+
+
+def _candidate_stores(*, lat: float | None, lng: float | None, store_id: int | None, lines: list[Line]
+                      ) -> list[tuple[Store, int | None]]:
+    if store_id is not None:
+        store = Store.objects.select_related("brand").filter(pk=store_id).first()
+        if store is None:
+            raise InvalidInput("门店不存在", extra={"fields": {"store": ["门店不存在"]}})
+        if not store.active or not store.brand.participating or not geo.is_open(store):
+            raise NoStoreAvailable("该门店现在不营业")
+        distance = round(geo.haversine_m(lat, lng, store.lat, store.lng)) if lat is not None and lng is not None else None
+        return [(store, distance)]
+    brand_ids = None
+    wanted = [{b for b, _ in line.candidates} if line.candidates else ({line.brand_id} if line.brand_id else None)
+              for line in lines]
+    for w in wanted:
+        if w is not None:
+            brand_ids = w if brand_ids is None else brand_ids & w
+    if brand_ids is not None and not brand_ids:
+        raise NoStoreAvailable("这几款饮品不在同一个品牌，请分开下单")
+    hits = geo.stores_nearby(lat=lat, lng=lng, radius_m=int(_setting("MIANDAN_ORDER_RADIUS_M", 5000)),
+                             brand_ids=brand_ids, limit=int(_setting("MIANDAN_ORDER_CANDIDATE_STORES", 20)))
+    return [(h.store, h.distance_m) for h in hits if h.store.brand.participating]
+
+
+def _plan(*, user, lines: list[Line], lat, lng, store_id, campaign_slug, voucher_code, pay_full_price, chat: bool):
+    total_cups = sum(line.quantity for line in lines)
+    if total_cups > MAX_CUPS:
+        raise InvalidInput(f"每单最多 {MAX_CUPS} 杯", extra={"fields": {"items": [f"每单最多 {MAX_CUPS} 杯"]}})
+    campaign = _campaign_for(user=user, slug=campaign_slug)
+    _check_switch(campaign)
+    stores = _candidate_stores(lat=lat, lng=lng, store_id=store_id, lines=lines)
+    quotes, problem = _quotes(lines, stores)
+    if not quotes:
+        if problem is not None:
+            if chat:
+                raise NotUnderstood(f"{problem.message}，可选：{'、'.join(problem.options)}",
+                                    suggestions=[f"要{o}的" for o in problem.options])
+            hint = f"{problem.message}，可选：{'、'.join(problem.options)}"
+            raise InvalidInput(problem.message, extra={"fields": {"items": [hint]}})
+        if store_id is not None:
+            raise InvalidInput("该门店没有这款商品", extra={"fields": {"items": ["该门店没有这款商品或已售罄"]}})
+        raise NoStoreAvailable("附近没有营业中的门店有这款饮品")
+    card = _usable_card(user=user, campaign=campaign, code=voucher_code)
+    if card is None and not pay_full_price:
+        raise NoVoucher("您没有可用的免单卡；如需原价购买，请确认按原价下单")
+    return campaign, quotes, card
+
+
+def _pricing(quote: Quote, card: Voucher | None) -> tuple[Decimal, Decimal]:
+    subsidy = min(quote.total, card.face_value) if card is not None else Decimal("0.00")
+    return subsidy, quote.total - subsidy
+
+
+@retry_on_conflict()
+@transaction.atomic(durable=True)
+def _place_tx(*, user, campaign: Campaign | None, quote: Quote, voucher_code: str | None, pay_full_price: bool,
+              source_text: str, db_capacity: bool) -> Order:
+    if db_capacity and capacity.take_db(quote.store) is None:
+        raise _StoreFull()
+    order = Order.objects.create(
+        user=user, campaign=campaign, store=quote.store, status=S.PLACED, total_price=quote.total,
+        subsidy=Decimal("0.00"), amount_to_pay=quote.total, source_text=source_text[:200],
+    )
+    OrderItem.objects.bulk_create(
+        OrderItem(order=order, product=i.product, quantity=i.quantity, size=i.size or "", sugar=i.sugar or "",
+                  ice=i.ice or "", unit_price=i.unit_price, line_total=i.line_total)
+        for i in quote.items
+    )
+    card = None
+    if campaign is not None:
+        try:
+            card = voucher_lock_for_order(user=user, campaign=campaign, order_id=order.pk, voucher_code=voucher_code)
+        except NoVoucher:
+            if not pay_full_price:
+                raise
+    if card is not None:
+        subsidy = min(quote.total, card.face_value)
+        Order.objects.filter(pk=order.pk).update(voucher=card, subsidy=subsidy, amount_to_pay=quote.total - subsidy)
+        order.voucher, order.subsidy, order.amount_to_pay = card, subsidy, quote.total - subsidy
+    OrderEvent.objects.create(order=order, from_status="", to_status=S.PLACED,
+                              note=f"下单：{quote.store.name}" + (f"，使用免单卡 {card.code}" if card else "，原价"))
+    order_id = order.pk
+    transaction.on_commit(lambda: _send(order_id))
+    return order
+
+
+def _send(order_id: int) -> None:
+    from .tasks import order_advance_task
+
+    try:
+        order_advance_task.delay(order_id)
+    except Exception:  # broker down: the sweeper re-sends placed orders
+        logger.warning("could not send order %s to the queue; the sweeper will", order_id, exc_info=True)
+
+
+def order_place(*, user, lines: list[Line], lat: float | None = None, lng: float | None = None,
+                store_id: int | None = None, campaign_slug: str | None = None, voucher_code: str | None = None,
+                pay_full_price: bool = False, preview: bool = False, source_text: str = "", chat: bool = False
+                ) -> Placement:
+    """Place (or preview) an order at the nearest open store that sells it and has capacity this minute.
+
+    Each store attempt is its own durable transaction: a full store is skipped for the next one.
+    A Redis capacity slot of an attempt that did not commit is given back.
+    """
+    campaign, quotes, card = _plan(user=user, lines=lines, lat=lat, lng=lng, store_id=store_id,
+                                   campaign_slug=campaign_slug, voucher_code=voucher_code,
+                                   pay_full_price=pay_full_price, chat=chat)
+    if preview:
+        subsidy, to_pay = _pricing(quotes[0], card)
+        return Placement(quote=quotes[0], subsidy=subsidy, amount_to_pay=to_pay, voucher=card, campaign=campaign)
+    for quote in quotes:
+        slot = capacity.take_redis(quote.store)
+        if slot is None:
+            continue  # full this minute
+        try:
+            order = _place_tx(user=user, campaign=campaign, quote=quote, voucher_code=voucher_code,
+                              pay_full_price=pay_full_price, source_text=source_text, db_capacity=slot is False)
+        except _StoreFull:
+            continue
+        except BaseException:
+            if slot:
+                capacity.give_back(slot)
+            raise
+        return Placement(quote=quote, subsidy=order.subsidy, amount_to_pay=order.amount_to_pay, voucher=order.voucher,
+                         campaign=campaign, order=order)
+    raise NoStoreAvailable()
+
+
+def _lines_from_intent(*, user, intent: Intent) -> tuple[list[Line], int | None]:
+    if not intent.repeat_last:
+        return [Line(quantity=i.quantity, size=i.size, sugar=i.sugar, ice=i.ice, candidates=i.candidates,
+                     brand_id=i.brand_id if i.generic else None) for i in intent.items], None
+    last = Order.objects.filter(user=user).exclude(status=S.CANCELLED).order_by("-id").first()
+    if last is None:
+        raise NotUnderstood("您还没有下过单，说说想喝什么吧")
+    ov = intent.overrides
+    lines = [Line(quantity=i.quantity, size=ov.get("size") or i.size or None, sugar=ov.get("sugar") or i.sugar or None,
+                  ice=ov.get("ice") or i.ice or None, product_id=i.product_id) for i in last.items.all()]
+    return lines, last.store_id
+
+
+def order_chat(*, user, text: object, lat: float, lng: float, campaign_slug: str | None = None,
+               pay_full_price: bool = False, preview: bool = False) -> Placement:
+    """One sentence -> an order (or a preview). Refusals are 422 `not_understood` with suggestions."""
+    intent = parse(text, user)
+    if isinstance(intent, ParseRefusal):
+        raise NotUnderstood(intent.detail, suggestions=intent.suggestions)
+    lines, last_store = _lines_from_intent(user=user, intent=intent)
+    if last_store is not None:
+        # "老样子": the same products, so the same brand; nearest store of that brand that sells them.
+        brand_id = Store.objects.filter(pk=last_store).values_list("brand_id", flat=True).first()
+        names = dict(Product.objects.filter(pk__in=[line.product_id for line in lines]).values_list("pk", "name"))
+        lines = [Line(quantity=line.quantity, size=line.size, sugar=line.sugar, ice=line.ice,
+                      candidates=((brand_id, names[line.product_id]),)) for line in lines]
+    return order_place(user=user, lines=lines, lat=lat, lng=lng, campaign_slug=campaign_slug,
+                       pay_full_price=pay_full_price, preview=preview, source_text=str(text)[:200], chat=True)
+
+
+# --- the state machine -------------------------------------------------------------------
+
+@retry_on_conflict()
+@transaction.atomic(durable=True)
+def order_transition(*, order_id: int, from_statuses: Iterable[str], to_status: str, note: str = "",
+                     **fields) -> Order | None:
+    """Move an order from one of `from_statuses` to `to_status`, or do nothing (returns None).
+
+    Completion redeems the card (spend + release of the rest); failure and cancellation release it.
+    """
+    order = Order.objects.select_for_update().filter(pk=order_id).first()
+    if order is None or order.status not in set(from_statuses):
+        return None
+    previous = order.status
+    now = timezone.now()
+    updated = Order.objects.filter(pk=order_id, status=previous).update(status=to_status, state_changed_at=now, **fields)
+    if updated != 1:
+        return None
+    OrderEvent.objects.create(order_id=order_id, from_status=previous, to_status=to_status, note=note[:255])
+    if order.voucher_id is not None:
+        if to_status == S.COMPLETED:
+            voucher_redeem(voucher_id=order.voucher_id, order_id=order_id, order_amount=order.total_price)
+        elif to_status in (S.FAILED, S.CANCELLED):
+            voucher_release(voucher_id=order.voucher_id, order_id=order_id)
+    order.refresh_from_db()
+    return order
+
+
+def order_cancel(*, user, order_id: int) -> Order:
+    order = Order.objects.filter(pk=order_id, user=user).first()
+    if order is None:
+        raise OrderNotFound()
+    if order.status == S.CANCELLED:
+        return order
+    moved = order_transition(order_id=order_id, from_statuses=CANCELLABLE, to_status=S.CANCELLED, note="用户取消")
+    if moved is None:
+        order.refresh_from_db()
+        if order.status == S.CANCELLED:
+            return order
+        raise CannotCancel(f"订单当前状态为“{order.get_status_display()}”，不能取消了")
+    return moved
+
+
+def order_fail(*, order_id: int, reason: str) -> Order | None:
+    return order_transition(order_id=order_id, from_statuses=ACTIVE, to_status=S.FAILED, note=reason,
+                            failure_reason=reason[:255])
+
+
+def order_advance(*, order_id: int, max_steps: int = 8) -> str | None:
+    """Drive one order forward as far as it goes: each step one merchant call, then one transition.
+
+    Safe to run twice at once or again after a crash: a step whose transition finds the order
+    already moved on does nothing, and the loop continues from wherever the order really is.
+    MerchantTimeout propagates (the task retries with backoff); a rejection fails the order.
+    """
+    merchant = get_merchant()
+    status = None
+    for _ in range(max_steps):
+        order = Order.objects.select_related("store").filter(pk=order_id).first()
+        if order is None:
+            return None
+        status = order.status
+        if status in Order.FINAL:
+            return status
+        try:
+            if status == S.PLACED:
+                ref = merchant.submit(order)
+                order_transition(order_id=order_id, from_statuses=[S.PLACED], to_status=S.SENT_TO_STORE,
+                                 note="已发送门店", merchant_ref=ref[:64], attempts=F("attempts") + 1)
+            elif status == S.SENT_TO_STORE:
+                merchant.await_acceptance(order)
+                order_transition(order_id=order_id, from_statuses=[S.SENT_TO_STORE], to_status=S.ACCEPTED, note="门店已接单")
+            elif status == S.ACCEPTED:
+                merchant.dispatch(order)
+                order_transition(order_id=order_id, from_statuses=[S.ACCEPTED], to_status=S.DELIVERING, note="配送中")
+            elif status == S.DELIVERING:
+                merchant.deliver(order)
+                order_transition(order_id=order_id, from_statuses=[S.DELIVERING], to_status=S.COMPLETED, note="已送达")
+        except MerchantRejected as exc:
+            order_fail(order_id=order_id, reason=str(exc) or "门店拒单")
+    return status
+
+
+def order_sweep(*, now=None, limit: int = 500) -> dict:
+    """Beat job: fail orders no store accepted in time, re-send orders stuck in a state, trim counters."""
+    from .tasks import order_advance_task
+
+    now = now or timezone.now()
+    deadline = now - dt.timedelta(seconds=int(_setting("MIANDAN_ORDER_ACCEPT_DEADLINE_SECONDS", 600)))
+    stuck_before = now - dt.timedelta(seconds=int(_setting("MIANDAN_ORDER_STUCK_SECONDS", 60)))
+    failed = 0
+    for order_id in Order.objects.filter(status__in=CANCELLABLE, created_at__lt=deadline).values_list("pk", flat=True)[:limit]:
+        if order_transition(order_id=order_id, from_statuses=CANCELLABLE, to_status=S.FAILED,
+                            note="门店超时未接单", failure_reason="门店超时未接单"):
+            failed += 1
+    resent = 0
+    for order_id in Order.objects.filter(status__in=ACTIVE, state_changed_at__lt=stuck_before).values_list(
+        "pk", flat=True
+    )[:limit]:
+        try:
+            order_advance_task.delay(order_id)
+            resent += 1
+        except Exception:
+            logger.warning("sweeper could not re-send order %s", order_id, exc_info=True)
+            break
+    trimmed, _ = StoreMinute.objects.filter(minute__lt=capacity.current_minute() - 10).delete()
+    return {"failed": failed, "resent": resent, "trimmed": trimmed}
