@@ -1,0 +1,92 @@
+"""Writes of the reports app: background export jobs (no money moves here)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Max
+from django.utils import timezone
+
+from campaign.models import Campaign
+from miandan.api.errors import InvalidInput
+
+from .exports import budget_report_csv, budget_report_xlsx, ledger_csv, ledger_xlsx
+from .models import ExportJob
+from .selectors import GROUP_BY, budget_report, ledger_export_queryset, ledger_rows
+
+
+@transaction.atomic(durable=True)
+def export_job_request(*, campaign: Campaign, kind: str, fmt: str, actor, group_by: str = "day") -> ExportJob:
+    """Queue an export; the Celery task is sent only after the row is committed."""
+    if kind not in ExportJob.Kind.values or fmt not in ExportJob.Format.values or group_by not in GROUP_BY:
+        raise InvalidInput("导出参数有误")
+    job = ExportJob.objects.create(campaign=campaign, kind=kind, format=fmt, group_by=group_by,
+                                   requested_by=actor if getattr(actor, "pk", None) else None)
+    from .tasks import export_job_run_task
+
+    transaction.on_commit(lambda: export_job_run_task.delay(job.pk))
+    return job
+
+
+def export_path(job: ExportJob) -> Path:
+    return Path(settings.MEDIA_ROOT) / job.file
+
+
+def export_job_run(*, job_id: int) -> ExportJob | None:
+    """Write the export file, updating progress as rows go out. Safe to run again after a crash.
+
+    No surrounding transaction: progress must be visible to the admin while the export runs,
+    and a million-row export must not hold one transaction open. A pending or interrupted
+    (running) job is (re)started from scratch; a finished one is left alone.
+    """
+    claimed = ExportJob.objects.filter(pk=job_id, status__in=[ExportJob.Status.PENDING, ExportJob.Status.RUNNING]).update(
+        status=ExportJob.Status.RUNNING, started_at=timezone.now(), rows_done=0, error=""
+    )
+    if claimed != 1:
+        return ExportJob.objects.filter(pk=job_id).first()
+    job = ExportJob.objects.select_related("campaign").get(pk=job_id)
+    rel = Path("exports") / job.campaign.slug / f"{job.kind}-{job.pk}.{job.format}"
+    final = Path(settings.MEDIA_ROOT) / rel
+    final.parent.mkdir(parents=True, exist_ok=True)
+    partial = final.with_name(final.name + ".part")
+    try:
+        if job.kind == ExportJob.Kind.LEDGER:
+            upto = ledger_export_queryset(campaign=job.campaign).aggregate(m=Max("pk"))["m"] or 0
+            total = ledger_export_queryset(campaign=job.campaign, upto_id=upto).count()
+            ExportJob.objects.filter(pk=job.pk).update(rows_total=total)
+
+            def progress(n: int) -> None:
+                ExportJob.objects.filter(pk=job.pk).update(rows_done=n)
+
+            rows = ledger_rows(campaign=job.campaign, upto_id=upto)
+            if job.format == ExportJob.Format.CSV:
+                with open(partial, "w", encoding="utf-8", newline="") as fh:
+                    ledger_csv(rows, fh, progress)
+            else:
+                with open(partial, "wb") as fh:
+                    ledger_xlsx(rows, fh, progress)
+        else:
+            report = budget_report(campaign=job.campaign, group_by=job.group_by or "day")
+            if job.format == ExportJob.Format.CSV:
+                with open(partial, "w", encoding="utf-8", newline="") as fh:
+                    for chunk in budget_report_csv(report):
+                        fh.write(chunk)
+            else:
+                with open(partial, "wb") as fh:
+                    budget_report_xlsx(report, fh)
+            ExportJob.objects.filter(pk=job.pk).update(rows_total=1, rows_done=1)
+        os.replace(partial, final)  # atomic: a download never sees half a file
+    except Exception as exc:
+        partial.unlink(missing_ok=True)
+        ExportJob.objects.filter(pk=job.pk).update(status=ExportJob.Status.FAILED, error=str(exc)[:255],
+                                                   finished_at=timezone.now())
+        raise
+    ExportJob.objects.filter(pk=job.pk).update(
+        status=ExportJob.Status.DONE, file=str(rel), file_size=final.stat().st_size, finished_at=timezone.now(),
+        rows_done=F("rows_total"),
+    )
+    job.refresh_from_db()
+    return job
