@@ -268,6 +268,12 @@ MIANDAN_BUDGET_BUCKETS = env_int("MIANDAN_BUDGET_BUCKETS", 64)
 MIANDAN_MERCHANT_LATENCY_MS = env_int("MIANDAN_MERCHANT_LATENCY_MS", 50)
 MIANDAN_MERCHANT_FAILURE_RATE = env_float("MIANDAN_MERCHANT_FAILURE_RATE", 0.0)
 MIANDAN_MERCHANT_TIMEOUT_RATE = env_float("MIANDAN_MERCHANT_TIMEOUT_RATE", 0.0)
+# Orders (orders/services.py): search radius for chat orders, when the sweeper re-sends a stuck
+# order, and when an order no store accepted is failed (its card goes back to the user).
+MIANDAN_ORDER_RADIUS_M = env_int("MIANDAN_ORDER_RADIUS_M", 5000)
+MIANDAN_ORDER_STUCK_SECONDS = env_int("MIANDAN_ORDER_STUCK_SECONDS", 60)
+MIANDAN_ORDER_ACCEPT_DEADLINE_SECONDS = env_int("MIANDAN_ORDER_ACCEPT_DEADLINE_SECONDS", 600)
+CELERY_BEAT_SCHEDULE["orders-sweep"] = {"task": "orders.sweep", "schedule": 30.0}
 
 LOGGING = {
     "version": 1,
