@@ -3,7 +3,8 @@
 `GuardMiddleware.process_view` runs after URL resolution and right before the view, in this order:
 
 1. kill switch  -> 503 `paused`   (campaign row from a 0.5 s per-process cache: no query per request)
-2. shedding     -> 503 `busy`     (in-process adaptive concurrency limit: no I/O at all)
+2. shedding     -> 503 `busy`     (queued too long per X-Request-Start, or over the in-process adaptive
+                                   concurrency limit: no I/O at all)
 3. rate limits  -> 429 `rate_limited` (django-ratelimit counters in Redis)
 
 Shedding comes before rate limiting (architecture.md lists it after) so that a shed request costs
@@ -95,6 +96,16 @@ class AdaptiveLimiter:
         metrics.SHED_INFLIGHT.dec()
         metrics.SHED_LIMIT.set(limit)
 
+    def congested(self) -> None:
+        """An outside signal (time queued before Django) says we are behind: back off like a slow completion."""
+        now = time.perf_counter()
+        with self._lock:
+            if now - self._last_decrease >= self.target:
+                self.limit = max(self.min_limit, self.limit * self.backoff)
+                self._last_decrease = now
+            limit = self.limit
+        metrics.SHED_LIMIT.set(limit)
+
     def cancel(self, ticket: Ticket) -> None:
         """Give the slot back without a latency sample (the request was refused before the view)."""
         with self._lock:
@@ -131,6 +142,28 @@ def _reset_on_settings_change(*, setting, **kwargs):
         _limiter = None
     if setting in ("CACHES", "RATELIMIT_USE_CACHE"):
         _breaker.reset()
+
+
+def queued_ms(request, now: float | None = None) -> float | None:
+    """Time the request waited before reaching Django, from the proxy's X-Request-Start header.
+
+    Accepts "t=<epoch>" or "<epoch>" in seconds (nginx ${msec}), milliseconds or microseconds.
+    This sees the queue in front of the threads (listen backlog, gunicorn's pool queue) that
+    the in-process concurrency count cannot see.
+    """
+    raw = request.META.get("HTTP_X_REQUEST_START", "")
+    if not raw:
+        return None
+    try:
+        value = float(raw.strip().removeprefix("t="))
+    except ValueError:
+        return None
+    if value > 1e14:
+        value /= 1e6
+    elif value > 1e11:
+        value /= 1e3
+    waited = ((now if now is not None else time.time()) - value) * 1000.0
+    return waited if waited >= 0 else 0.0
 
 
 # --- identity for rate-limit keys -------------------------------------------------------
@@ -321,6 +354,12 @@ class GuardMiddleware:
             return _reject(Paused.code, PAUSED_DETAIL[policy.switch], 503, PAUSED_RETRY_AFTER, policy.key)
 
         if policy.shed and settings.MIANDAN_SHED_ENABLED:
+            waited = queued_ms(request)
+            if waited is not None and waited > settings.MIANDAN_SHED_MAX_QUEUE_MS:
+                # Already late: the client has likely given up or will retry; do not start the work.
+                get_limiter().congested()
+                metrics.SHED.labels(policy.key).inc()
+                return _reject(Busy.code, Busy.detail, 503, settings.MIANDAN_SHED_RETRY_AFTER, policy.key)
             ticket = get_limiter().try_acquire()
             if ticket is None:
                 metrics.SHED.labels(policy.key).inc()

@@ -117,3 +117,21 @@ def test_shed_and_rate_limited_requests_do_not_leak_slots(settings, tiny_limiter
     assert auth_client.post(f"/api/v1/campaigns/{campaign.slug}/join", {"app_version": "1.0.0"}).status_code == 201
     assert auth_client.post(f"/api/v1/campaigns/{campaign.slug}/join", {"app_version": "1.0.0"}).status_code == 429
     assert tiny_limiter.snapshot()["inflight"] == 0
+
+
+def test_writes_that_queued_too_long_before_django_are_shed(settings, auth_client, campaign):
+    import time
+
+    settings.MIANDAN_SHED_MAX_QUEUE_MS = 500
+    limiter = get_limiter()
+    before = limiter.snapshot()["limit"]
+    late = auth_client.post(f"/api/v1/campaigns/{campaign.slug}/join", {"app_version": "1.0.0"}, format="json",
+                            HTTP_X_REQUEST_START=f"t={time.time() - 5:.3f}")
+    assert late.status_code == 503
+    assert late.json()["code"] == "busy"
+    assert limiter.snapshot()["limit"] < before  # the queue signal also tightens the concurrency limit
+    # Core reads are never shed, however late.
+    assert auth_client.get("/api/v1/vouchers/", HTTP_X_REQUEST_START=f"t={time.time() - 5:.3f}").status_code == 200
+    fresh = auth_client.post(f"/api/v1/campaigns/{campaign.slug}/join", {"app_version": "1.0.0"}, format="json",
+                             HTTP_X_REQUEST_START=f"t={int(time.time() * 1000)}")  # milliseconds form
+    assert fresh.status_code == 201
