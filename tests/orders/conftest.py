@@ -13,3 +13,6 @@ def catalogue(db):
     parser.catalogue_changed()
     yield
     parser.catalogue_changed()
+
+
+from tests.celery_worker import celery_worker  # noqa: E402,F401  (fixture)
