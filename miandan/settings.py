@@ -260,6 +260,7 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    "PREPROCESSING_HOOKS": ["miandan.api.schema.drop_slash_aliases"],
 }
 
 # --- Miandan ------------------------------------------------------------------------
