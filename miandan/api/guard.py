@@ -320,6 +320,9 @@ def _reject(code: str, detail: str, status: int, retry_after: int | None, route:
     extra = {"retry_after": retry_after} if retry_after is not None else {}
     response = error_response(code, detail, status, **extra)
     response.error_code = code
+    # django.request would log every shed 503 as an ERROR line: at 10x load that is a log flood and
+    # most of the cost of shedding. These answers are expected and counted in /metrics instead.
+    response._has_been_logged = True
     return response
 
 
