@@ -67,7 +67,7 @@ POLICIES: tuple[RoutePolicy, ...] = (
     ),
     RoutePolicy(
         key="referral-accept",
-        names=frozenset({"referral-accept", "referral-list", "campaign-referrals", "referrals", "referral-list-accept"}),
+        names=frozenset({"referral-list", "referral-accept"}),  # one route: GET lists, POST accepts
         path=re.compile(r"^/api/v1/campaigns/(?P<slug>[-\w]+)/referrals/?$"),
         methods=frozenset({"POST"}), limits=(("referral_user", "user"), ("referral_ip", "ip")),
         shed=True, switch="referrals_enabled", redis_down="open",
@@ -78,8 +78,7 @@ POLICIES: tuple[RoutePolicy, ...] = (
         shed=True, switch="orders_enabled", redis_down="open",
     ),
     RoutePolicy(
-        key="order-create", names=frozenset({"order-create", "order-list", "orders"}),
-        path=re.compile(r"^/api/v1/orders/?$"),
+        key="order-create", names=frozenset({"order-create"}), path=re.compile(r"^/api/v1/orders$"),
         methods=frozenset({"POST"}), limits=(("order_user", "user"), ("order_ip", "ip")),
         shed=True, switch="orders_enabled", redis_down="open",
     ),
