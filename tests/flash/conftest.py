@@ -49,3 +49,6 @@ def own_redis():
     server.start()
     yield server
     server.stop()
+
+
+from tests.celery_worker import celery_worker  # noqa: E402,F401  (fixture: a real prefork worker)

@@ -40,3 +40,32 @@ def test_simulate_fails_loudly_on_unknown_campaign():
 
     with pytest.raises(CommandError, match="not found"):
         call_command("simulate", users=1, orders=0, campaign="nope", json=True, stdout=io.StringIO())
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.celery_worker
+def test_simulate_day_with_chat_orders_fulfilled_by_a_real_worker(settings, celery_worker):
+    """Login, join, invites and chat orders; a real Celery worker fulfils them; the report is clean."""
+    from orders import parser
+    from orders.catalog import catalog_load
+    from orders.models import Order
+
+    settings.MIANDAN_SMS_BACKEND = "fixed"
+    settings.MIANDAN_FIXED_OTP = "246810"
+    catalog_load(stores_per_city=0)
+    parser.catalogue_changed()
+    celery_worker.start(MIANDAN_MERCHANT_LATENCY_MS="5")
+    campaign = CampaignFactory(slug="sim-day")
+    out = io.StringIO()
+    call_command("simulate", users=6, orders=10, concurrency=3, campaign="sim-day", wait=90, json=True, stdout=out)
+    report = json.loads(out.getvalue())
+    assert report["ok"] is True, report
+    assert report["run"]["orders_placed"] == 10
+    assert report["checks"]["orders_final"]["not_final"] == 0
+    assert report["checks"]["no_card_redeemed_twice"]["ok"] is True
+    assert Order.objects.filter(status__in=Order.FINAL).count() == 10
+    # Every card that paid for an order was redeemed exactly once, and the money adds up.
+    assert report["checks"]["reconcile"]["ok"] is True
+    assert campaign.vouchers.filter(status="redeemed").count() == Order.objects.filter(
+        status="completed", voucher__isnull=False).count()
+    parser.catalogue_changed()
