@@ -1,5 +1,7 @@
 """Referral endpoints of api.md: my invite (code, link, QR, 口令), accept an invite, my invitees."""
 
+import ipaddress
+
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
@@ -7,6 +9,7 @@ from rest_framework.views import APIView
 
 from campaign.errors import CampaignNotFound
 from campaign.selectors import campaign_get_cached
+from miandan.api.guard import client_ip
 from miandan.api.idempotency import idempotent
 from miandan.api.pagination import Pagination
 
@@ -26,6 +29,14 @@ ERRORS = {
 }
 
 
+def _client_ip(request) -> str | None:
+    """The same client address the rate limiter uses (honours MIANDAN_PROXY_COUNT); None if it is not an IP."""
+    try:
+        return str(ipaddress.ip_address(client_ip(request)))
+    except ValueError:
+        return None
+
+
 def _campaign(slug: str):
     campaign = campaign_get_cached(slug=slug)
     if campaign is None:
@@ -42,7 +53,12 @@ class InviteApi(APIView):
         qr_svg_url = serializers.URLField()
 
     @extend_schema(
-        responses={200: OutputSerializer, 404: ERRORS[404], 409: ERRORS[409], 503: ERRORS[503]},
+        responses={
+            200: OutputSerializer,
+            404: OpenApiResponse(description="not_found：活动不存在"),
+            409: OpenApiResponse(description="campaign_not_live"),
+            503: ERRORS[503],
+        },
         summary="The caller's invite code for a campaign (created on first call) with link, QR codes and share text",
     )
     def get(self, request, slug: str):
@@ -158,7 +174,7 @@ class ReferralsApi(APIView):
             campaign=campaign,
             code=data.validated_data["code"],
             device_id=getattr(request.auth, "device_id", "") or "",
-            ip=request.META.get("REMOTE_ADDR") or None,
+            ip=_client_ip(request),
         )
         if referral.status == Referral.Status.UNDER_REVIEW:
             return Response({"code": "under_review", "detail": UNDER_REVIEW_DETAIL, "referral": referral.pk},

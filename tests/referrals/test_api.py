@@ -292,3 +292,34 @@ def test_qr_encodes_the_absolute_invite_url(client_for, campaign):
     expected = io.BytesIO()
     segno.make(f"{settings.MIANDAN_PUBLIC_BASE_URL.rstrip('/')}/invite/{code}", error="m").save(expected, kind="png", scale=10, border=2)
     assert Client().get(f"/invite/{code}/qr.png").content == expected.getvalue()
+
+
+def test_landing_page_says_when_invites_are_closed(client_for, campaign):
+    code = invite_of(client_for(), campaign)["code"]
+    Campaign.objects.filter(pk=campaign.pk).update(status=Campaign.Status.ENDED)
+    html = Client().get(f"/invite/{code}").content.decode()
+    assert 'id="not-live"' in html and code in html
+
+
+def test_public_pages_ignore_the_accept_header_and_answer_head(client_for, campaign):
+    code = invite_of(client_for(), campaign)["code"]
+    page = Client().get(f"/invite/{code}", HTTP_ACCEPT="application/json")
+    assert page.status_code == 200 and page["Content-Type"].startswith("text/html")
+    image = Client().get(f"/invite/{code}/qr.png", HTTP_ACCEPT="image/webp")
+    assert image.status_code == 200 and image["Content-Type"] == "image/png"
+    head = Client().head(f"/invite/{code}/qr.svg")
+    assert head.status_code == 200 and head["ETag"]
+    assert Client().post(f"/invite/{code}").status_code == 405
+
+
+def test_schema_documents_the_public_invite_pages(client_for):
+    schema = client_for().get("/api/schema/", HTTP_ACCEPT="application/json").content.decode()
+    for fragment in ("/invite/{code}", "/invite/{code}/qr.png", "/invite/{code}/qr.svg", "image/svg+xml"):
+        assert fragment in schema
+
+
+@override_settings(MIANDAN_PROXY_COUNT=1)
+def test_ip_comes_from_the_trusted_proxy_header(client_for, campaign):
+    accept(client_for(), campaign, invite_of(client_for(), campaign)["code"], REMOTE_ADDR="10.0.0.1",
+           HTTP_X_FORWARDED_FOR="203.0.113.9")
+    assert Referral.objects.get().ip == "203.0.113.9"

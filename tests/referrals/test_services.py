@@ -331,3 +331,26 @@ def test_review_needs_permission_and_a_note(campaign, reviewer):
     held.refresh_from_db()
     assert held.status == "under_review"
     assert not AuditLog.objects.filter(action__startswith="referral.").exists()
+
+
+def test_approve_after_the_campaign_ended_records_not_live(campaign, reviewer):
+    held = _held(campaign)
+    Campaign.objects.filter(pk=campaign.pk).update(status=Campaign.Status.ENDED)
+    ref = referral_approve(referral=held, actor=reviewer, note="活动结束后补审")
+    assert ref.status == "accepted"
+    assert (ref.inviter_outcome, ref.invitee_outcome) == ("campaign_not_live", "campaign_not_live")
+    assert (ref.inviter_voucher, ref.invitee_voucher) == (None, None)
+    assert reconcile(campaign=campaign).ok
+
+
+def test_unique_constraint_is_the_backstop_when_the_checks_are_bypassed(campaign, monkeypatch):
+    import referrals.services as services
+
+    invitee = UserFactory()
+    accept(invitee, UserFactory(), campaign)
+    # Pretend both rule checks missed the existing referral (a bug, a skipped lock):
+    # the database still refuses the second edge and the caller gets the contract error.
+    monkeypatch.setattr(services, "_check_graph", lambda **kwargs: None)
+    with pytest.raises(AlreadyReferred):
+        accept(invitee, UserFactory(), campaign)
+    nothing_written(campaign, 1, 2)
