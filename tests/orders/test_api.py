@@ -63,7 +63,8 @@ def test_overnight_hours(catalogue):
 
 @pytest.mark.parametrize("params", [{"lat": 200, "lng": LNG}, {"lat": LAT, "lng": -181}, {"lat": "x", "lng": LNG},
                                     {"lng": LNG}, {"lat": LAT, "lng": LNG, "radius_m": 10001},
-                                    {"lat": LAT, "lng": LNG, "radius_m": 0}])
+                                    {"lat": LAT, "lng": LNG, "radius_m": 0}, {"lat": "nan", "lng": LNG},
+                                    {"lat": LAT, "lng": "inf"}, {"lat": LAT, "lng": LNG, "radius_m": "3e3x"}])
 def test_nearby_validates(auth_client, params):
     r = auth_client.get("/api/v1/stores/nearby", params)
     assert r.status_code == 400 and r.json()["code"] == "invalid"
@@ -112,6 +113,21 @@ def test_chat_refusals_are_422_with_suggestions(card, auth_client, text):
     r = chat(auth_client, text)
     assert r.status_code == 422, r.content
     assert r.json()["code"] == "not_understood" and r.json()["suggestions"]
+    assert nothing_written()
+
+
+@pytest.mark.parametrize("body", [{"text": "一杯伯牙绝弦", "lat": 200, "lng": LNG}, {"text": "一杯伯牙绝弦", "lat": "nan", "lng": LNG},
+                                  {"text": "一杯伯牙绝弦", "lng": LNG}, {"text": ["一杯"], "lat": LAT, "lng": LNG},
+                                  {"text": "一杯伯牙绝弦", "lat": LAT, "lng": LNG, "campaign": "no such/slug"}])
+def test_chat_bad_input_is_400(card, auth_client, body):
+    r = auth_client.post("/api/v1/orders/chat", body, format="json")
+    assert r.status_code == 400 and r.json()["code"] == "invalid", r.content
+    assert nothing_written()
+
+
+def test_chat_unknown_campaign_is_404(card, auth_client):
+    r = chat(auth_client, "一杯伯牙绝弦", campaign="no-such-campaign")
+    assert r.status_code == 404
     assert nothing_written()
 
 
