@@ -16,6 +16,8 @@ from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from miandan.db import retry_on_conflict
+
 from .errors import BudgetBelowCommitted, BudgetExhausted, InvalidCampaign
 from .models import AuditLog, BudgetBucket, Campaign, LedgerEntry
 
@@ -240,6 +242,7 @@ def _committed(buckets: list[BudgetBucket]) -> Decimal:
     return sum((b.reserved + b.spent for b in buckets), ZERO)
 
 
+@retry_on_conflict()
 @transaction.atomic(durable=True)
 def campaign_budget_change(*, campaign: Campaign, new_total: Decimal, actor, reason: str) -> Campaign:
     """Raise or lower a campaign's budget through `adjust` ledger entries.
@@ -251,8 +254,11 @@ def campaign_budget_change(*, campaign: Campaign, new_total: Decimal, actor, rea
         raise InvalidCampaign("调整预算必须填写原因", extra={"fields": {"reason": "必填"}})
     if new_total < 0 or new_total != new_total.quantize(CENT):
         raise InvalidCampaign("预算必须是不小于 0 的金额，最多两位小数", extra={"fields": {"total_budget": "格式错误"}})
-    campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
-    buckets = list(BudgetBucket.objects.select_for_update().filter(campaign=campaign).order_by("pk"))
+    # FOR NO KEY UPDATE: a claim in flight holds its bucket row and then takes KEY SHARE on the
+    # campaign and bucket rows (foreign keys of its card and ledger rows). A plain FOR UPDATE here
+    # conflicts with those KEY SHARE locks and deadlocks against the claims; NO KEY UPDATE does not.
+    campaign = Campaign.objects.select_for_update(no_key=True).get(pk=campaign.pk)
+    buckets = list(BudgetBucket.objects.select_for_update(no_key=True).filter(campaign=campaign).order_by("pk"))
     committed = _committed(buckets)
     if new_total < committed:
         raise BudgetBelowCommitted(
@@ -315,7 +321,8 @@ def campaign_set_switches(*, campaign: Campaign, actor, **switches: bool) -> Cam
     unknown = set(switches) - allowed
     if unknown:
         raise InvalidCampaign(f"未知开关：{', '.join(sorted(unknown))}")
-    campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
+    # NO KEY UPDATE: flipping a switch must not queue behind (or block) claims holding KEY SHARE on the row.
+    campaign = Campaign.objects.select_for_update(no_key=True).get(pk=campaign.pk)
     before = {k: getattr(campaign, k) for k in switches}
     for key, value in switches.items():
         setattr(campaign, key, bool(value))
