@@ -16,7 +16,7 @@ from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from miandan.db import retry_on_conflict
+from miandan.db import advisory_lock, retry_on_conflict
 
 from .errors import BudgetBelowCommitted, BudgetExhausted, InvalidCampaign
 from .models import AuditLog, BudgetBucket, Campaign, LedgerEntry
@@ -140,54 +140,70 @@ def campaign_create(*, spec: CampaignSpec, actor=None) -> Campaign:
 
 # --- helpers for the voucher engine (caller's transaction) ---------------------------
 
-_RESERVE_SQL = (
-    f"UPDATE {BudgetBucket._meta.db_table} SET reserved = reserved + %s "
-    "WHERE campaign_id = %s AND index = %s AND allotment >= reserved + spent + %s RETURNING id"
-)
+def _reserve_skip_locked(*, campaign_id: int, n: int, start: int, amount: Decimal) -> int | None:
+    """PostgreSQL: reserve in the first bucket, in ring order from `start`, that has room and is not locked.
 
-
-def _reserve_in(*, campaign_id: int, index: int, amount: Decimal) -> int | None:
-    """One conditional UPDATE ... RETURNING: the bucket's id if it had room, else None. No read-modify-write."""
+    One statement. SKIP LOCKED means the hot path never waits for another transaction's bucket and never
+    holds a bucket it did not reserve in: waiting there (and READ COMMITTED keeping a row locked after a
+    failed recheck) is what deadlocked plain conditional UPDATEs against each other and the slow path.
+    """
+    table = connection.ops.quote_name(BudgetBucket._meta.db_table)
+    index = connection.ops.quote_name("index")
+    sql = (
+        f"UPDATE {table} SET reserved = reserved + %s "
+        f"WHERE id = (SELECT id FROM {table} WHERE campaign_id = %s AND allotment >= reserved + spent + %s "
+        f"ORDER BY ({index} - %s + %s) %% %s LIMIT 1 FOR UPDATE SKIP LOCKED) "
+        "AND allotment >= reserved + spent + %s RETURNING id"
+    )
     with connection.cursor() as cursor:
-        cursor.execute(_RESERVE_SQL, [amount, campaign_id, index, amount])
+        cursor.execute(sql, [amount, campaign_id, amount, start, n, n, amount])
         row = cursor.fetchone()
     return row[0] if row else None
 
 
-def budget_reserve(*, campaign: Campaign, amount: Decimal, hint: int | None = None) -> BudgetBucket:
-    """Reserve `amount` from one bucket with a conditional UPDATE; no read-modify-write.
+def _reserve_serialised(*, campaign_id: int, n: int, start: int, amount: Decimal) -> int | None:
+    """Other databases (the SQLite demo serialises writers anyway): conditional UPDATEs in ring order."""
+    room = Q(allotment__gte=F("reserved") + F("spent") + amount)
+    qs = BudgetBucket.objects.filter(campaign_id=campaign_id)
+    candidates = sorted(qs.filter(room).values_list("index", "pk"), key=lambda row: (row[0] - start) % n)
+    for _, pk in candidates:
+        if qs.filter(room, pk=pk).update(reserved=F("reserved") + amount) == 1:
+            return pk
+    return None
 
-    Starts at the bucket chosen by `hint` (e.g. the user id) or at random, then falls back to
-    any bucket that still has room. Raises BudgetExhausted when none has.
+
+def budget_reserve(*, campaign: Campaign, amount: Decimal, hint: int | None = None) -> BudgetBucket:
+    """Reserve `amount` from one bucket with a conditional UPDATE; no read-modify-write, no global lock.
+
+    Prefers the bucket chosen by `hint` (e.g. the user id) or at random, then the next ones in ring
+    order, skipping buckets other transactions hold right now. Only when none is free and roomy does it
+    take the serialised slow path (wait for the buckets, gather scattered room). Raises BudgetExhausted.
     The returned bucket is not re-read: only its `pk`, `index` and `campaign_id` are meant to be used.
     """
     if amount <= 0:
         raise ValueError("reserve amount must be positive")
     n = campaign.bucket_count
     start = (hint if hint is not None else random.randrange(n)) % n
-    bucket_id = _reserve_in(campaign_id=campaign.pk, index=start, amount=amount)
+    fast = _reserve_skip_locked if connection.vendor == "postgresql" else _reserve_serialised
+    bucket_id = fast(campaign_id=campaign.pk, n=n, start=start, amount=amount)
     if bucket_id is not None:
-        return BudgetBucket(pk=bucket_id, campaign_id=campaign.pk, index=start)
-    # The preferred bucket is empty: try the others with room, nearest index first.
-    room = Q(allotment__gte=F("reserved") + F("spent") + amount)
-    candidates = list(
-        BudgetBucket.objects.filter(room, campaign_id=campaign.pk).exclude(index=start).values_list("index", flat=True)
-    )
-    candidates.sort(key=lambda idx: (idx - start) % n)
-    for idx in candidates:
-        bucket_id = _reserve_in(campaign_id=campaign.pk, index=idx, amount=amount)
-        if bucket_id is not None:
-            return BudgetBucket(pk=bucket_id, campaign_id=campaign.pk, index=idx)
+        return BudgetBucket(pk=bucket_id, campaign_id=campaign.pk)
     return _reserve_consolidating(campaign=campaign, amount=amount)
 
 
 def _reserve_consolidating(*, campaign: Campaign, amount: Decimal) -> BudgetBucket:
     """Slow path near the end of a budget: free room is scattered in pieces smaller than a card.
 
-    Lock every bucket in primary-key order, gather room into the roomiest bucket with
-    paired `adjust` entries (net zero), then reserve there. Rare by construction.
+    One transaction at a time per campaign (advisory lock), then every bucket locked in primary-key
+    order (waiting for in-flight fast-path reservations, which never wait themselves). If one bucket
+    has room, reserve there; otherwise gather room into the roomiest bucket with paired `adjust`
+    entries (net zero) and reserve there. Rare by construction.
     """
-    buckets = list(BudgetBucket.objects.select_for_update().filter(campaign_id=campaign.pk).order_by("pk"))
+    advisory_lock("budget-slow-path", campaign.pk)
+    # NO KEY UPDATE: claims in flight take KEY SHARE on their bucket (foreign keys of card and ledger rows).
+    buckets = list(
+        BudgetBucket.objects.select_for_update(no_key=True).filter(campaign_id=campaign.pk).order_by("pk")
+    )
     if sum((b.available for b in buckets), ZERO) < amount:
         raise BudgetExhausted()
     target = max(buckets, key=lambda b: b.available)
