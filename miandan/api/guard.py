@@ -272,28 +272,12 @@ def check_rate_limits(policy, request) -> int | None:
 
 # --- kill switches ------------------------------------------------------------------------
 
-_LIVE_CACHE: tuple[float, list] = (0.0, [])
-
-
-def _live_campaigns() -> list:
-    """Live campaigns, cached per process for the same half second as `campaign_get_cached`."""
-    global _LIVE_CACHE
-    from campaign.selectors import CACHE_SECONDS, campaign_list_live
-
-    now = time.monotonic()
-    at, campaigns = _LIVE_CACHE
-    if now - at >= CACHE_SECONDS:
-        campaigns = campaign_list_live()
-        _LIVE_CACHE = (now, campaigns)
-    return campaigns
-
-
 def switched_off(policy, request, view_kwargs) -> bool:
     """Is the policy's feature paused for the campaign this request is about?
 
-    Join and referrals name the campaign in the path. Orders may name it in the body
-    (`campaign`); an order that names none is paused when every live campaign pauses orders
-    (the order service still checks the card's own campaign).
+    Join and referrals name the campaign in the path; a chat order may name it in the body
+    (`campaign`). An order that names none is left to the order service, which finds the
+    campaign of the user's card with a fresh read and answers the same 503 `paused`.
     """
     from campaign.selectors import campaign_get_cached
 
@@ -303,9 +287,6 @@ def switched_off(policy, request, view_kwargs) -> bool:
     if slug is None and policy.switch == "orders_enabled":
         named = _json_body(request).get("campaign")
         slug = named if isinstance(named, str) and 0 < len(named) <= 64 else None
-        if slug is None:
-            live = _live_campaigns()
-            return bool(live) and not any(getattr(c, policy.switch) for c in live)
     if slug is None:
         return False
     campaign = campaign_get_cached(slug=slug)

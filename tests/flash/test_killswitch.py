@@ -5,6 +5,8 @@ import time
 
 import pytest
 from django.db import connections
+from django.test import Client
+from django.urls import reverse
 
 from campaign.selectors import campaign_cache_clear
 from campaign.services import campaign_set_switches
@@ -71,10 +73,40 @@ def test_switch_flipped_in_admin_stops_claims_on_another_process_within_a_second
     try:
         assert ready.wait(60)
         assert out.get(timeout=10) == ("warm", 201)  # the other process cached the campaign with claims on
-        campaign_set_switches(campaign=campaign, actor=staff, claims_enabled=False)  # what the admin switch calls
+        admin = Client()
+        admin.force_login(staff)
+        # The admin's switches page: claims unticked, the other two left on.
+        page = admin.post(reverse("admin:campaign_campaign_switches", args=[campaign.pk]),
+                          {"referrals_enabled": "on", "orders_enabled": "on"})
+        assert page.status_code == 302, page.content[:500]
         flipped.set()
         assert out.get(timeout=30) == ("result", "paused")
+        campaign.refresh_from_db()
+        assert (campaign.claims_enabled, campaign.referrals_enabled, campaign.orders_enabled) == (False, True, True)
     finally:
         proc.join(30)
         if proc.is_alive():
             proc.kill()
+
+
+@pytest.mark.django_db
+def test_referral_and_order_switches_pause_their_endpoints_only(auth_client, campaign):
+    campaign_set_switches(campaign=campaign, actor=None, referrals_enabled=False, orders_enabled=False)
+    campaign_cache_clear()
+    referral = auth_client.post(f"/api/v1/campaigns/{campaign.slug}/referrals", {"code": "ABCDEFGH"}, format="json")
+    assert referral.status_code == 503
+    assert referral.json()["code"] == "paused"
+    assert "邀请" in referral.json()["detail"]
+    named = auth_client.post("/api/v1/orders/chat", {"text": "帮我点一杯奶茶", "lat": 30.27, "lng": 120.15,
+                                                     "campaign": campaign.slug}, format="json")
+    assert named.status_code == 503
+    assert named.json()["code"] == "paused"
+    # No campaign named: the guard cannot tell, the order service finds the campaign and pauses too.
+    unnamed = auth_client.post("/api/v1/orders/chat", {"text": "帮我点一杯奶茶", "lat": 30.27, "lng": 120.15},
+                               format="json")
+    assert unnamed.status_code == 503
+    assert unnamed.json()["code"] == "paused"
+    # Claims are still on, and reads are untouched.
+    assert auth_client.post(JOIN.format(campaign.slug), {"app_version": "1.0.0"}, format="json").status_code == 201
+    assert auth_client.get(f"/api/v1/campaigns/{campaign.slug}/referrals").status_code == 200
+    assert auth_client.get("/api/v1/orders/").status_code == 200
