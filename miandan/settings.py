@@ -265,6 +265,8 @@ SPECTACULAR_SETTINGS = {
 
 # --- Miandan ------------------------------------------------------------------------
 MIANDAN_PUBLIC_BASE_URL = env("MIANDAN_PUBLIC_BASE_URL", "http://127.0.0.1:8000")
+# Deep link behind the landing page's "open the app" button ({code} is filled in); never shown inside WeChat.
+MIANDAN_APP_INVITE_LINK = env("MIANDAN_APP_INVITE_LINK", "qianwen://miandan/invite?code={code}")
 MIANDAN_SMS_BACKEND = env("MIANDAN_SMS_BACKEND", "console")
 MIANDAN_FIXED_OTP = env("MIANDAN_FIXED_OTP")
 MIANDAN_BUDGET_BUCKETS = env_int("MIANDAN_BUDGET_BUCKETS", 64)

@@ -34,8 +34,8 @@ def qr_url(code: str, kind: str) -> str:
 
 def app_link(code: str) -> str:
     """Deep link that opens the app on the accept screen (configurable; never shown inside WeChat)."""
-    template = getattr(settings, "MIANDAN_APP_INVITE_LINK", "qianwen://miandan/invite?code={code}")
-    return template.format(code=code)
+    # replace(), not format(): a stray brace in the environment value must not break the page.
+    return settings.MIANDAN_APP_INVITE_LINK.replace("{code}", code)
 
 
 def yuan(amount: Decimal) -> str:

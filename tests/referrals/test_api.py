@@ -323,3 +323,10 @@ def test_ip_comes_from_the_trusted_proxy_header(client_for, campaign):
     accept(client_for(), campaign, invite_of(client_for(), campaign)["code"], REMOTE_ADDR="10.0.0.1",
            HTTP_X_FORWARDED_FOR="203.0.113.9")
     assert Referral.objects.get().ip == "203.0.113.9"
+
+
+@override_settings(MIANDAN_APP_INVITE_LINK="https://app.example.cn/open?invite={code}&x={y}")
+def test_app_deep_link_is_configurable(client_for, campaign):
+    code = invite_of(client_for(), campaign)["code"]
+    html = Client().get(f"/invite/{code}", HTTP_USER_AGENT=PHONE_UA).content.decode()
+    assert f"https://app.example.cn/open?invite={code}&amp;x={{y}}" in html
