@@ -96,3 +96,12 @@ def test_bot_farm_on_one_device_in_parallel_pays_out_once():
     assert sorted(r.value for r in results) == ["accepted"] + ["under_review"] * 11
     assert Voucher.objects.filter(campaign=campaign).count() == 2
     assert reconcile(campaign=campaign).ok
+
+
+def test_parallel_first_invite_requests_share_one_code():
+    campaign = relax(CampaignFactory())
+    user = UserFactory()
+    results = run_threads(lambda: invite_code_get_or_create(user=user, campaign=campaign).code, 10)
+    assert all(r.ok for r in results), [r.trace for r in results if not r.ok][:1]
+    assert len({r.value for r in results}) == 1
+    assert campaign.invite_codes.filter(user=user).count() == 1

@@ -354,3 +354,17 @@ def test_unique_constraint_is_the_backstop_when_the_checks_are_bypassed(campaign
     with pytest.raises(AlreadyReferred):
         accept(invitee, UserFactory(), campaign)
     nothing_written(campaign, 1, 2)
+
+
+def test_a_chain_too_long_to_store_is_refused(campaign):
+    from referrals.errors import ReferralChainTooLong
+    from tests.factories import ReferralFactory
+
+    deep = UserFactory()
+    # A bare edge whose stored path is already full: appending one more ancestor cannot fit.
+    full = "/" + "/".join(["12345678"] * 227)
+    full += "/" + "9" * (Referral._meta.get_field("path").max_length - len(full) - 2) + "/"
+    ReferralFactory(campaign=campaign, invitee=deep, depth=228, path=full)
+    with pytest.raises(ReferralChainTooLong):
+        accept(UserFactory(), deep, campaign)
+    assert Referral.objects.filter(campaign=campaign).count() == 1
