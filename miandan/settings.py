@@ -290,6 +290,8 @@ LOGGING = {
     },
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
     "loggers": {
-        "django.server": {"level": "WARNING"},
+        # Django's default config leaves django.server with propagate=False; without its own handler here its
+        # lines went to logging's last-resort stderr handler as plain text, without the request id.
+        "django.server": {"level": "WARNING", "handlers": ["console"], "propagate": False},
     },
 }

@@ -78,3 +78,48 @@ def test_django_request_log_lines_carry_the_request_id(api_client):
     assert lines, "django.request logged nothing"
     assert all(line["request_id"] == "req-abc-123" for line in lines)
     assert lines[0]["path"] == "/api/v1/no-such-thing"
+
+
+def test_runserver_access_lines_are_json_with_the_request_id(tmp_path):
+    """django.server (runserver's access log) writes JSON lines carrying the request id too."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    from tests.flash.conftest import _free_port
+
+    root = Path(__file__).resolve().parents[2]
+    port = _free_port()
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'rs.sqlite3'}", "LOG_LEVEL": "INFO"}
+    env.pop("MIANDAN_TEST_DB_NAME", None)
+    log = tmp_path / "runserver.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "manage.py", "runserver", "--noreload", "--skip-checks", f"127.0.0.1:{port}"],
+                                cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/no-such-thing", headers={"X-Request-ID": "rs-77"})
+        try:
+            urllib.request.urlopen(request, timeout=5)
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 404
+        deadline = time.monotonic() + 10
+        server_lines = []
+        while time.monotonic() < deadline and not server_lines:
+            time.sleep(0.2)
+            lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+            server_lines = [line for line in lines if line["logger"] == "django.server" and "no-such-thing" in line["msg"]]
+        assert server_lines, log.read_text()[-2000:]
+        assert server_lines[0]["request_id"] == "rs-77"
+    finally:
+        proc.terminate()
+        proc.wait(10)
