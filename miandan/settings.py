@@ -261,6 +261,8 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
     "PREPROCESSING_HOOKS": ["miandan.api.schema.drop_slash_aliases"],
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums",
+                             "miandan.api.guard.document_guard_responses"],
 }
 
 # --- Miandan ------------------------------------------------------------------------

@@ -123,3 +123,16 @@ def test_runserver_access_lines_are_json_with_the_request_id(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_openapi_schema_documents_the_guard_answers(api_client):
+    import yaml
+
+    schema = yaml.safe_load(api_client.get("/api/schema/").content)
+    join = schema["paths"]["/api/v1/campaigns/{slug}/join"]["post"]["responses"]
+    assert "429" in join and "Retry-After" in join["429"]["headers"]
+    assert "busy" in join["503"]["description"] and "paused" in join["503"]["description"]
+    otp = schema["paths"]["/api/v1/auth/otp"]["post"]["responses"]
+    assert "429" in otp and "503" in otp
+    assert "503" not in schema["paths"]["/api/v1/vouchers/"]["get"]["responses"]
+    assert schema["components"]["schemas"]["GuardError"]["properties"]["code"]["enum"] == ["rate_limited", "busy", "paused"]
