@@ -245,3 +245,12 @@ class OrderEventFactory(factory.django.DjangoModelFactory):
 
     order = factory.SubFactory(OrderFactory)
     to_status = Order.Status.PLACED
+
+
+class ExportJobFactory(factory.django.DjangoModelFactory):
+    """A queued background export (reports); run it with reports.services.export_job_run."""
+
+    class Meta:
+        model = "reports.ExportJob"
+
+    campaign = factory.SubFactory(CampaignFactory)
