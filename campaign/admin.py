@@ -26,7 +26,15 @@ from miandan.api.errors import DomainError
 from .errors import InvalidCampaign
 from .models import AuditLog, BudgetBucket, Campaign, LedgerEntry
 from .selectors import budget_totals
-from .services import CampaignSpec, campaign_budget_change, campaign_create, campaign_set_switches, validate_spec
+from .services import (
+    CampaignSpec,
+    audit,
+    campaign_budget_change,
+    campaign_budget_rebalance,
+    campaign_create,
+    campaign_set_switches,
+    validate_spec,
+)
 
 MONEY = DecimalField(max_digits=16, decimal_places=2)
 ZERO = Decimal("0.00")
@@ -185,7 +193,7 @@ class CampaignAdmin(admin.ModelAdmin):
     list_filter = ["status", "claims_enabled", "referrals_enabled", "orders_enabled"]
     search_fields = ["name", "slug"]
     inlines = [BudgetBucketInline]
-    actions = [_switch_action(f, v) for f in SWITCHES for v in (False, True)]
+    actions = [*(_switch_action(f, v) for f in SWITCHES for v in (False, True)), "rebalance_buckets"]
     change_form_template = "admin/campaign/campaign/change_form.html"
     form = CampaignChangeForm
     add_form = CampaignAddForm
@@ -230,6 +238,12 @@ class CampaignAdmin(admin.ModelAdmin):
             " ".join(f"{label}{'✓' if getattr(obj, f) else '✗'}" for f, label in SWITCHES.items()),
         )
 
+    @admin.action(description="预算桶再平衡（均分各桶可用额度）", permissions=["change_budget"])
+    def rebalance_buckets(self, request, queryset):
+        for campaign in queryset.order_by("pk"):
+            moved = campaign_budget_rebalance(campaign=campaign, actor=request.user)
+            self.message_user(request, f"{campaign.name}：调整了 {moved} 个预算桶", messages.SUCCESS)
+
     # --- forms: money read-only once the campaign exists ---------------------------
     def get_form(self, request, obj=None, change=False, **kwargs):
         if obj is None:
@@ -259,13 +273,21 @@ class CampaignAdmin(admin.ModelAdmin):
         return request.user.has_perm("campaign.change_budget")
 
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
-        # Django wraps this view in atomic(); our services own durable transactions instead,
-        # and the only writes made here go through them (add) or are plain single-row saves (change).
-        return self._changeform_view(request, object_id, form_url, extra_context)
+        if object_id is None:
+            # Adding goes through campaign_create, a durable service that cannot run inside the
+            # atomic() Django wraps this view in; it owns its transaction (campaign, buckets, ledger, audit).
+            return self._changeform_view(request, object_id, form_url, extra_context)
+        # Changing keeps Django's transaction, so the row and its audit entry commit together.
+        return super().changeform_view(request, object_id, form_url, extra_context)
 
     def save_model(self, request, obj, form, change):
         if change:
-            return super().save_model(request, obj, form, change)
+            before = {f: str(form.initial.get(f)) for f in form.changed_data}
+            super().save_model(request, obj, form, change)
+            if form.changed_data:
+                audit(actor=request.user, action="campaign.update", obj=obj, campaign=obj, before=before,
+                      after={f: str(form.cleaned_data.get(f)) for f in form.changed_data})
+            return
         created = campaign_create(spec=form.spec(), actor=request.user)
         for field in created._meta.concrete_fields:
             setattr(obj, field.attname, getattr(created, field.attname))

@@ -310,10 +310,12 @@ def campaign_budget_change(*, campaign: Campaign, new_total: Decimal, actor, rea
     return campaign
 
 
+@retry_on_conflict()
 @transaction.atomic(durable=True)
 def campaign_budget_rebalance(*, campaign: Campaign, actor=None) -> int:
     """Even out free room across buckets so the hot path rarely falls back. Returns rows moved."""
-    buckets = list(BudgetBucket.objects.select_for_update().filter(campaign=campaign).order_by("pk"))
+    # NO KEY UPDATE, for the same reason as in campaign_budget_change (claims hold KEY SHARE on buckets).
+    buckets = list(BudgetBucket.objects.select_for_update(no_key=True).filter(campaign=campaign).order_by("pk"))
     if not buckets:
         return 0
     free = sum((b.available for b in buckets), ZERO)
@@ -327,6 +329,10 @@ def campaign_budget_rebalance(*, campaign: Campaign, actor=None) -> int:
         _ledger(bucket=bucket, campaign_id=campaign.pk, kind=LedgerEntry.Kind.ADJUST, amount=change, actor=actor,
                 reason="预算桶再平衡")
         moved += 1
+    if moved:
+        audit(actor=actor, action="campaign.budget_rebalance", obj=campaign, campaign=campaign,
+              before={"available": [str(b.available) for b in buckets]},
+              after={"available": [str(t) for t in targets]}, reason="预算桶再平衡")
     return moved
 
 

@@ -299,8 +299,11 @@ def _burn(campaign: Campaign, now: dt.datetime) -> tuple[list[tuple[dt.datetime,
         )
         .order_by("t")
     )
+    step = {"minute": dt.timedelta(minutes=1), "hour": dt.timedelta(hours=1), "day": dt.timedelta(days=1)}[unit]
     points, committed, spent = [], ZERO, ZERO
     for row in qs.iterator(chunk_size=CHUNK):
+        if not points:
+            points.append((row["t"] - step, ZERO, ZERO))  # the line starts from nothing spent
         # reserved + spent == sum(reserve) - sum(release): spend only moves money from reserved to spent.
         committed += money(row["reserve"]) - money(row["release"])
         spent += money(row["spend"])

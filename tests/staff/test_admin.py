@@ -200,6 +200,8 @@ def test_money_fields_are_read_only_on_the_change_form(client, staff, live):
     live.refresh_from_db()
     assert live.name == "改名了"
     assert live.total_budget == Decimal("500.00") and live.face_value == Decimal("25.00") and live.claims_enabled
+    log = AuditLog.objects.get(action="campaign.update")
+    assert log.actor == staff["marketing"] and log.after == {"name": "改名了"} and log.before["name"] != "改名了"
 
 
 def test_budget_page_lowering_below_committed_is_refused_with_message(client, staff, live):
@@ -319,3 +321,25 @@ def test_export_job_from_admin_runs_and_downloads(client, staff, live, settings,
     _login(client, staff["marketing"])
     assert client.post(reverse("admin:campaign_campaign_export", args=[live.pk]), {"kind": "ledger"}).status_code == 403
     assert client.get(reverse("admin:reports_exportjob_download", args=[job.pk])).status_code == 404
+
+
+def test_rebalance_action_evens_out_buckets_and_is_audited(client, staff, live):
+    bucket = live.buckets.order_by("index").first()
+    before = [b.available for b in live.buckets.order_by("index")]
+    assert len(set(before)) > 1  # one bucket holds the issued card
+    _login(client, staff["marketing"])
+    response = client.post(reverse("admin:campaign_campaign_changelist"),
+                           {"action": "rebalance_buckets", "_selected_action": [str(live.pk)]})
+    assert response.status_code == 302
+    after = [b.available for b in live.buckets.order_by("index")]
+    assert sum(after) == sum(before) and max(after) - min(after) <= live.face_value
+    assert AuditLog.objects.filter(action="campaign.budget_rebalance", actor=staff["marketing"]).exists()
+    assert LedgerEntry.objects.filter(campaign=live, reason="预算桶再平衡").exists()
+    assert bucket.pk  # buckets are moved with adjust entries, never rewritten
+    assert reconcile(campaign=live).ok
+    # Finance cannot run it.
+    client.logout()
+    _login(client, staff["finance"])
+    client.post(reverse("admin:campaign_campaign_changelist"),
+                {"action": "rebalance_buckets", "_selected_action": [str(live.pk)]})
+    assert AuditLog.objects.filter(action="campaign.budget_rebalance").count() == 1
