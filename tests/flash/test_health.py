@@ -136,3 +136,50 @@ def test_openapi_schema_documents_the_guard_answers(api_client):
     assert "429" in otp and "503" in otp
     assert "503" not in schema["paths"]["/api/v1/vouchers/"]["get"]["responses"]
     assert schema["components"]["schemas"]["GuardError"]["properties"]["code"]["enum"] == ["rate_limited", "busy", "paused"]
+
+
+def test_metrics_aggregate_all_gunicorn_workers_in_multiprocess_mode(tmp_path):
+    """With PROMETHEUS_MULTIPROC_DIR, /metrics counts the requests of every worker, whichever answers."""
+    import os
+    import re
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    from tests.flash.conftest import _free_port
+
+    root = Path(__file__).resolve().parents[2]
+    port = _free_port()
+    prom_dir = tmp_path / "prom"
+    prom_dir.mkdir()
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'm.sqlite3'}", "PROMETHEUS_MULTIPROC_DIR": str(prom_dir),
+           "LOG_LEVEL": "ERROR"}
+    env.pop("MIANDAN_TEST_DB_NAME", None)
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    with open(tmp_path / "gunicorn.log", "w") as log:
+        proc = subprocess.Popen([str(gunicorn), "miandan.wsgi", "-b", f"127.0.0.1:{port}", "-w", "2"], cwd=root, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        for _ in range(30):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).read()
+        # Each worker writes its own sample files; the kernel normally spreads the 30 connections over both.
+        assert list(prom_dir.glob("counter_*.db"))
+        for _ in range(4):  # whichever worker answers the scrape reports the same total
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+            match = re.search(r'miandan_http_requests_total\{method="GET",route="healthz",status="200"\} (\d+)', text)
+            assert match, text[:2000]
+            assert int(float(match.group(1))) >= 31  # the readiness poll's hits plus our 30
+    finally:
+        import signal
+
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(15)
