@@ -51,7 +51,8 @@ def export_job_run(*, job_id: int) -> ExportJob | None:
     rel = Path("exports") / job.campaign.slug / f"{job.kind}-{job.pk}.{job.format}"
     final = Path(settings.MEDIA_ROOT) / rel
     final.parent.mkdir(parents=True, exist_ok=True)
-    partial = final.with_name(final.name + ".part")
+    # Per-process partial name: a redelivered task racing a still-running first attempt never shares a file.
+    partial = final.with_name(f"{final.name}.{os.getpid()}.part")
     try:
         if job.kind == ExportJob.Kind.LEDGER:
             upto = ledger_export_queryset(campaign=job.campaign).aggregate(m=Max("pk"))["m"] or 0
