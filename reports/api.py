@@ -112,6 +112,7 @@ class BudgetReportApi(APIView):
 
     @extend_schema(
         operation_id="reports_campaign_budget",
+        tags=["reports"],
         summary="活动预算报表（财务）",
         description="仅财务组与超级用户可见，其他人（含未登录）得到 404 not_found。format=csv 为带 BOM 的 UTF-8 流式下载，"
         "format=xlsx 为 Excel 文件（金额格式 #,##0.00）。",

@@ -291,3 +291,14 @@ def test_unknown_campaign_is_404(client, scenario):
     response = _client(client, finance).get("/api/v1/reports/campaigns/nope/budget")
     assert response.status_code == 404
     assert response.json()["code"] == "not_found"
+
+
+def test_openapi_schema_documents_the_report(client):
+    schema = client.get("/api/schema/?format=json")
+    assert schema.status_code == 200
+    body = schema.json() if schema["Content-Type"].startswith("application/json") else None
+    text = schema.content.decode()
+    assert "/api/v1/reports/campaigns/{slug}/budget" in text
+    if body is not None:
+        params = {p["name"] for p in body["paths"]["/api/v1/reports/campaigns/{slug}/budget"]["get"]["parameters"]}
+        assert {"format", "group_by", "slug"} <= params
