@@ -12,10 +12,11 @@ The UNIQUE(campaign, invitee) constraint is the backstop if a lock is ever skipp
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from typing import Any
 
-from django.db import IntegrityError, transaction
-from django.db.models import Count, Q
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Case, Count, IntegerField, Q, Value, When
 from django.utils import timezone
 
 from accounts.models import Device
@@ -23,7 +24,7 @@ from campaign.errors import BudgetExhausted, CampaignNotLive
 from campaign.models import Campaign
 from campaign.services import audit, campaign_is_live
 from miandan.api.errors import InvalidInput, Paused
-from miandan.db import advisory_lock, retry_on_conflict
+from miandan.db import is_postgres, retry_on_conflict
 from vouchers.errors import CardLimitReached
 from vouchers.models import Voucher
 from vouchers.services import voucher_issue_in_tx
@@ -88,15 +89,6 @@ def _invite_code_create(*, user, campaign: Campaign) -> InviteCode:
 
 # --- accepting an invite --------------------------------------------------------------
 
-def _parent_of(campaign: Campaign, user_id: int) -> Referral | None:
-    """The referral that brought `user_id` into this campaign's graph, if any."""
-    return (
-        Referral.objects.filter(campaign=campaign, invitee_id=user_id)
-        .only("pk", "path", "root_id", "depth")
-        .first()
-    )
-
-
 def _ancestor_ids(node: Referral | None) -> set[int]:
     if node is None:
         return set()
@@ -104,65 +96,78 @@ def _ancestor_ids(node: Referral | None) -> set[int]:
 
 
 def _check_graph(*, campaign: Campaign, user, inviter_id: int) -> Referral | None:
-    """Apply the graph rules in contract order; return the inviter's own referral (its parent edge)."""
-    parent = _parent_of(campaign, inviter_id)
+    """Apply the graph rules in contract order; return the inviter's own referral (its parent edge).
+
+    One indexed query answers both questions: the inviter's parent edge (sorted first) and whether
+    the caller already has any edge, as invitee or as inviter (a second row is enough to know).
+    """
+    rows = list(
+        Referral.objects.filter(Q(invitee_id=inviter_id) | Q(invitee=user) | Q(inviter=user), campaign=campaign)
+        .annotate(is_parent=Case(When(invitee_id=inviter_id, then=Value(1)), default=Value(0),
+                                 output_field=IntegerField()))
+        .order_by("-is_parent")
+        .only("pk", "path", "root_id", "depth", "inviter_id", "invitee_id")[:2]
+    )
+    parent = rows[0] if rows and rows[0].invitee_id == inviter_id else None
     if parent is not None and (user.pk in _ancestor_ids(parent) or parent.root_id == user.pk):
         raise ReferralCycle()
-    if Referral.objects.filter(Q(invitee=user) | Q(inviter=user), campaign=campaign).exists():
+    if any(user.pk in (row.invitee_id, row.inviter_id) for row in rows):
         raise AlreadyReferred()
     return parent
 
 
-def _at_least(qs, limit: int) -> bool:
-    """`qs.count() >= limit` without counting past the limit (inviters can have millions of rows)."""
-    return qs[:limit].count() >= limit if limit > 0 else True
-
-
 def _abuse_reasons(*, campaign: Campaign, inviter_id: int, user, device_id: str, ip: str | None) -> list[str]:
+    """Which abuse rules this accept trips. Two queries: one conditional aggregate over the campaign's
+    referrals (each branch of the OR is an indexed range), one over the devices table."""
     now = timezone.now()
+    hour_ago, day_ago, since = now - dt.timedelta(hours=1), now - dt.timedelta(days=1), now - IP_BURST_WINDOW
+    # Accepted rows per inviter and day are bounded by the daily limit itself (past it, new ones are held).
+    by_inviter = Q(inviter_id=inviter_id, status=Referral.Status.ACCEPTED, created_at__gte=day_ago)
+    scope = by_inviter
+    counts = {"day": Count("id", filter=by_inviter), "hour": Count("id", filter=by_inviter & Q(created_at__gte=hour_ago))}
+    if device_id:
+        on_device = Q(device_id=device_id) & ~Q(invitee=user)
+        scope |= on_device
+        counts["device"] = Count("id", filter=on_device)
+    joined = getattr(user, "date_joined", None)
+    if ip and joined is not None and joined >= since:
+        from_ip = Q(ip=ip, created_at__gte=since)
+        scope |= from_ip
+        # Only brand-new accounts count towards a burst; the join stays out of the WHERE clause.
+        counts["burst"] = Count("id", filter=from_ip & Q(invitee__date_joined__gte=since))
+    seen = Referral.objects.filter(scope, campaign=campaign).aggregate(**counts)
+
     reasons: list[str] = []
-    # One indexed range scan for both windows; accepted rows per inviter and day are bounded by the
-    # daily limit itself (past it, new ones are held), so this never counts far.
-    hour_ago = now - dt.timedelta(hours=1)
-    recent = Referral.objects.filter(
-        campaign=campaign, inviter_id=inviter_id, status=Referral.Status.ACCEPTED,
-        created_at__gte=now - dt.timedelta(days=1),
-    ).aggregate(day=Count("id"), hour=Count("id", filter=Q(created_at__gte=hour_ago)))
-    if recent["hour"] >= campaign.referral_inviter_hourly_limit:
+    if seen["hour"] >= campaign.referral_inviter_hourly_limit:
         reasons.append("inviter_hourly_limit")
-    if recent["day"] >= campaign.referral_inviter_daily_limit:
+    if seen["day"] >= campaign.referral_inviter_daily_limit:
         reasons.append("inviter_daily_limit")
     if device_id:
         limit = campaign.referral_device_max_accounts
-        invited_here = Referral.objects.filter(campaign=campaign, device_id=device_id).exclude(invitee=user)
-        logged_in_here = Device.objects.filter(device_id=device_id).exclude(user=user).values("user_id").distinct()
-        if _at_least(invited_here, limit) or _at_least(logged_in_here, limit):
+        other_logins = Device.objects.filter(device_id=device_id).exclude(user=user).values("user_id").distinct()
+        if seen["device"] >= limit or other_logins[:max(limit, 1)].count() >= limit:
             reasons.append("device_shared")
-    joined = getattr(user, "date_joined", None)
-    if ip and joined is not None and joined >= now - IP_BURST_WINDOW:
-        since = now - IP_BURST_WINDOW
-        burst = Referral.objects.filter(campaign=campaign, ip=ip, created_at__gte=since, invitee__date_joined__gte=since)
-        if _at_least(burst, campaign.referral_ip_burst_limit):
-            reasons.append("ip_burst")
+    if "burst" in seen and seen["burst"] >= campaign.referral_ip_burst_limit:
+        reasons.append("ip_burst")
     return reasons
 
 
-def _reward(*, referral: Referral, campaign: Campaign, actor=None, reason: str = "") -> None:
+def _reward(*, inviter, invitee, campaign: Campaign, actor=None, reason: str = "") -> dict[str, Any]:
     """Issue both cards in the caller's transaction, each side capped and budgeted on its own.
 
     `voucher_issue_in_tx` runs in a savepoint, so a refusal for one side is recorded as that
-    side's outcome and the other side still gets its card.
+    side's outcome and the other side still gets its card. Returns the Referral fields to store.
     """
     sides = [
-        ("inviter", referral.inviter, Voucher.Source.REFERRAL_INVITER),
-        ("invitee", referral.invitee, Voucher.Source.REFERRAL_INVITEE),
+        ("inviter", inviter, Voucher.Source.REFERRAL_INVITER),
+        ("invitee", invitee, Voucher.Source.REFERRAL_INVITEE),
     ]
+    fields: dict[str, Any] = {}
     # Slot locks in ascending user id, one global order for every two-card transaction.
     for side, who, source in sorted(sides, key=lambda s: s[1].pk):
         voucher = None
         try:
-            voucher = voucher_issue_in_tx(user=who, campaign=campaign, source=source, actor=actor,
-                                          reason=reason or f"邀请奖励：邀请记录 #{referral.pk}")
+            voucher = voucher_issue_in_tx(user=who, campaign=campaign, source=source, actor=actor, reason=reason)
             outcome = Referral.Outcome.ISSUED
         except CardLimitReached:
             outcome = Referral.Outcome.CARD_LIMIT_REACHED
@@ -170,9 +175,25 @@ def _reward(*, referral: Referral, campaign: Campaign, actor=None, reason: str =
             outcome = Referral.Outcome.BUDGET_EXHAUSTED
         except CampaignNotLive:
             outcome = Referral.Outcome.NOT_LIVE
-        setattr(referral, f"{side}_outcome", outcome)
-        setattr(referral, f"{side}_voucher", voucher)
-    referral.save(update_fields=["inviter_outcome", "invitee_outcome", "inviter_voucher", "invitee_voucher"])
+        fields[f"{side}_outcome"] = outcome
+        fields[f"{side}_voucher"] = voucher
+    return fields
+
+
+def _lock_all(*keys: tuple) -> None:
+    """Several transaction-scoped advisory locks in one round trip, taken in the order given.
+
+    Same key derivation as `miandan.db.advisory_lock`, so both can guard the same keys.
+    """
+    if not is_postgres():
+        return
+    ids = [
+        int.from_bytes(hashlib.blake2b(":".join(map(str, key)).encode(), digest_size=8).digest(), "big", signed=True)
+        for key in keys
+    ]
+    with connection.cursor() as cursor:
+        # PostgreSQL evaluates a target list left to right, so the locks are taken in this order.
+        cursor.execute("SELECT " + ", ".join(["pg_advisory_xact_lock(%s)"] * len(ids)), ids)
 
 
 def referral_accept(*, user, campaign: Campaign, code: object, device_id: str = "", ip: str | None = None) -> Referral:
@@ -203,12 +224,12 @@ def referral_accept(*, user, campaign: Campaign, code: object, device_id: str = 
 @transaction.atomic(durable=True)
 def _accept_db(*, user, campaign: Campaign, invite: InviteCode, device_id: str, ip: str | None) -> Referral:
     inviter = invite.user
-    for user_id in sorted({user.pk, inviter.pk}):
-        advisory_lock("referral", campaign.pk, user_id)
+    keys = [("referral", campaign.pk, user_id) for user_id in sorted({user.pk, inviter.pk})]
     if device_id:
         # After the user locks (one global order): serialises accounts sharing a device, so a
         # bot farm on one phone cannot slip N parallel accepts past the device rule.
-        advisory_lock("referral-device", campaign.pk, device_id)
+        keys.append(("referral-device", campaign.pk, device_id))
+    _lock_all(*keys)
     parent = _check_graph(campaign=campaign, user=user, inviter_id=inviter.pk)
     if parent is None:
         path, root_id, depth = f"/{inviter.pk}/", inviter.pk, 1
@@ -217,14 +238,14 @@ def _accept_db(*, user, campaign: Campaign, invite: InviteCode, device_id: str, 
     if len(path) > PATH_MAX:
         raise ReferralChainTooLong()
     reasons = _abuse_reasons(campaign=campaign, inviter_id=inviter.pk, user=user, device_id=device_id, ip=ip)
-    referral = Referral.objects.create(
+    # Cards first, then the referral row with both outcomes in one INSERT (the budget rows the cards
+    # locked are held for one statement less).
+    rewards = {} if reasons else _reward(inviter=inviter, invitee=user, campaign=campaign)
+    return Referral.objects.create(
         campaign=campaign, invite_code=invite, inviter=inviter, invitee=user, root_id=root_id, depth=depth,
         path=path, status=Referral.Status.UNDER_REVIEW if reasons else Referral.Status.ACCEPTED,
-        review_reasons=reasons, device_id=device_id, ip=ip or None,
+        review_reasons=reasons, device_id=device_id, ip=ip or None, **rewards,
     )
-    if not reasons:
-        _reward(referral=referral, campaign=campaign)
-    return referral
 
 
 # --- staff review ---------------------------------------------------------------------
@@ -240,8 +261,7 @@ def _check_reviewer(actor, note: str) -> str:
 
 def _lock_pending(referral: Referral) -> Referral:
     row = Referral.objects.only("campaign_id", "inviter_id", "invitee_id").get(pk=referral.pk)
-    for user_id in sorted({row.inviter_id, row.invitee_id}):
-        advisory_lock("referral", row.campaign_id, user_id)
+    _lock_all(*[("referral", row.campaign_id, user_id) for user_id in sorted({row.inviter_id, row.invitee_id})])
     locked = Referral.objects.select_for_update().get(pk=referral.pk)
     if locked.status != Referral.Status.UNDER_REVIEW:
         raise ReferralNotPending(f"邀请记录 #{locked.pk} 当前状态为「{locked.get_status_display()}」，无需审核")
@@ -265,8 +285,11 @@ def referral_approve(*, referral: Referral, actor, note: str) -> Referral:
     before = _snapshot(ref)
     ref.status = Referral.Status.ACCEPTED
     ref.reviewed_by, ref.reviewed_at, ref.review_note = actor, timezone.now(), note
-    ref.save(update_fields=["status", "reviewed_by", "reviewed_at", "review_note"])
-    _reward(referral=ref, campaign=ref.campaign, actor=actor, reason=f"审核通过邀请记录 #{ref.pk}")
+    for field, value in _reward(inviter=ref.inviter, invitee=ref.invitee, campaign=ref.campaign, actor=actor,
+                                reason=f"审核通过邀请记录 #{ref.pk}").items():
+        setattr(ref, field, value)
+    ref.save(update_fields=["status", "reviewed_by", "reviewed_at", "review_note", "inviter_outcome", "invitee_outcome",
+                            "inviter_voucher", "invitee_voucher"])
     audit(actor=actor, action="referral.approve", obj=ref, campaign=ref.campaign, before=before,
           after=_snapshot(ref), reason=note)
     return ref
