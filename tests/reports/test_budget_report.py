@@ -302,3 +302,22 @@ def test_openapi_schema_documents_the_report(client):
     if body is not None:
         params = {p["name"] for p in body["paths"]["/api/v1/reports/campaigns/{slug}/budget"]["get"]["parameters"]}
         assert {"format", "group_by", "slug"} <= params
+
+
+def test_day_rows_use_the_shanghai_calendar(client):
+    """23:30 and 00:30 Beijing time are different days even though both are 1 January in UTC."""
+    ensure_staff_groups()
+    campaign = CampaignFactory(total_budget=D("100.00"), bucket_count=1)
+    bucket = campaign.buckets.get()
+    with connection.cursor() as cursor:
+        # The ledger is append-only, so history is written by INSERT with an explicit time (net zero).
+        for when, amount in (("2026-01-01 15:30:00+00", "1.00"), ("2026-01-01 16:30:00+00", "-1.00")):
+            cursor.execute(
+                "INSERT INTO campaign_ledgerentry (campaign_id, bucket_id, kind, amount, reason, created_at) "
+                "VALUES (%s, %s, 'adjust', %s, 'tz', %s)", [campaign.pk, bucket.pk, amount, when])
+    assert reconcile(campaign=campaign).ok
+    client.force_login(StaffFactory(groups=["finance"]))
+    rows = client.get(f"/api/v1/reports/campaigns/{campaign.slug}/budget?group_by=day").json()["rows"]
+    by_day = {r["day"]: r for r in rows}
+    assert by_day["2026-01-01"]["adjusted"] == "1.00" and by_day["2026-01-01"]["entries"] == 1
+    assert by_day["2026-01-02"]["adjusted"] == "-1.00" and by_day["2026-01-02"]["entries"] == 1
