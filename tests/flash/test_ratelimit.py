@@ -114,3 +114,29 @@ def test_rate_limit_redis_down_fails_open_for_join_and_closed_for_otp(settings, 
     assert login.status_code != 500
     assert Voucher.objects.count() == 2
     assert reconcile(campaign=campaign).ok
+
+
+def test_referral_accept_and_orders_are_rate_limited_per_user(settings, auth_client, campaign):
+    settings.MIANDAN_RATELIMITS = {"referral_user": "1/m", "order_user": "2/m"}
+    referrals = f"/api/v1/campaigns/{campaign.slug}/referrals"
+    first = auth_client.post(referrals, {"code": "NOSUCHCD"}, format="json")
+    assert first.status_code != 429  # counted, answered by the view (invalid code)
+    limited = auth_client.post(referrals, {"code": "NOSUCHCD"}, format="json")
+    assert limited.status_code == 429
+    assert limited.json()["code"] == "rate_limited"
+    assert auth_client.get(referrals).status_code == 200  # listing is a read: never limited
+    body = {"text": "帮我点一杯奶茶", "lat": 30.27, "lng": 120.15, "campaign": campaign.slug}
+    statuses = [auth_client.post("/api/v1/orders/chat", body, format="json").status_code for _ in range(2)]
+    assert 429 not in statuses
+    # The plain order endpoint shares the user's order budget.
+    third = auth_client.post("/api/v1/orders", {"store": 1, "items": []}, format="json")
+    assert third.status_code == 429
+    assert int(third["Retry-After"]) >= 1
+
+
+def test_guard_answers_are_not_logged_as_request_errors(settings, auth_client, campaign, caplog):
+    settings.MIANDAN_RATELIMITS = {"join_user": "1/m"}
+    auth_client.post(JOIN.format(campaign.slug), {"app_version": "1.0.0"}, format="json")
+    with caplog.at_level("WARNING", logger="django.request"):
+        assert _join(auth_client, campaign).status_code == 429
+    assert not [r for r in caplog.records if r.name == "django.request"]
