@@ -121,14 +121,42 @@ _limiter: AdaptiveLimiter | None = None
 _limiter_lock = threading.Lock()
 
 
+def gunicorn_threads(argv: list[str] | None = None, cmd_args: str | None = None) -> int | None:
+    """The --threads of the gunicorn running this process, if it was given on the command line or GUNICORN_CMD_ARGS."""
+    import os
+    import shlex
+    import sys
+
+    argv = list(sys.argv if argv is None else argv)
+    if not argv or "gunicorn" not in os.path.basename(argv[0]):
+        return None
+    args = argv[1:] + shlex.split(os.environ.get("GUNICORN_CMD_ARGS", "") if cmd_args is None else cmd_args)
+    threads = None
+    for i, arg in enumerate(args):
+        if arg == "--threads" and i + 1 < len(args):
+            threads = args[i + 1]
+        elif arg.startswith("--threads="):
+            threads = arg.split("=", 1)[1]
+    try:
+        return max(1, int(threads)) if threads is not None else 1  # gunicorn's default is one thread
+    except ValueError:
+        return None
+
+
 def get_limiter() -> AdaptiveLimiter:
     global _limiter
     if _limiter is None:
         with _limiter_lock:
             if _limiter is None:
+                max_limit = settings.MIANDAN_SHED_MAX_LIMIT
+                threads = gunicorn_threads()
+                if threads is not None:
+                    # Campaign writes may hold at most half of this worker's threads; the others must stay
+                    # free to answer shed requests and core reads (docs/operations.md).
+                    max_limit = min(max_limit, max(1, threads // 2))
                 _limiter = AdaptiveLimiter(
-                    min_limit=settings.MIANDAN_SHED_MIN_LIMIT,
-                    max_limit=settings.MIANDAN_SHED_MAX_LIMIT,
+                    min_limit=min(settings.MIANDAN_SHED_MIN_LIMIT, max_limit),
+                    max_limit=max_limit,
                     initial=settings.MIANDAN_SHED_INITIAL_LIMIT,
                     target=settings.MIANDAN_SHED_TARGET_MS / 1000.0,
                 )

@@ -62,8 +62,15 @@ def test_a_real_request_in_flight_saturates_the_limiter(tiny_limiter, make_auth_
     monkeypatch.setattr(vouchers_api, "campaign_join", held_join)
     first, second = make_auth_client(), make_auth_client()
     result = {}
-    thread = threading.Thread(target=lambda: result.setdefault("r", first.post(
-        f"/api/v1/campaigns/{campaign.slug}/join", {"app_version": "1.0.0"}, format="json")))
+    def in_flight():
+        from django.db import connections
+
+        try:
+            result["r"] = first.post(f"/api/v1/campaigns/{campaign.slug}/join", {"app_version": "1.0.0"}, format="json")
+        finally:
+            connections.close_all()  # this thread's own connection
+
+    thread = threading.Thread(target=in_flight)
     thread.start()
     assert entered.wait(30)
     try:
@@ -135,3 +142,24 @@ def test_writes_that_queued_too_long_before_django_are_shed(settings, auth_clien
     fresh = auth_client.post(f"/api/v1/campaigns/{campaign.slug}/join", {"app_version": "1.0.0"}, format="json",
                              HTTP_X_REQUEST_START=f"t={int(time.time() * 1000)}")  # milliseconds form
     assert fresh.status_code == 201
+
+
+def test_write_limit_is_capped_at_half_the_gunicorn_threads():
+    from miandan.api.guard import gunicorn_threads
+
+    assert gunicorn_threads(["/venv/bin/gunicorn", "miandan.wsgi", "-w", "4", "--threads", "8"], "") == 8
+    assert gunicorn_threads(["/venv/bin/gunicorn", "miandan.wsgi"], "--threads=6 -k gthread") == 6
+    assert gunicorn_threads(["/venv/bin/gunicorn", "miandan.wsgi"], "") == 1  # sync worker: one at a time
+    assert gunicorn_threads(["manage.py", "runserver"], "") is None  # not gunicorn: the settings decide
+
+
+def test_gunicorn_threads_cap_applies_to_the_limiter(settings, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/gunicorn", "miandan.wsgi", "--threads", "4"])
+    monkeypatch.delenv("GUNICORN_CMD_ARGS", raising=False)
+    settings.MIANDAN_SHED_MAX_LIMIT = 64
+    settings.MIANDAN_SHED_MIN_LIMIT = 2
+    limiter = get_limiter()
+    assert limiter.max_limit == 2
+    assert limiter.snapshot()["limit"] <= 2
