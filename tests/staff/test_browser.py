@@ -8,9 +8,12 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from django.db import transaction
 
-from tests.factories import CampaignFactory, StaffFactory, VoucherFactory
+from orders.models import Order
+from tests.factories import CampaignFactory, OrderFactory, StaffFactory, StoreFactory, VoucherFactory
 from tests.staff.groups import ensure_staff_groups
+from vouchers.services import voucher_lock_for_order, voucher_redeem
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -36,8 +39,14 @@ def browser():
 def scene():
     ensure_staff_groups()
     campaign = CampaignFactory(name="浏览器测试活动", total_budget=Decimal("1000.00"), bucket_count=4)
-    for _ in range(3):
-        VoucherFactory(campaign=campaign)
+    cards = [VoucherFactory(campaign=campaign) for _ in range(3)]
+    # One card redeemed on an 18-yuan order, so spending, orders and top stores have something to show.
+    order = OrderFactory(user=cards[0].user, campaign=campaign, store=StoreFactory(name="西湖店"), total_price=Decimal("18.00"),
+                         amount_to_pay=Decimal("18.00"), status=Order.Status.COMPLETED)
+    with transaction.atomic():
+        card = voucher_lock_for_order(user=cards[0].user, campaign=campaign, order_id=order.pk)
+        voucher_redeem(voucher_id=card.pk, order_id=order.pk, order_amount=order.total_price)
+    Order.objects.filter(pk=order.pk).update(voucher=card, subsidy=Decimal("18.00"), amount_to_pay=Decimal("0.00"))
     return {
         "campaign": campaign,
         "marketing": StaffFactory(username="mk-browser", groups=["marketing"]),
@@ -58,20 +67,21 @@ def test_marketing_watches_dashboard_and_finance_downloads_csv(live_server, scen
     campaign = scene["campaign"]
     ARTIFACTS.mkdir(exist_ok=True)
 
-    context = browser.new_context(viewport={"width": 1400, "height": 1100}, accept_downloads=True)
+    context = browser.new_context(viewport={"width": 1400, "height": 1100}, accept_downloads=True, locale="zh-CN")
     page = context.new_page()
     _login(page, live_server.url, scene["marketing"].username)
     page.goto(f"{live_server.url}/admin/campaign/campaign/{campaign.pk}/change/")
     page.click("text=实时看板")
     page.wait_for_selector("#md-reserved")
     assert page.inner_text("#md-total") == "1000.00"
-    assert page.inner_text("#md-reserved") == "75.00"
-    assert page.inner_text("#md-spent") == "0.00"
-    assert page.inner_text("#md-remaining") == "925.00"
-    assert page.inner_text("#md-percent") == "7.5%"
+    assert page.inner_text("#md-reserved") == "50.00"
+    assert page.inner_text("#md-spent") == "18.00"
+    assert page.inner_text("#md-remaining") == "932.00"
+    assert page.inner_text("#md-percent") == "6.8%"
     assert page.inner_text("#md-cards") == "3"
     assert "领卡 开启" in page.inner_text("#md-switches")
     assert page.locator("svg[role=img]").count() == 5
+    assert "西湖店" in page.inner_text("#md-stores")
     shot = ARTIFACTS / "staff-dashboard.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
@@ -82,7 +92,7 @@ def test_marketing_watches_dashboard_and_finance_downloads_csv(live_server, scen
     assert response.status == 404
     context.close()
 
-    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True, locale="zh-CN")
     page = context.new_page()
     _login(page, live_server.url, scene["finance"].username)
     page.goto(f"{live_server.url}/admin/campaign/campaign/{campaign.pk}/change/")
@@ -92,6 +102,10 @@ def test_marketing_watches_dashboard_and_finance_downloads_csv(live_server, scen
     target = ARTIFACTS / "staff-budget-report.csv"
     download.save_as(str(target))
     page.screenshot(path=str(ARTIFACTS / "staff-campaign-finance.png"), full_page=True)
+    # The full ledger goes through a background job: the button queues it and lands on the job list.
+    page.click("text=后台导出完整流水（CSV）")
+    page.wait_for_url("**/admin/reports/exportjob/")
+    assert page.locator("#result_list tbody tr").count() == 1
     context.close()
 
     raw = target.read_bytes()
@@ -99,7 +113,9 @@ def test_marketing_watches_dashboard_and_finance_downloads_csv(live_server, scen
     rows = list(csv.reader(io.StringIO(raw.decode("utf-8-sig"))))
     figures = {row[0]: row[1] for row in rows if len(row) >= 2}
     assert figures["总预算"] == "1000.00"
-    assert figures["已预留"] == "75.00"
-    assert figures["剩余"] == "925.00"
+    assert figures["已预留"] == "50.00"
+    assert figures["已花费"] == "18.00"
+    assert figures["已释放"] == "7.00"
+    assert figures["剩余"] == "932.00"
     assert figures["发卡总数"] == "3"
     assert figures["对账结果"] == "PASS"
