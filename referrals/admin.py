@@ -238,8 +238,16 @@ class PendingReferralAdmin(ReferralAdmin):
     list_filter = ("campaign",)
     ordering = ("id",)  # oldest first: first held, first decided
 
-    def get_queryset(self, request):
-        return super().get_queryset(request).filter(status=Referral.Status.UNDER_REVIEW)
+    def get_changelist(self, request, **kwargs):
+        # Only the list is narrowed to held referrals: a detail page (e.g. linked from an audit row)
+        # still opens after the referral has been decided.
+        base = super().get_changelist(request, **kwargs)
+
+        class QueueChangeList(base):
+            def get_queryset(self, request, exclude_parameters=None):
+                return super().get_queryset(request, exclude_parameters).filter(status=Referral.Status.UNDER_REVIEW)
+
+        return QueueChangeList
 
     def get_urls(self):
         return admin.ModelAdmin.get_urls(self)
