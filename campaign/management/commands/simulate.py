@@ -85,6 +85,9 @@ class InProcess:
     def __init__(self) -> None:
         self.local = threading.local()
 
+    def close(self) -> None:
+        pass
+
     def request(self, method: str, path: str, *, body=None, token="", ip="127.0.0.1", headers=None):
         from django.test import Client
 
@@ -112,6 +115,12 @@ class OverHttp:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.local = threading.local()
+        self.lock = threading.Lock()
+        self.clients: list = []
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
 
     def request(self, method: str, path: str, *, body=None, token="", ip="127.0.0.1", headers=None):
         import httpx
@@ -119,6 +128,8 @@ class OverHttp:
         client = getattr(self.local, "client", None)
         if client is None:
             client = self.local.client = httpx.Client(base_url=self.base_url, timeout=self.timeout)
+            with self.lock:
+                self.clients.append(client)
         hdrs = {"X-Forwarded-For": ip, **(headers or {})}
         if token:
             hdrs["Authorization"] = f"Bearer {token}"
@@ -359,6 +370,7 @@ class Command(BaseCommand):
         orders = [(with_token[n % len(with_token)], n) for n in range(opts["orders"])]
         _pool_run(sim.order, orders, opts["concurrency"], "orders", quiet)
         requests_done = time.monotonic() - started
+        transport.close()
         open_orders = wait_for_orders(sim.order_ids, opts["wait"], quiet)
         elapsed = time.monotonic() - started
         report = invariant_report(campaign=campaign, order_ids=sim.order_ids, open_orders=open_orders, tally=tally)
