@@ -1,0 +1,113 @@
+"""Campaign and card endpoints: rules, filters, pagination, 404 for other people's cards, join refusals."""
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from campaign.models import Campaign, LedgerEntry
+from campaign.selectors import campaign_cache_clear
+from tests.factories import CampaignFactory, UserFactory
+from vouchers.models import Voucher
+from vouchers.services import voucher_issue
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("guard_off")]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_campaign_cache():
+    campaign_cache_clear()
+    yield
+    campaign_cache_clear()
+
+
+def join(client, campaign, version="1.0.0"):
+    return client.post(f"/api/v1/campaigns/{campaign.slug}/join", {"app_version": version}, format="json")
+
+
+def counts():
+    return Voucher.objects.count(), LedgerEntry.objects.count()
+
+
+def test_campaign_list_and_detail(auth_client):
+    live = CampaignFactory(total_budget=Decimal("50.00"), bucket_count=2)
+    CampaignFactory(status=Campaign.Status.DRAFT)
+    listed = auth_client.get("/api/v1/campaigns/").json()
+    assert [c["slug"] for c in listed] == [live.slug]
+    detail = auth_client.get(f"/api/v1/campaigns/{live.slug}/").json()
+    assert detail["face_value"] == "25.00" and detail["card_cap"] == 21 and detail["has_budget"] is True
+    assert detail["min_app_version"] == "1.0.0" and detail["is_live"] is True
+    voucher_issue(user=UserFactory(), campaign=live, source=Voucher.Source.REFERRAL_INVITEE)
+    voucher_issue(user=UserFactory(), campaign=live, source=Voucher.Source.REFERRAL_INVITEE)
+    assert auth_client.get(f"/api/v1/campaigns/{live.slug}/").json()["has_budget"] is False
+
+
+def test_vouchers_list_filters_and_paginates(auth_client):
+    mine = auth_client.user
+    a, b = CampaignFactory(), CampaignFactory()
+    for _ in range(3):
+        voucher_issue(user=mine, campaign=a, source=Voucher.Source.REFERRAL_INVITEE)
+    voucher_issue(user=mine, campaign=b, source=Voucher.Source.REFERRAL_INVITEE)
+    voucher_issue(user=UserFactory(), campaign=a, source=Voucher.Source.REFERRAL_INVITEE)
+    Voucher.objects.filter(user=mine, campaign=a, slot=3).update(status="void")
+    page = auth_client.get("/api/v1/vouchers/?page_size=2").json()
+    assert page["count"] == 4 and len(page["results"]) == 2 and page["next"]
+    assert auth_client.get(f"/api/v1/vouchers/?campaign={a.slug}").json()["count"] == 3
+    issued = auth_client.get(f"/api/v1/vouchers/?campaign={a.slug}&status=issued").json()
+    assert issued["count"] == 2
+    card = issued["results"][0]
+    assert card["face_value"] == "25.00" and card["campaign"] == a.slug and card["status"] == "issued"
+
+
+def test_someone_elses_card_is_404_and_nothing_changes(auth_client, campaign):
+    theirs = voucher_issue(user=UserFactory(), campaign=campaign, source=Voucher.Source.REFERRAL_INVITEE)
+    mine = voucher_issue(user=auth_client.user, campaign=campaign, source=Voucher.Source.REFERRAL_INVITEE)
+    before = counts()
+    response = auth_client.get(f"/api/v1/vouchers/{theirs.code}/")
+    assert response.status_code == 404 and response.json()["code"] == "not_found"
+    assert auth_client.get(f"/api/v1/vouchers/{'X' * 200}/").status_code == 404
+    assert auth_client.get(f"/api/v1/vouchers/{mine.code.lower()}/").json()["code"] == mine.code
+    assert counts() == before
+
+
+def test_join_refusals(make_auth_client):
+    client = make_auth_client()
+    before = counts()
+    not_started = CampaignFactory(starts_at=timezone.now() + dt.timedelta(hours=1),
+                                  ends_at=timezone.now() + dt.timedelta(days=1))
+    ended = CampaignFactory(starts_at=timezone.now() - dt.timedelta(days=2),
+                            ends_at=timezone.now() - dt.timedelta(days=1))
+    draft = CampaignFactory(status=Campaign.Status.DRAFT)
+    for campaign in (not_started, ended, draft):
+        response = join(client, campaign)
+        assert response.status_code == 409 and response.json()["code"] == "campaign_not_live"
+    upgrade = join(client, CampaignFactory(min_app_version="2.10.0"), "2.9.99")
+    assert upgrade.status_code == 403 and upgrade.json()["code"] == "app_upgrade_required"
+    assert upgrade.json()["min_app_version"] == "2.10.0"
+    assert counts()[0] == before[0]
+
+
+def test_join_at_the_cap_without_welcome_card(make_auth_client):
+    client = make_auth_client()
+    campaign = CampaignFactory(card_cap=2)
+    for _ in range(2):
+        voucher_issue(user=client.user, campaign=campaign, source=Voucher.Source.REFERRAL_INVITEE)
+    for _ in range(2):  # the second answer comes from the Redis fast path
+        response = join(client, campaign)
+        assert response.status_code == 409 and response.json()["code"] == "card_limit_reached"
+    assert Voucher.objects.filter(user=client.user).count() == 2
+
+
+def test_join_records_app_version_once(auth_client, campaign):
+    assert join(auth_client, campaign, "1.4.2").status_code == 201
+    auth_client.user.refresh_from_db()
+    assert auth_client.user.joined_app_version == "1.4.2"
+    assert join(auth_client, CampaignFactory(), "3.0.0").status_code == 201
+    auth_client.user.refresh_from_db()
+    assert auth_client.user.joined_app_version == "1.4.2"
+
+
+def test_me(auth_client):
+    body = auth_client.get("/api/v1/me").json()
+    assert body["id"] == auth_client.user.pk and body["phone"] == auth_client.user.phone
