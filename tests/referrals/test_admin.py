@@ -117,3 +117,13 @@ def test_chain_and_top_inviters(campaign):
     assert [(row["inviter"], row["total"]) for row in top.context["rows"]] == [(b, 2), (a, 1)]
     outsider = staff_client()
     assert outsider.get(f"{CHANGELIST}chain/{b.pk}/").status_code == 403
+
+
+def test_invite_code_list_counts_invitees(campaign):
+    inviter = UserFactory()
+    accept(UserFactory(), inviter, campaign)
+    accept(UserFactory(), inviter, campaign)
+    invite_code_get_or_create(user=UserFactory(), campaign=campaign)
+    page = staff_client("view_invitecode").get("/admin/referrals/invitecode/", {"o": "-4"})  # by invitees, desc
+    assert page.status_code == 200
+    assert [code._invitees for code in page.context["cl"].result_list] == [2, 0]
