@@ -95,12 +95,12 @@ def invariants(*, slug: str, wait: float, statuses: dict) -> dict:
     from orders.models import Order
 
     campaign = Campaign.objects.get(slug=slug)
-    ids = list(Order.objects.values_list("pk", flat=True))  # the bench database holds only this run
-    open_orders = wait_for_orders(ids, wait, quiet=True)
+    orders = Order.objects.all()  # the bench database holds only this run
+    open_orders = wait_for_orders(orders, wait, quiet=True)
     tally = Tally()
     for status, n in statuses.items():
         tally.statuses[int(status)] += n
-    return invariant_report(campaign=campaign, order_ids=ids, open_orders=open_orders, tally=tally)
+    return invariant_report(campaign=campaign, orders=orders, open_orders=open_orders, tally=tally)
 
 
 # --- a small asyncio HTTP/1.1 client (keep-alive pool, open or closed loop) --------------------

@@ -61,6 +61,7 @@ def test_simulate_day_with_chat_orders_fulfilled_by_a_real_worker(settings, cele
     report = json.loads(out.getvalue())
     assert report["ok"] is True, report
     assert report["run"]["orders_placed"] == 10
+    assert report["checks"]["orders_final"]["orders"] == 10  # the run's orders, found by its phone prefix
     assert report["checks"]["orders_final"]["not_final"] == 0
     assert report["checks"]["no_card_redeemed_twice"]["ok"] is True
     assert Order.objects.filter(status__in=Order.FINAL).count() == 10

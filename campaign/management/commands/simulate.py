@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -156,7 +156,7 @@ class Simulation:
         self.max_backoff = max_backoff
         self.tally = tally
         self.random = random.Random(seed)
-        self.order_ids: list[int] = []
+        self.orders_placed = 0
         self.lock = threading.Lock()
 
     def call(self, op: str, method: str, path: str, *, user: SimUser | None = None, body=None, headers=None):
@@ -213,10 +213,11 @@ class Simulation:
                                      headers={"Idempotency-Key": f"order-full-{user.device}-{n}"})
         if status == 201 and isinstance(data, dict) and data.get("id") is not None:
             with self.lock:
-                self.order_ids.append(int(data["id"]))
+                self.orders_placed += 1
 
 
 def _pool_run(fn, items, concurrency: int, desc: str, quiet: bool) -> None:
+    """Run fn over items on `concurrency` threads, keeping only a small window of futures (runs reach 10^6 items)."""
     from tqdm import tqdm
 
     def wrapped(item):
@@ -225,35 +226,46 @@ def _pool_run(fn, items, concurrency: int, desc: str, quiet: bool) -> None:
         finally:
             connections.close_all()  # in-process: each worker thread has its own DB connection
 
+    window = concurrency * 4
     with ThreadPoolExecutor(max_workers=concurrency) as pool, tqdm(total=len(items), desc=desc, disable=quiet,
                                                                     unit="req", smoothing=0.1) as bar:
-        for future in as_completed([pool.submit(wrapped, item) for item in items]):
+        pending = set()
+        for item in items:
+            pending.add(pool.submit(wrapped, item))
+            if len(pending) >= window:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    future.result()
+                    bar.update(1)
+        for future in as_completed(pending):
             future.result()
             bar.update(1)
 
 
 # --- invariants -------------------------------------------------------------------------------
 
-def wait_for_orders(order_ids: list[int], deadline_s: float, quiet: bool) -> int:
-    """Poll PostgreSQL until every simulated order is final or the deadline passes; returns the open count."""
+def wait_for_orders(orders, deadline_s: float, quiet: bool) -> int:
+    """Poll PostgreSQL until every order of the queryset is final or the deadline passes; returns the open count."""
     from tqdm import tqdm
 
     from orders.models import Order
 
-    if not order_ids:
+    total = orders.count()
+    if not total:
         return 0
     end = time.monotonic() + deadline_s
-    with tqdm(total=len(order_ids), desc="fulfilment", disable=quiet, unit="order") as bar:
+    with tqdm(total=total, desc="fulfilment", disable=quiet, unit="order") as bar:
         while True:
-            open_count = Order.objects.filter(pk__in=order_ids).exclude(status__in=Order.FINAL).count()
-            bar.n = len(order_ids) - open_count
+            open_count = orders.exclude(status__in=Order.FINAL).count()
+            bar.n = total - open_count
             bar.refresh()
             if open_count == 0 or time.monotonic() >= end:
                 return open_count
             time.sleep(0.5)
 
 
-def invariant_report(*, campaign, order_ids: list[int], open_orders: int, tally: Tally) -> dict:
+def invariant_report(*, campaign, orders, open_orders: int, tally: Tally) -> dict:
+    """`orders`: a queryset of the run's orders (a filter, not a list of ids: runs reach 10^6 orders)."""
     from campaign.models import BudgetBucket
     from orders.models import Order
     from vouchers.models import Voucher
@@ -278,8 +290,8 @@ def invariant_report(*, campaign, order_ids: list[int], open_orders: int, tally:
                                        "total_budget": str(campaign.total_budget)}
     checks["reconcile"] = {"ok": report.ok, "differences": report.differences[:10]}
 
-    checks["orders_final"] = {"ok": open_orders == 0, "orders": len(order_ids), "not_final": open_orders,
-                              "by_state": dict(Order.objects.filter(pk__in=order_ids).values_list("status")
+    checks["orders_final"] = {"ok": open_orders == 0, "orders": orders.count(), "not_final": open_orders,
+                              "by_state": dict(orders.order_by().values_list("status")
                                                .annotate(n=Count("id")))}
 
     live = ~Q(status__in=[Order.Status.FAILED, Order.Status.CANCELLED])
@@ -306,9 +318,13 @@ def invariant_report(*, campaign, order_ids: list[int], open_orders: int, tally:
     }
 
 
+def _width(total: int) -> int:
+    return max(3, len(str(max(total - 1, 0))))
+
+
 def _phone(run: int, i: int, total: int) -> str:
     """11-digit mainland mobile number: 1, [3-9], then as many run digits as the user index leaves room for."""
-    width = max(3, len(str(max(total - 1, 0))))
+    width = _width(total)
     if width > 9:
         raise CommandError("at most 10^9 users")
     rest = 9 - width
@@ -362,6 +378,9 @@ class Command(BaseCommand):
                     ip=f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}", device=f"sim-{run}-{i}")
             for i in range(opts["users"])
         ]
+        from django.utils import timezone
+
+        since = timezone.now()
         started = time.monotonic()
         _pool_run(sim.onboard, users, opts["concurrency"], "users", quiet)
         pairs = [(users[i], users[rng.randrange(i)]) for i in range(1, len(users)) if rng.random() < opts["invite_ratio"]]
@@ -371,15 +390,20 @@ class Command(BaseCommand):
         _pool_run(sim.order, orders, opts["concurrency"], "orders", quiet)
         requests_done = time.monotonic() - started
         transport.close()
-        open_orders = wait_for_orders(sim.order_ids, opts["wait"], quiet)
+        from orders.models import Order
+
+        # This run's orders: its users' phones share the run prefix, and none existed before `since`.
+        run_orders = Order.objects.filter(user__phone__startswith=_phone(run, 0, opts["users"])[:11 - _width(opts["users"])],
+                                          created_at__gte=since)
+        open_orders = wait_for_orders(run_orders, opts["wait"], quiet)
         elapsed = time.monotonic() - started
-        report = invariant_report(campaign=campaign, order_ids=sim.order_ids, open_orders=open_orders, tally=tally)
+        report = invariant_report(campaign=campaign, orders=run_orders, open_orders=open_orders, tally=tally)
         report["run"] = {
             "users": len(users), "logged_in": sum(1 for u in users if u.token), "joined": sum(1 for u in users if u.joined),
-            "referral_attempts": len(pairs), "orders_requested": opts["orders"], "orders_placed": len(sim.order_ids),
+            "referral_attempts": len(pairs), "orders_requested": opts["orders"], "orders_placed": sim.orders_placed,
             "requests": sum(tally.statuses.values()), "seconds_requests": round(requests_done, 2),
             "seconds_total": round(elapsed, 2),
-            "orders_per_second_end_to_end": round(len(sim.order_ids) / elapsed, 2) if elapsed else None,
+            "orders_per_second_end_to_end": round(sim.orders_placed / elapsed, 2) if elapsed else None,
             "mode": opts["url"] or "in-process", "concurrency": opts["concurrency"],
         }
         if opts["json"]:
