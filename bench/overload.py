@@ -19,8 +19,9 @@ Target: zero 5xx other than 503 `busy`, and a clean invariant report.
     .venv/bin/python bench/overload.py --phases 3,10 --capacity 150   # skip the nominal run
     .venv/bin/python bench/overload.py --json /tmp/overload.json --workers 4 --threads 8
 
-Everything runs on 127.0.0.1: gunicorn from bench/server.py (its own database `miandan_bench`, Redis
-db 14, prefix `bench`), one Celery worker, and the load generator in --processes separate processes.
+Everything runs on 127.0.0.1: gunicorn from bench/server.py with its own database `miandan_bench_overload`
+(OVERLOAD_DATABASE_URL), Redis db 14 with prefix `benchov`, Celery queue `bench-overload` and one Celery worker,
+and the load generator in --processes separate processes.
 The server runs with MIANDAN_PROXY_COUNT=1 so each simulated user has its own X-Forwarded-For IP
 (per-IP limits would otherwise see every user as 127.0.0.1) and with per-user limits that a real
 user would not reach, so this measures shedding, not rate limiting.
@@ -47,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.server import PYTHON, ROOT, BenchConfig, Server, django_call, reset_database
 
 SLUG = "overload"
+QUEUE = "bench-overload"
 CENTER = (30.2741, 120.1551)
 SENTENCES = ["帮我点一杯奶茶", "来一杯喜茶多肉葡萄，少冰", "蜜雪冰城冰鲜柠檬水两杯", "霸王茶姬伯牙绝弦，无糖",
              "茶百道杨枝甘露一杯 三分糖", "奈雪的茶霸气橙子一杯，去冰"]
@@ -413,7 +415,7 @@ class CeleryWorker:
     def __enter__(self):
         log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-celery-{self.cfg.port}.log", "w")
         self.proc = subprocess.Popen(
-            [str(Path(PYTHON).parent / "celery"), "-A", "miandan", "worker", "-Q", "bench", "-c", str(self.concurrency),
+            [str(Path(PYTHON).parent / "celery"), "-A", "miandan", "worker", "-Q", QUEUE, "-c", str(self.concurrency),
              "-l", "warning", "--without-gossip", "--without-mingle"],
             cwd=ROOT, env=self.cfg.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         return self
@@ -455,7 +457,11 @@ def main(argv=None) -> int:
         args.order_users = min(args.order_users, 200)
         args.wait = min(args.wait, 60)
 
-    cfg = BenchConfig(port=args.port, workers=args.workers, threads=args.threads, worker_class="gthread")
+    # Its own database, Redis prefix and queue: other bench scripts reset `miandan_bench` and use queue `bench`.
+    cfg = BenchConfig(port=args.port, workers=args.workers, threads=args.threads, worker_class="gthread",
+                      database_url=os.environ.get("OVERLOAD_DATABASE_URL",
+                                                  "postgres://postgres@127.0.0.1:5432/miandan_bench_overload"),
+                      redis_prefix="benchov")
     write_slots = max(1, args.threads // 2)
     args.connections = args.connections or args.workers * args.threads
     cfg.extra_env.update({
@@ -466,6 +472,7 @@ def main(argv=None) -> int:
         "MIANDAN_PROXY_COUNT": "1",
         "MIANDAN_RATELIMITS": "join_user=1000/m,order_user=1000/m,join_ip=100000/m,order_ip=100000/m",
         "CELERY_TASK_ALWAYS_EAGER": "0",
+        "CELERY_DEFAULT_QUEUE": QUEUE,
     })
     if not args.no_reset:
         reset_database(cfg)
