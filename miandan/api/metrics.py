@@ -91,12 +91,19 @@ def connect_signals() -> None:
 def _queue_depth() -> dict[str, int]:
     if settings.CELERY_TASK_ALWAYS_EAGER or not settings.CELERY_BROKER_URL:
         return {}
+    from amqp.exceptions import ChannelError
+
     from miandan.celery import app
 
     name = settings.CELERY_TASK_DEFAULT_QUEUE
     with app.connection_for_read() as conn:
         conn.ensure_connection(max_retries=1, timeout=1)
-        ok = conn.default_channel.queue_declare(queue=name, passive=True)
+        try:
+            ok = conn.default_channel.queue_declare(queue=name, passive=True)
+        except ChannelError as exc:
+            if str(getattr(exc, "reply_code", "")) == "404" or "NOT_FOUND" in str(exc):
+                return {name: 0}  # never declared: nothing was ever sent to it
+            raise
         return {name: int(ok.message_count)}
 
 

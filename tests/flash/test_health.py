@@ -183,3 +183,31 @@ def test_metrics_aggregate_all_gunicorn_workers_in_multiprocess_mode(tmp_path):
 
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(15)
+
+
+def test_metrics_report_the_celery_queue_depth(settings, api_client):
+    import re
+
+    from miandan.celery import app
+
+    if settings.CELERY_TASK_ALWAYS_EAGER or not settings.CELERY_BROKER_URL:
+        pytest.skip("needs a Celery broker")
+    queue = settings.CELERY_TASK_DEFAULT_QUEUE
+    old = app.conf.task_always_eager
+    app.conf.task_always_eager = False
+    try:
+        with app.connection_for_write() as conn:
+            try:
+                conn.default_channel.queue_purge(queue)
+            except Exception:
+                pass
+        for _ in range(3):  # no worker consumes this queue in this test
+            app.send_task("flash.never_consumed", queue=queue)
+        text = api_client.get("/metrics").content.decode()
+        match = re.search(rf'miandan_celery_queue_depth{{queue="{re.escape(queue)}"}} (\d+)', text)
+        assert match, text[-1500:]
+        assert int(float(match.group(1))) == 3
+    finally:
+        with app.connection_for_write() as conn:
+            conn.default_channel.queue_purge(queue)
+        app.conf.task_always_eager = old
