@@ -50,6 +50,7 @@ REVIEW_REASONS = {
     "inviter_daily_limit": "邀请人一天内成功邀请次数已达上限",
     "device_shared": "同一设备已被多个账号用于接受邀请或登录",
     "ip_burst": "同一 IP 十分钟内大量新注册账号接受邀请",
+    "inviter_flagged": "邀请人自己的邀请记录待审核或已被拒绝（可疑链条）",
 }
 
 
@@ -106,7 +107,7 @@ def _check_graph(*, campaign: Campaign, user, inviter_id: int) -> Referral | Non
         .annotate(is_parent=Case(When(invitee_id=inviter_id, then=Value(1)), default=Value(0),
                                  output_field=IntegerField()))
         .order_by("-is_parent")
-        .only("pk", "path", "root_id", "depth", "inviter_id", "invitee_id")[:2]
+        .only("pk", "path", "root_id", "depth", "status", "inviter_id", "invitee_id")[:2]
     )
     parent = rows[0] if rows and rows[0].invitee_id == inviter_id else None
     if parent is not None and (user.pk in _ancestor_ids(parent) or parent.root_id == user.pk):
@@ -116,7 +117,9 @@ def _check_graph(*, campaign: Campaign, user, inviter_id: int) -> Referral | Non
     return parent
 
 
-def _abuse_reasons(*, campaign: Campaign, inviter_id: int, user, device_id: str, ip: str | None) -> list[str]:
+def _abuse_reasons(
+    *, campaign: Campaign, inviter_id: int, parent: Referral | None, user, device_id: str, ip: str | None
+) -> list[str]:
     """Which abuse rules this accept trips. Two queries: one conditional aggregate over the campaign's
     referrals (each branch of the OR is an indexed range), one over the devices table."""
     now = timezone.now()
@@ -149,6 +152,10 @@ def _abuse_reasons(*, campaign: Campaign, inviter_id: int, user, device_id: str,
             reasons.append("device_shared")
     if "burst" in seen and seen["burst"] >= campaign.referral_ip_burst_limit:
         reasons.append("ip_burst")
+    # A suspicious chain grows under review: an inviter who is held (or was refused) cannot pay out
+    # to new invitees before staff have looked at the inviter.
+    if parent is not None and parent.status != Referral.Status.ACCEPTED:
+        reasons.append("inviter_flagged")
     return reasons
 
 
@@ -237,7 +244,8 @@ def _accept_db(*, user, campaign: Campaign, invite: InviteCode, device_id: str, 
         path, root_id, depth = f"{parent.path}{inviter.pk}/", parent.root_id, parent.depth + 1
     if len(path) > PATH_MAX:
         raise ReferralChainTooLong()
-    reasons = _abuse_reasons(campaign=campaign, inviter_id=inviter.pk, user=user, device_id=device_id, ip=ip)
+    reasons = _abuse_reasons(campaign=campaign, inviter_id=inviter.pk, parent=parent, user=user, device_id=device_id,
+                             ip=ip)
     # Cards first, then the referral row with both outcomes in one INSERT (the budget rows the cards
     # locked are held for one statement less).
     rewards = {} if reasons else _reward(inviter=inviter, invitee=user, campaign=campaign)

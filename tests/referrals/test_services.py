@@ -368,3 +368,16 @@ def test_a_chain_too_long_to_store_is_refused(campaign):
     with pytest.raises(ReferralChainTooLong):
         accept(UserFactory(), deep, campaign)
     assert Referral.objects.filter(campaign=campaign).count() == 1
+
+
+def test_invitees_of_a_held_or_rejected_inviter_are_held(campaign, reviewer):
+    held = _held(campaign)  # held.invitee is now an inviter whose own referral awaits review
+    relax(campaign)
+    grandchild = accept(UserFactory(), held.invitee, campaign)
+    assert grandchild.status == "under_review" and grandchild.review_reasons == ["inviter_flagged"]
+    referral_reject(referral=held, actor=reviewer, note="设备农场")
+    assert accept(UserFactory(), held.invitee, campaign).review_reasons == ["inviter_flagged"]
+    # Once staff approve an inviter, its new invitees are paid normally.
+    referral_approve(referral=grandchild, actor=reviewer, note="核实")
+    assert accept(UserFactory(), grandchild.invitee, campaign).status == "accepted"
+    assert reconcile(campaign=campaign).ok
