@@ -52,8 +52,12 @@ def test_metrics_count_requests_rejections_cards_and_budget(settings, auth_clien
     settings.MIANDAN_RATELIMITS = {"join_user": "1/m"}
     assert auth_client.post(f"/api/v1/campaigns/{campaign.slug}/join", {"app_version": "1.0.0"}).status_code == 201
     assert auth_client.post(f"/api/v1/campaigns/{campaign.slug}/join", {"app_version": "1.0.0"}).status_code == 429
+    from tests.factories import OrderFactory
+
+    OrderFactory(user=auth_client.user)
     text = auth_client.get("/metrics").content.decode()
     assert 'miandan_http_requests_total{method="POST",route="campaign-join",status="201"}' in text
+    assert 'miandan_orders{state="placed"} 1.0' in text
     assert 'miandan_rejections_total{code="rate_limited",route="campaign-join"}' in text
     assert f'miandan_budget_remaining_yuan{{campaign="{campaign.slug}"}} 9975.0' in text
     assert f'miandan_cards{{campaign="{campaign.slug}",status="issued"}} 1.0' in text
