@@ -117,3 +117,22 @@ def test_simulate_against_a_running_server_over_http(settings, tmp_path):
     finally:
         server.terminate()
         server.wait(10)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_simulate_exits_non_zero_when_an_invariant_fails(settings):
+    """A ledger that no longer adds up (an adjust row without its bucket change) fails the report."""
+    from django.core.management.base import CommandError
+
+    from tests.factories import LedgerEntryFactory
+
+    settings.MIANDAN_SMS_BACKEND = "fixed"
+    settings.MIANDAN_FIXED_OTP = "246810"
+    campaign = CampaignFactory(slug="sim-broken")
+    LedgerEntryFactory(campaign=campaign)
+    out = io.StringIO()
+    with pytest.raises(CommandError, match="reconcile"):
+        call_command("simulate", users=2, orders=0, concurrency=1, campaign="sim-broken", stdout=out, quiet=True)
+    text = out.getvalue()
+    assert "[FAIL] reconcile" in text
+    assert "RESULT: FAIL" in text
