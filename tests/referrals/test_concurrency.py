@@ -105,3 +105,33 @@ def test_parallel_first_invite_requests_share_one_code():
     assert all(r.ok for r in results), [r.trace for r in results if not r.ok][:1]
     assert len({r.value for r in results}) == 1
     assert campaign.invite_codes.filter(user=user).count() == 1
+
+
+def test_fifty_parallel_http_accepts_from_one_invitee():
+    """The same race through the whole stack (guard, idempotency, API): one 201, the rest refused."""
+    from rest_framework.test import APIClient
+
+    from accounts.services import token_create
+
+    campaign = relax(CampaignFactory())
+    invitee = UserFactory()
+    token = token_create(user=invitee, device_id="one-phone")
+    codes = [invite_code_get_or_create(user=UserFactory(), campaign=campaign).code for _ in range(50)]
+
+    def post(code):
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+        response = client.post(f"/api/v1/campaigns/{campaign.slug}/referrals", {"code": code}, format="json")
+        return response.status_code, response.json().get("code")
+
+    results = run_threads(post, 50, args=[(c,) for c in codes])
+    assert all(r.ok for r in results), [r.trace for r in results if not r.ok][:1]
+    answers = [r.value for r in results]
+    assert sum(1 for status, _ in answers if status == 201) == 1, answers
+    # Everyone else: already referred, or stopped before the view by the guard (per-user rate limit,
+    # 10/min by default, or the adaptive concurrency limit shedding the burst).
+    refused = {(409, "already_referred"), (429, "rate_limited"), (503, "busy")}
+    assert {a for a in answers if a[0] != 201} <= refused, answers
+    assert Referral.objects.filter(campaign=campaign).count() == 1
+    assert Voucher.objects.filter(campaign=campaign).count() == 2
+    assert reconcile(campaign=campaign).ok
