@@ -30,10 +30,19 @@ DEFAULT_RATES: dict[str, str] = {
 }
 
 
+_RATE = re.compile(r"^\d+/\d*[smhd]$")
+
+
 def rate(name: str) -> str | None:
-    """The configured rate for a limit name; "" or "off" disables that one limit."""
-    value = getattr(settings, "MIANDAN_RATELIMITS", {}).get(name, DEFAULT_RATES[name])
-    return None if value in ("", "off", "none") else value
+    """The configured rate for a limit name; "" or "off" disables that one limit.
+
+    settings.py refuses malformed overrides at startup; a malformed value set some other way falls back
+    to the default, so it can never turn into errors on every request.
+    """
+    value = getattr(settings, "MIANDAN_RATELIMITS", {}).get(name, DEFAULT_RATES[name]).strip()
+    if value in ("", "off", "none"):
+        return None
+    return value if _RATE.match(value) else DEFAULT_RATES[name]
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ See README.md ("Settings") for the full table.
 """
 
 import os
+import re
 from pathlib import Path
 
 import dj_database_url
@@ -177,6 +178,9 @@ RATELIMIT_USE_CACHE = "ratelimit"
 RATELIMIT_ENABLE = env_bool("RATELIMIT_ENABLE", True)
 # Overrides of the per-endpoint limits, e.g. "join_user=10/m,join_ip=60/m" (names in miandan/options.py).
 MIANDAN_RATELIMITS = dict(item.split("=", 1) for item in env_list("MIANDAN_RATELIMITS") if "=" in item)
+for _name, _rate in MIANDAN_RATELIMITS.items():
+    if _rate not in ("", "off", "none") and not re.fullmatch(r"\d+/\d*[smhd]", _rate):
+        raise ImproperlyConfigured(f"MIANDAN_RATELIMITS: {_name}={_rate!r} is not a rate like 10/m, 5/10m or off")
 # Number of trusted reverse proxies in front of gunicorn that append to X-Forwarded-For (0: use REMOTE_ADDR).
 MIANDAN_PROXY_COUNT = env_int("MIANDAN_PROXY_COUNT", 0)
 MIANDAN_SHED_ENABLED = env_bool("MIANDAN_SHED_ENABLED", True)

@@ -140,3 +140,20 @@ def test_guard_answers_are_not_logged_as_request_errors(settings, auth_client, c
     with caplog.at_level("WARNING", logger="django.request"):
         assert _join(auth_client, campaign).status_code == 429
     assert not [r for r in caplog.records if r.name == "django.request"]
+
+
+def test_malformed_rate_override_is_refused_at_startup_and_never_breaks_requests(settings, auth_client, campaign):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "MIANDAN_RATELIMITS": "join_user=ten"}
+    result = subprocess.run([sys.executable, "-c", "import miandan.settings"], cwd=root, env=env, capture_output=True,
+                            text=True)
+    assert result.returncode != 0
+    assert "join_user='ten'" in result.stderr
+    # Set some other way, a malformed value falls back to the default instead of failing requests.
+    settings.MIANDAN_RATELIMITS = {"join_user": "ten"}
+    assert _join(auth_client, campaign).status_code == 201
