@@ -160,7 +160,7 @@ class OrderChatApi(APIView):
                                campaign_slug=v.get("campaign"), pay_full_price=v["pay_full_price"], preview=v["preview"])
         if placement.order is None:
             return Response(_preview(placement), status=status.HTTP_200_OK)
-        return Response(_order_out(placement.order.pk, request.user), status=status.HTTP_201_CREATED)
+        return Response(OrderOutput(placement.order).data, status=status.HTTP_201_CREATED)
 
 
 class OptionsSerializer(serializers.Serializer):
@@ -197,7 +197,7 @@ class OrderCreateApi(APIView):
         placement = order_place(user=request.user, lines=lines, store_id=v["store"], lat=v.get("lat"), lng=v.get("lng"),
                                 campaign_slug=v.get("campaign"), voucher_code=v.get("voucher"),
                                 pay_full_price=v["pay_full_price"])
-        return Response(_order_out(placement.order.pk, request.user), status=status.HTTP_201_CREATED)
+        return Response(OrderOutput(placement.order).data, status=status.HTTP_201_CREATED)
 
 
 class OrderListApi(APIView):

@@ -276,7 +276,7 @@ def _place_tx(*, user, campaign: Campaign | None, quote: Quote, voucher_code: st
         user=user, campaign=campaign, store=quote.store, status=S.PLACED, total_price=quote.total,
         subsidy=Decimal("0.00"), amount_to_pay=quote.total, source_text=source_text[:200],
     )
-    OrderItem.objects.bulk_create(
+    items = OrderItem.objects.bulk_create(
         OrderItem(order=order, product=i.product, quantity=i.quantity, size=i.size or "", sugar=i.sugar or "",
                   ice=i.ice or "", unit_price=i.unit_price, line_total=i.line_total)
         for i in quote.items
@@ -292,8 +292,13 @@ def _place_tx(*, user, campaign: Campaign | None, quote: Quote, voucher_code: st
         subsidy = min(quote.total, card.face_value)
         Order.objects.filter(pk=order.pk).update(voucher=card, subsidy=subsidy, amount_to_pay=quote.total - subsidy)
         order.voucher, order.subsidy, order.amount_to_pay = card, subsidy, quote.total - subsidy
-    OrderEvent.objects.create(order=order, from_status="", to_status=S.PLACED,
-                              note=f"下单：{quote.store.name}" + (f"，使用免单卡 {card.code}" if card else "，原价"))
+    event = OrderEvent.objects.create(order=order, from_status="", to_status=S.PLACED,
+                                      note=f"下单：{quote.store.name}" + (f"，使用免单卡 {card.code}" if card else "，原价"))
+    # The caller renders the order from memory (what was just written) instead of reading it back.
+    for item in items:
+        item.product.brand = quote.store.brand
+    order.store, order.campaign = quote.store, campaign
+    order._prefetched_objects_cache = {"items": items, "events": [event]}
     order_id = order.pk
     transaction.on_commit(lambda: _send(order_id))
     return order

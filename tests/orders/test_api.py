@@ -273,3 +273,9 @@ def test_schema_documents_order_endpoints(auth_client):
     text = r.content.decode()
     for path in ["/api/v1/stores/nearby", "/api/v1/orders/chat", "/api/v1/orders/{order_id}/cancel"]:
         assert path in text
+
+
+def test_created_order_body_matches_detail(card, auth_client):
+    created = chat(auth_client, "两杯伯牙绝弦，大杯少糖").json()
+    detail = auth_client.get(f"/api/v1/orders/{created['id']}").json()
+    assert created == detail
