@@ -279,3 +279,15 @@ def test_created_order_body_matches_detail(card, auth_client):
     created = chat(auth_client, "两杯伯牙绝弦，大杯少糖").json()
     detail = auth_client.get(f"/api/v1/orders/{created['id']}").json()
     assert created == detail
+
+
+def test_redis_unreachable_falls_back_to_database(card, auth_client, settings):
+    """Store search uses SQL and capacity uses StoreMinute rows when Redis does not answer."""
+    from orders.models import StoreMinute
+
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+    near = auth_client.get("/api/v1/stores/nearby", {"lat": LAT, "lng": LNG})
+    assert near.status_code == 200 and near.json()["count"] == 6
+    r = chat(auth_client, "一杯伯牙绝弦")
+    assert r.status_code == 201, r.content
+    assert StoreMinute.objects.get(store_id=r.json()["store"]["id"]).count == 1
