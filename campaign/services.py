@@ -140,13 +140,17 @@ def campaign_create(*, spec: CampaignSpec, actor=None) -> Campaign:
 
 # --- helpers for the voucher engine (caller's transaction) ---------------------------
 
-def _reserve_skip_locked(*, campaign_id: int, n: int, start: int, amount: Decimal) -> int | None:
-    """PostgreSQL: reserve in the first bucket, in ring order from `start`, that has room and is not locked.
+def budget_reserve_sql(*, campaign: Campaign, amount: Decimal, hint: int | None = None) -> tuple[str, list]:
+    """PostgreSQL: the reserve as one `UPDATE ... RETURNING id` statement, for use alone or as a CTE.
 
-    One statement. SKIP LOCKED means the hot path never waits for another transaction's bucket and never
-    holds a bucket it did not reserve in: waiting there (and READ COMMITTED keeping a row locked after a
+    Reserves in the first bucket, in ring order from the hinted one, that has room and is not locked.
+    SKIP LOCKED means the hot path never waits for another transaction's bucket and never holds a
+    bucket it did not reserve in: waiting there (and READ COMMITTED keeping a row locked after a
     failed recheck) is what deadlocked plain conditional UPDATEs against each other and the slow path.
+    No row returned: no free bucket has room; call `budget_reserve_slow`.
     """
+    n = campaign.bucket_count
+    start = (hint if hint is not None else random.randrange(n)) % n
     table = connection.ops.quote_name(BudgetBucket._meta.db_table)
     index = connection.ops.quote_name("index")
     sql = (
@@ -155,8 +159,32 @@ def _reserve_skip_locked(*, campaign_id: int, n: int, start: int, amount: Decima
         f"ORDER BY ({index} - %s + %s) %% %s LIMIT 1 FOR UPDATE SKIP LOCKED) "
         "AND allotment >= reserved + spent + %s RETURNING id"
     )
+    return sql, [amount, campaign.pk, amount, start, n, n, amount]
+
+
+def budget_record_sql(
+    *, campaign_id: int, kind: str, amount: Decimal, source: str, bucket_expr: str, voucher_expr: str = "NULL",
+    actor=None, reason: str = "",
+) -> tuple[str, list]:
+    """PostgreSQL: a ledger `INSERT ... SELECT ... FROM <source>` to compose with the statement that moved the money.
+
+    `bucket_expr` / `voucher_expr` are column expressions of `source` (e.g. a CTE's RETURNING columns).
+    """
+    if kind != LedgerEntry.Kind.ADJUST and amount <= 0:
+        raise ValueError("ledger movements are positive")
+    table = connection.ops.quote_name(LedgerEntry._meta.db_table)
+    sql = (
+        f"INSERT INTO {table} (kind, amount, voucher_id, order_id, reason, created_at, actor_id, bucket_id, campaign_id) "
+        f"SELECT %s, %s, {voucher_expr}, NULL, %s, %s, %s, {bucket_expr}, %s FROM {source}"
+    )
+    actor_id = actor.pk if getattr(actor, "pk", None) else None
+    return sql, [kind, amount, reason[:255], timezone.now(), actor_id, campaign_id]
+
+
+def _reserve_skip_locked(*, campaign: Campaign, amount: Decimal, hint: int | None) -> int | None:
+    sql, params = budget_reserve_sql(campaign=campaign, amount=amount, hint=hint)
     with connection.cursor() as cursor:
-        cursor.execute(sql, [amount, campaign_id, amount, start, n, n, amount])
+        cursor.execute(sql, params)
         row = cursor.fetchone()
     return row[0] if row else None
 
@@ -178,20 +206,22 @@ def budget_reserve(*, campaign: Campaign, amount: Decimal, hint: int | None = No
     Prefers the bucket chosen by `hint` (e.g. the user id) or at random, then the next ones in ring
     order, skipping buckets other transactions hold right now. Only when none is free and roomy does it
     take the serialised slow path (wait for the buckets, gather scattered room). Raises BudgetExhausted.
-    The returned bucket is not re-read: only its `pk`, `index` and `campaign_id` are meant to be used.
+    The returned bucket is not re-read: only its `pk` and `campaign_id` are meant to be used.
     """
     if amount <= 0:
         raise ValueError("reserve amount must be positive")
-    n = campaign.bucket_count
-    start = (hint if hint is not None else random.randrange(n)) % n
-    fast = _reserve_skip_locked if connection.vendor == "postgresql" else _reserve_serialised
-    bucket_id = fast(campaign_id=campaign.pk, n=n, start=start, amount=amount)
+    if connection.vendor == "postgresql":
+        bucket_id = _reserve_skip_locked(campaign=campaign, amount=amount, hint=hint)
+    else:
+        n = campaign.bucket_count
+        start = (hint if hint is not None else random.randrange(n)) % n
+        bucket_id = _reserve_serialised(campaign_id=campaign.pk, n=n, start=start, amount=amount)
     if bucket_id is not None:
         return BudgetBucket(pk=bucket_id, campaign_id=campaign.pk)
-    return _reserve_consolidating(campaign=campaign, amount=amount)
+    return budget_reserve_slow(campaign=campaign, amount=amount)
 
 
-def _reserve_consolidating(*, campaign: Campaign, amount: Decimal) -> BudgetBucket:
+def budget_reserve_slow(*, campaign: Campaign, amount: Decimal) -> BudgetBucket:
     """Slow path near the end of a budget: free room is scattered in pieces smaller than a card.
 
     One transaction at a time per campaign (advisory lock), then every bucket locked in primary-key
@@ -226,6 +256,9 @@ def _reserve_consolidating(*, campaign: Campaign, amount: Decimal) -> BudgetBuck
         raise BudgetExhausted()
     target.refresh_from_db()
     return target
+
+
+_reserve_consolidating = budget_reserve_slow  # the old name
 
 
 def budget_record(

@@ -11,7 +11,7 @@ import secrets
 from collections import defaultdict
 from decimal import Decimal
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 from packaging.version import InvalidVersion, Version
@@ -22,13 +22,15 @@ from campaign.services import (
     BUDGET_LISTENERS,
     audit,
     budget_record,
+    budget_record_sql,
     budget_release,
     budget_reserve,
+    budget_reserve_sql,
     budget_spend,
     campaign_is_live,
 )
 from miandan.api.errors import InvalidInput, Paused
-from miandan.db import advisory_lock, retry_on_conflict
+from miandan.db import advisory_lock, is_postgres, retry_on_conflict
 
 from . import admission
 from .errors import AppUpgradeRequired, CardLimitReached, NoVoucher, VoucherStateConflict
@@ -58,29 +60,27 @@ def _after_commit_user(campaign_id: int, user_id: int) -> None:
 
 
 def _issue_locked(
-    *, user, campaign: Campaign, source: str, actor=None, reason: str = "", used: int | None = None
+    *, user, campaign: Campaign, source: str, actor=None, reason: str = "", used: int | None = None,
+    joined_app_version: str = "",
 ) -> Voucher:
     """Issue one card. Caller holds the (campaign, user) advisory lock inside its transaction.
 
     `used` is the number of cards the user already holds here, when the caller has just counted them.
+    `joined_app_version` (welcome cards) is recorded on the user if none is yet.
     """
     if used is None:
         used = Voucher.objects.filter(campaign=campaign, user=user).aggregate(m=Max("slot"))["m"] or 0
     slot = used + 1
     if slot > campaign.card_cap:
         raise CardLimitReached()
-    try:
-        bucket = budget_reserve(campaign=campaign, amount=campaign.face_value, hint=user.pk)
-    except BudgetExhausted:
-        # Runs before the rollback on purpose: "exhausted" is only a hint that expires in seconds.
-        admission.mark_exhausted(campaign.pk)
-        raise
-    voucher = Voucher.objects.create(
-        code=new_voucher_code(), campaign=campaign, user=user, bucket_id=bucket.pk, slot=slot, cap=campaign.card_cap,
-        source=source, face_value=campaign.face_value, expires_at=timezone.now() + campaign.card_validity,
-    )
-    budget_record(bucket=bucket.pk, campaign_id=campaign.pk, kind=LedgerEntry.Kind.RESERVE, amount=voucher.face_value,
-                  voucher_id=voucher.pk, actor=actor, reason=reason or f"发卡：{voucher.get_source_display()}")
+    reason = reason or f"发卡：{Voucher.Source(source).label}"
+    voucher = None
+    if is_postgres():
+        voucher = _insert_reserved_pg(user=user, campaign=campaign, source=source, slot=slot, actor=actor,
+                                      reason=reason, joined_app_version=joined_app_version)
+    if voucher is None:
+        voucher = _insert_reserved_orm(user=user, campaign=campaign, source=source, slot=slot, actor=actor,
+                                       reason=reason, joined_app_version=joined_app_version)
     if source == Voucher.Source.WELCOME:
         # Under the slot lock the count is exact; a card issued right after us forgets this on its own commit.
         transaction.on_commit(
@@ -89,6 +89,82 @@ def _issue_locked(
     else:
         _after_commit_user(campaign.pk, user.pk)
     return voucher
+
+
+def _new_card(*, user, campaign: Campaign, source: str, slot: int, bucket_id: int | None = None) -> Voucher:
+    now = timezone.now()
+    return Voucher(
+        code=new_voucher_code(), campaign=campaign, user=user, bucket_id=bucket_id, slot=slot, cap=campaign.card_cap,
+        source=source, status=Voucher.Status.ISSUED, face_value=campaign.face_value, issued_at=now,
+        expires_at=now + campaign.card_validity,
+    )
+
+
+def _insert_reserved_pg(*, user, campaign: Campaign, source: str, slot: int, actor, reason: str,
+                        joined_app_version: str) -> Voucher | None:
+    """The hot path in ONE statement: reserve in a free bucket, insert the card, write its ledger row.
+
+    The money SQL comes from campaign.services (it owns the budget tables); this only composes it.
+    Returns None when no free bucket had room (nothing was written): the caller takes the slow path.
+    """
+    card = _new_card(user=user, campaign=campaign, source=source, slot=slot)
+    reserve_sql, reserve_params = budget_reserve_sql(campaign=campaign, amount=campaign.face_value, hint=user.pk)
+    ledger_sql, ledger_params = budget_record_sql(
+        campaign_id=campaign.pk, kind=LedgerEntry.Kind.RESERVE, amount=campaign.face_value, source="v",
+        bucket_expr="v.bucket_id", voucher_expr="v.id", actor=actor, reason=reason,
+    )
+    qn = connection.ops.quote_name
+    sql = (
+        f"WITH b AS ({reserve_sql}), "
+        f"v AS (INSERT INTO {qn(Voucher._meta.db_table)} (code, slot, cap, source, status, face_value, issued_at, "
+        "expires_at, void_reason, bucket_id, campaign_id, user_id) "
+        "SELECT %s, %s, %s, %s, %s, %s, %s, %s, '', b.id, %s, %s FROM b RETURNING id, bucket_id), "
+        f"l AS ({ledger_sql}) "
+    )
+    params = [
+        *reserve_params,
+        card.code, card.slot, card.cap, card.source, card.status, card.face_value, card.issued_at, card.expires_at,
+        campaign.pk, user.pk,
+        *ledger_params,
+    ]
+    record_version = bool(joined_app_version) and not user.joined_app_version
+    if record_version:
+        # Only if a card was issued (FROM v): the first app version the user joined with.
+        sql += (f", u AS (UPDATE {qn(type(user)._meta.db_table)} SET joined_app_version = %s "
+                "WHERE id = %s AND joined_app_version = '' AND EXISTS (SELECT 1 FROM v)) ")
+        params += [joined_app_version[:32], user.pk]
+    sql += "SELECT id, bucket_id FROM v"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    card.pk, card.bucket_id = row
+    card._state.adding = False
+    card._state.db = connection.alias
+    return card
+
+
+def _insert_reserved_orm(*, user, campaign: Campaign, source: str, slot: int, actor, reason: str,
+                         joined_app_version: str) -> Voucher:
+    """Any database, and PostgreSQL's slow path: reserve (or raise BudgetExhausted), insert, ledger."""
+    try:
+        bucket = budget_reserve(campaign=campaign, amount=campaign.face_value, hint=user.pk)
+    except BudgetExhausted:
+        # Runs before the rollback on purpose: "exhausted" is only a hint that expires in seconds.
+        admission.mark_exhausted(campaign.pk)
+        raise
+    card = _new_card(user=user, campaign=campaign, source=source, slot=slot, bucket_id=bucket.pk)
+    card.save(force_insert=True)
+    budget_record(bucket=bucket.pk, campaign_id=campaign.pk, kind=LedgerEntry.Kind.RESERVE, amount=card.face_value,
+                  voucher_id=card.pk, actor=actor, reason=reason)
+    _record_joined_version(user, joined_app_version)
+    return card
+
+
+def _record_joined_version(user, version: str) -> None:
+    if version and not user.joined_app_version:
+        type(user).objects.filter(pk=user.pk, joined_app_version="").update(joined_app_version=version[:32])
 
 
 def voucher_issue_in_tx(*, user, campaign: Campaign, source: str, actor=None, reason: str = "") -> Voucher:
@@ -180,9 +256,8 @@ def _join_db(*, user, campaign: Campaign, app_version: str) -> tuple[Voucher | N
         return Voucher.objects.get(code=welcome), False, len(cards), welcome
     if len(cards) >= campaign.card_cap:
         return None, False, len(cards), ""
-    voucher = _issue_locked(user=user, campaign=campaign, source=Voucher.Source.WELCOME, used=len(cards))
-    if not user.joined_app_version:
-        type(user).objects.filter(pk=user.pk, joined_app_version="").update(joined_app_version=app_version[:32])
+    voucher = _issue_locked(user=user, campaign=campaign, source=Voucher.Source.WELCOME, used=len(cards),
+                            joined_app_version=app_version)
     return voucher, True, len(cards) + 1, voucher.code
 
 
