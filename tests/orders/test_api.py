@@ -291,3 +291,18 @@ def test_redis_unreachable_falls_back_to_database(card, auth_client, settings):
     r = chat(auth_client, "一杯伯牙绝弦")
     assert r.status_code == 201, r.content
     assert StoreMinute.objects.get(store_id=r.json()["store"]["id"]).count == 1
+
+
+def test_geo_index_follows_store_edits(catalogue, auth_client):
+    def ids():
+        return [s["id"] for s in auth_client.get("/api/v1/stores/nearby", {"lat": LAT, "lng": LNG}).json()["results"]]
+
+    first = ids()  # builds the Redis index
+    new = Store.objects.create(brand=Store.objects.first().brand, name="新开店", city="杭州", lat=LAT + 0.002, lng=LNG,
+                               open_24h=True)
+    assert new.pk in ids()
+    new.lat = LAT + 0.5
+    new.save()
+    assert new.pk not in ids()
+    new.delete()
+    assert ids() == first

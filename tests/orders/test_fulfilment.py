@@ -127,3 +127,16 @@ def test_eager_mode_runs_the_whole_chain(catalogue, auth_client, campaign, setti
     card.refresh_from_db()
     assert card.status == Voucher.Status.REDEEMED
     assert reconcile(campaign=campaign).ok
+
+
+def test_merchant_timeouts_are_retried_until_completion(catalogue, make_auth_client, campaign, celery_worker):
+    clients = [make_auth_client() for _ in range(4)]
+    for c in clients:
+        VoucherFactory(user=c.user, campaign=campaign)
+    celery_worker.start(MIANDAN_MERCHANT_LATENCY_MS=5, MIANDAN_MERCHANT_TIMEOUT_RATE=0.2)
+    ids = [place(c)["id"] for c in clients]
+    for order_id in ids:
+        assert wait_for(order_id, {"completed", "failed"}, timeout=90) == "completed", celery_worker.log()[-3000:]
+        assert events(order_id) == CHAIN
+    assert "Retry in" in celery_worker.log() or "retry" in celery_worker.log().lower()
+    assert reconcile(campaign=campaign).ok
