@@ -326,8 +326,12 @@ def order_place(*, user, lines: list[Line], lat: float | None = None, lng: float
                                    campaign_slug=campaign_slug, voucher_code=voucher_code,
                                    pay_full_price=pay_full_price, chat=chat)
     if preview:
-        subsidy, to_pay = _pricing(quotes[0], card)
-        return Placement(quote=quotes[0], subsidy=subsidy, amount_to_pay=to_pay, voucher=card, campaign=campaign)
+        # The store the order would go to now: the nearest one not yet full this minute.
+        quote = next((q for q in quotes if capacity.used(q.store) < q.store.capacity_per_minute), None)
+        if quote is None:
+            raise NoStoreAvailable()
+        subsidy, to_pay = _pricing(quote, card)
+        return Placement(quote=quote, subsidy=subsidy, amount_to_pay=to_pay, voucher=card, campaign=campaign)
     for quote in quotes:
         slot = capacity.take_redis(quote.store)
         if slot is None:

@@ -306,3 +306,17 @@ def test_geo_index_follows_store_edits(catalogue, auth_client):
     assert new.pk not in ids()
     new.delete()
     assert ids() == first
+
+
+def test_preview_skips_a_full_store(card, auth_client):
+    from orders.services import Line, order_place
+
+    store = _store("chagee")
+    Store.objects.filter(pk=store.pk).update(capacity_per_minute=1)
+    nxt = Store.objects.create(brand=store.brand, name="次近店", city="杭州", lat=store.lat + 0.01, lng=store.lng,
+                               open_24h=True)
+    assert chat(auth_client, "一杯伯牙绝弦", preview=True).json()["store"]["id"] == store.pk
+    order_place(user=UserFactory(), lines=[Line(quantity=1, candidates=((store.brand_id, "伯牙绝弦"),))], lat=LAT, lng=LNG,
+                pay_full_price=True)
+    assert chat(auth_client, "一杯伯牙绝弦", preview=True).json()["store"]["id"] == nxt.pk
+    assert chat(auth_client, "一杯伯牙绝弦").json()["store"]["id"] == nxt.pk
