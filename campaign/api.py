@@ -42,7 +42,8 @@ class CampaignOutput(serializers.Serializer):
 
 def campaign_or_404(slug: str) -> Campaign:
     campaign = campaign_get(slug=slug)
-    if campaign is None:
+    # A draft is not announced yet: app users must not learn of it (ended ones stay visible for their cards).
+    if campaign is None or campaign.status == Campaign.Status.DRAFT:
         raise CampaignNotFound()
     return campaign
 

@@ -35,6 +35,7 @@ def test_campaign_list_and_detail(auth_client):
     CampaignFactory(status=Campaign.Status.DRAFT)
     listed = auth_client.get("/api/v1/campaigns/").json()
     assert [c["slug"] for c in listed] == [live.slug]
+    assert auth_client.get(f"/api/v1/campaigns/{Campaign.objects.get(status='draft').slug}/").status_code == 404
     detail = auth_client.get(f"/api/v1/campaigns/{live.slug}/").json()
     assert detail["face_value"] == "25.00" and detail["card_cap"] == 21 and detail["has_budget"] is True
     assert detail["min_app_version"] == "1.0.0" and detail["is_live"] is True
