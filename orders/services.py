@@ -162,8 +162,14 @@ def _quotes(lines: list[Line], stores: list[tuple[Store, int | None]]) -> tuple[
 
 # --- which campaign and card -----------------------------------------------------------
 
-def _campaign_for(*, user, slug: str | None) -> Campaign | None:
+def _campaign_for(*, user, slug: str | None, voucher_code: str | None = None) -> Campaign | None:
     now = timezone.now()
+    if voucher_code and not slug:
+        # A named card decides the campaign; someone else's code is simply "no such card".
+        card = Voucher.objects.filter(user=user, code=voucher_code.strip().upper()).select_related("campaign").first()
+        if card is None:
+            raise NoVoucher("找不到这张免单卡")
+        slug = card.campaign.slug
     if slug:
         campaign = Campaign.objects.filter(slug=slug).first()
         if campaign is None:
@@ -241,7 +247,7 @@ def _plan(*, user, lines: list[Line], lat, lng, store_id, campaign_slug, voucher
     total_cups = sum(line.quantity for line in lines)
     if total_cups > MAX_CUPS:
         raise InvalidInput(f"每单最多 {MAX_CUPS} 杯", extra={"fields": {"items": [f"每单最多 {MAX_CUPS} 杯"]}})
-    campaign = _campaign_for(user=user, slug=campaign_slug)
+    campaign = _campaign_for(user=user, slug=campaign_slug, voucher_code=voucher_code)
     _check_switch(campaign)
     stores = _candidate_stores(lat=lat, lng=lng, store_id=store_id, lines=lines)
     quotes, problem = _quotes(lines, stores)

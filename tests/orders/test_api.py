@@ -320,3 +320,21 @@ def test_preview_skips_a_full_store(card, auth_client):
                 pay_full_price=True)
     assert chat(auth_client, "一杯伯牙绝弦", preview=True).json()["store"]["id"] == nxt.pk
     assert chat(auth_client, "一杯伯牙绝弦").json()["store"]["id"] == nxt.pk
+
+
+def test_plain_order_with_named_card_uses_that_card(catalogue, auth_client, make_auth_client):
+    first = VoucherFactory(user=auth_client.user, campaign=CampaignFactory(card_validity=dt.timedelta(days=2)))
+    named = VoucherFactory(user=auth_client.user, campaign=CampaignFactory())
+    someone_else = VoucherFactory(user=UserFactory(), campaign=named.campaign)
+    store = _store("chagee")
+    item = {"product": Product.objects.get(brand=store.brand, name="伯牙绝弦").pk, "quantity": 1}
+    foreign = auth_client.post("/api/v1/orders", {"store": store.pk, "items": [item], "voucher": someone_else.code},
+                               format="json")
+    assert foreign.status_code == 409 and foreign.json()["code"] == "no_voucher"
+    assert nothing_written()
+    r = auth_client.post("/api/v1/orders", {"store": store.pk, "items": [item], "voucher": named.code.lower()},
+                         format="json")
+    assert r.status_code == 201, r.content
+    assert r.json()["voucher"] == named.code and r.json()["campaign"] == named.campaign.slug
+    first.refresh_from_db()
+    assert first.status == Voucher.Status.ISSUED
