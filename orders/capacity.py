@@ -46,8 +46,9 @@ def take_redis(store: Store, minute: int | None = None) -> Slot | None | bool:
             client.decr(k)
             return None
         return Slot(store.pk, k)
-    except Exception:
-        logger.warning("redis capacity counter failed; using the database", exc_info=True)
+    except Exception as exc:
+        # One line, no traceback: during an outage this fires on every request.
+        logger.warning("redis capacity counter failed; using the database: %s", exc)
         return False
 
 
@@ -58,8 +59,9 @@ def give_back(slot: Slot) -> None:
     try:
         if client is not None:
             client.decr(slot.redis_key)
-    except Exception:  # the key expires within two minutes anyway
-        logger.warning("could not give a capacity slot back", exc_info=True)
+    except Exception as exc:  # the key expires within two minutes anyway
+        # One line, no traceback: during an outage this fires on every request.
+        logger.warning("could not give a capacity slot back: %s", exc)
 
 
 def take_db(store: Store, minute: int | None = None) -> Slot | None:

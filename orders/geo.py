@@ -62,8 +62,9 @@ def index_store(store: Store) -> None:
         k = _index_key()
         if client.exists(k):  # a missing index is rebuilt whole on the next search
             client.geoadd(k, (store.lng, store.lat, str(store.pk)))
-    except Exception:  # Redis down: the search falls back to SQL and the next rebuild heals it
-        logger.warning("store geo index update failed", exc_info=True)
+    except Exception as exc:  # Redis down: the search falls back to SQL and the next rebuild heals it
+        # One line, no traceback: during an outage this fires on every request.
+        logger.warning("store geo index update failed: %s", exc)
 
 
 def unindex_store(store_id: int) -> None:
@@ -72,8 +73,9 @@ def unindex_store(store_id: int) -> None:
         return
     try:
         client.zrem(_index_key(), str(store_id))
-    except Exception:
-        logger.warning("store geo index delete failed", exc_info=True)
+    except Exception as exc:
+        # One line, no traceback: during an outage this fires on every request.
+        logger.warning("store geo index delete failed: %s", exc)
 
 
 def rebuild_index() -> int:
@@ -108,8 +110,9 @@ def _candidates_redis(lat: float, lng: float, radius_m: int) -> list[tuple[int, 
                 return []
         rows = client.geosearch(k, longitude=lng, latitude=lat, radius=radius_m, unit="m", withdist=True, sort="ASC")
         return [(int(member), float(dist)) for member, dist in rows]
-    except Exception:
-        logger.warning("redis geo search failed; using SQL", exc_info=True)
+    except Exception as exc:
+        # One line, no traceback: during an outage this fires on every request.
+        logger.warning("redis geo search failed; using SQL: %s", exc)
         return None
 
 
