@@ -338,3 +338,17 @@ def test_plain_order_with_named_card_uses_that_card(catalogue, auth_client, make
     assert r.json()["voucher"] == named.code and r.json()["campaign"] == named.campaign.slug
     first.refresh_from_db()
     assert first.status == Voucher.Status.ISSUED
+
+
+def test_sold_out_or_closed_store_is_skipped_for_the_next(card, auth_client):
+    store = _store("chagee")
+    nxt = Store.objects.create(brand=store.brand, name="次近店", city="杭州", lat=store.lat + 0.01, lng=store.lng,
+                               open_24h=True)
+    store.sold_out.add(Product.objects.get(brand=store.brand, name="伯牙绝弦"))
+    assert chat(auth_client, "一杯伯牙绝弦", preview=True).json()["store"]["id"] == nxt.pk
+    assert chat(auth_client, "一杯青青糯山", preview=True).json()["store"]["id"] == store.pk
+    Store.objects.filter(pk=nxt.pk).update(open_24h=False, opens_at=(timezone.localtime() + dt.timedelta(hours=1)).time(),
+                                           closes_at=(timezone.localtime() + dt.timedelta(hours=2)).time())
+    r = chat(auth_client, "一杯伯牙绝弦")
+    assert r.status_code == 409 and r.json()["code"] == "no_store_available"
+    assert nothing_written()
