@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from decimal import Decimal
 from io import StringIO
+from pathlib import Path
 
 import pytest
 from django.apps import apps
@@ -113,3 +117,15 @@ def test_seed_demo_app_users_and_cards(client):
     # staff log in to admin and see the demo campaign
     assert client.login(username="marketing", password="miandan-demo")
     assert client.get("/admin/").status_code == 200
+
+
+def test_demo_works_with_the_embedded_defaults(tmp_path):
+    """`make demo` runs on SQLite with no services: migrate + seed_demo (twice) must work there too."""
+    root = Path(__file__).resolve().parent.parent
+    env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'demo.sqlite3'}"  # and no REDIS_URL: local-memory cache, eager Celery
+    for args in (["migrate", "--noinput"], ["seed_demo"], ["seed_demo"], ["reconcile", "spring-tea"]):
+        result = subprocess.run([sys.executable, "manage.py", *args], cwd=root, env=env, capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, f"{args}: {result.stdout[-2000:]}{result.stderr[-3000:]}"
+    assert "PASS" in result.stdout
