@@ -16,3 +16,15 @@ def catalogue(db):
 
 
 from tests.celery_worker import celery_worker  # noqa: E402,F401  (fixture)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _purge_order_queue_at_end():
+    """Transactional tests without a worker still send tasks on commit; leave no messages behind."""
+    yield
+    from django.conf import settings
+
+    from tests.celery_worker import _purge
+
+    if settings.CELERY_BROKER_URL:
+        _purge(settings.CELERY_TASK_DEFAULT_QUEUE)
