@@ -25,7 +25,7 @@ demo: install ## run the platform with the demo campaign on http://127.0.0.1:800
 	$(PY) manage.py seed_demo
 	@echo ""
 	@echo "  Miandan demo:   http://$(HOST):$(PORT)/"
-	@echo "  Admin:          http://$(HOST):$(PORT)/admin/   (marketing / finance / support, password miandan-demo)"
+	@echo "  Admin:          http://$(HOST):$(PORT)/admin/   (admin, marketing, finance, support; password miandan-demo)"
 	@echo "  API docs:       http://$(HOST):$(PORT)/api/docs/"
 	@echo "  Health:         http://$(HOST):$(PORT)/healthz"
 	@echo ""
@@ -43,7 +43,8 @@ run: install ## production-like: gunicorn + Celery worker + beat (needs DATABASE
 	$(PY) manage.py collectstatic --noinput >/dev/null
 	$(VENV)/bin/celery -A miandan worker -l info --concurrency 2 -Q $${CELERY_DEFAULT_QUEUE:-miandan} & \
 	$(VENV)/bin/celery -A miandan beat -l info --schedule /tmp/miandan-beat & \
-	$(VENV)/bin/gunicorn miandan.wsgi -b $(HOST):$(PORT) -w $${WEB_CONCURRENCY:-4} --access-logfile - ; \
+	$(VENV)/bin/gunicorn miandan.wsgi -b $(HOST):$(PORT) -w $${WEB_CONCURRENCY:-4} -k gthread --threads $${WEB_THREADS:-8} \
+	  --access-logfile - ; \
 	kill %1 %2
 
 worker: install
@@ -55,8 +56,12 @@ beat: install
 lint: install
 	$(VENV)/bin/ruff check .
 
-bench: install ## see bench/README.md
-	$(PY) bench/run.py
+bench: install ## every load test in turn (needs a quiet machine; ~10 minutes); see bench/README.md
+	$(PY) bench/engine.py --json bench/results/engine.json
+	$(PY) bench/referrals.py --json bench/results/referrals.json
+	$(PY) bench/orders.py --json bench/results/orders.json
+	$(PY) bench/overload.py --json bench/results/overload.json
+	$(PY) bench/export.py --json bench/results/export.json
 
 clean:
 	rm -rf $(VENV) db.sqlite3 staticfiles

@@ -5,15 +5,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from miandan.api.fields import StrictCharField, StrictRegexField
+from miandan.api.guard import client_inet as client_ip
 
 from .models import PHONE_REGEX
 from .services import auth_ip_check, login_with_otp, otp_request, token_revoke
 
 phone_field = StrictRegexField(PHONE_REGEX, max_length=11, error_messages={"invalid": "请输入正确的 11 位手机号码"})
-
-
-def client_ip(request) -> str | None:
-    return request.META.get("REMOTE_ADDR")
 
 
 class UserOutput(serializers.Serializer):

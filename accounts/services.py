@@ -37,7 +37,7 @@ def auth_ip_check(*, action: str, ip: str | None) -> None:
 
     The general rate-limit layer (miandan.api.guard) sits in front of this; this is the login's own floor.
     """
-    if not ip:
+    if not ip or not settings.MIANDAN_AUTH_IP_FLOOR:
         return
     limit, window = getattr(settings, "MIANDAN_AUTH_IP_LIMITS", AUTH_IP_LIMITS).get(action, (None, None))
     if not limit:

@@ -183,6 +183,8 @@ for _name, _rate in MIANDAN_RATELIMITS.items():
         raise ImproperlyConfigured(f"MIANDAN_RATELIMITS: {_name}={_rate!r} is not a rate like 10/m, 5/10m or off")
 # Number of trusted reverse proxies in front of gunicorn that append to X-Forwarded-For (0: use REMOTE_ADDR).
 MIANDAN_PROXY_COUNT = env_int("MIANDAN_PROXY_COUNT", 0)
+# The login endpoints' own per-IP floor (30 codes / 60 logins per 10 min); off only for load tests from one address.
+MIANDAN_AUTH_IP_FLOOR = env_bool("MIANDAN_AUTH_IP_FLOOR", True)
 MIANDAN_SHED_ENABLED = env_bool("MIANDAN_SHED_ENABLED", True)
 MIANDAN_SHED_MIN_LIMIT = env_int("MIANDAN_SHED_MIN_LIMIT", 2)
 MIANDAN_SHED_MAX_LIMIT = env_int("MIANDAN_SHED_MAX_LIMIT", 64)
@@ -279,6 +281,7 @@ MIANDAN_BUDGET_BUCKETS = env_int("MIANDAN_BUDGET_BUCKETS", 64)
 MIANDAN_MERCHANT_LATENCY_MS = env_int("MIANDAN_MERCHANT_LATENCY_MS", 50)
 MIANDAN_MERCHANT_FAILURE_RATE = env_float("MIANDAN_MERCHANT_FAILURE_RATE", 0.0)
 MIANDAN_MERCHANT_TIMEOUT_RATE = env_float("MIANDAN_MERCHANT_TIMEOUT_RATE", 0.0)
+MIANDAN_MERCHANT_SEED = env("MIANDAN_MERCHANT_SEED")  # repeatable simulated merchant (tests, benchmarks)
 # Orders (orders/services.py): search radius for chat orders, when the sweeper re-sends a stuck
 # order, and when an order no store accepted is failed (its card goes back to the user).
 MIANDAN_ORDER_RADIUS_M = env_int("MIANDAN_ORDER_RADIUS_M", 5000)

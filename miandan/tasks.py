@@ -17,16 +17,13 @@ Usage::
 
     from miandan.tasks import task
 
-    @task(name="orders.fulfil", max_retries=8, retry_for=(MerchantTimeout,))
-    def order_fulfil(order_id: int) -> None:
-        order = Order.objects.filter(pk=order_id).first()
-        if order is None:
-            return                      # gone: nothing to do
-        orders.services.order_fulfil(order=order)
+    @task(name="orders.advance", max_retries=8, retry_for=(MerchantTimeout,))
+    def order_advance(order_id: int) -> None:
+        orders.services.order_advance(order_id=order_id)   # re-reads; quiet if gone or past the step
 
     # inside a service, after the write (never a network call inside the transaction):
-    transaction.on_commit(lambda: order_fulfil.delay(order.pk))
-    # or: order_fulfil.delay_on_commit(order.pk)
+    transaction.on_commit(lambda: order_advance.delay(order.pk))
+    # or: order_advance.delay_on_commit(order.pk)
 
 Beat schedules refer to the task by its name::
 

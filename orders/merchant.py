@@ -43,11 +43,23 @@ class MerchantAdapter:
         raise NotImplementedError
 
 
+_RNG: random.Random | None = None
+
+
+def _process_rng() -> random.Random:
+    """One generator per process, seeded by MIANDAN_MERCHANT_SEED when set, so a test run is repeatable."""
+    global _RNG
+    if _RNG is None:
+        seed = getattr(settings, "MIANDAN_MERCHANT_SEED", None)
+        _RNG = random.Random(int(seed)) if seed not in (None, "") else random.Random()
+    return _RNG
+
+
 class SimulatedMerchant(MerchantAdapter):
     """Latency, failure and timeout rates from settings MIANDAN_MERCHANT_* (read on every call)."""
 
     def __init__(self, rng: random.Random | None = None) -> None:
-        self.rng = rng or random.Random()
+        self.rng = rng or _process_rng()
 
     def _step(self, *, can_reject: bool) -> None:
         latency = max(0, int(getattr(settings, "MIANDAN_MERCHANT_LATENCY_MS", 50))) / 1000

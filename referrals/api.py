@@ -1,6 +1,5 @@
 """Referral endpoints of api.md: my invite (code, link, QR, 口令), accept an invite, my invitees."""
 
-import ipaddress
 
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -9,7 +8,7 @@ from rest_framework.views import APIView
 
 from campaign.errors import CampaignNotFound
 from campaign.selectors import campaign_get_cached
-from miandan.api.guard import client_ip
+from miandan.api.guard import client_inet
 from miandan.api.idempotency import idempotent
 from miandan.api.pagination import Pagination
 
@@ -27,14 +26,6 @@ ERRORS = {
     409: OpenApiResponse(description="campaign_not_live / self_referral / referral_cycle / already_referred"),
     503: OpenApiResponse(description="paused：邀请功能被运营暂停"),
 }
-
-
-def _client_ip(request) -> str | None:
-    """The same client address the rate limiter uses (honours MIANDAN_PROXY_COUNT); None if it is not an IP."""
-    try:
-        return str(ipaddress.ip_address(client_ip(request)))
-    except ValueError:
-        return None
 
 
 def _campaign(slug: str):
@@ -174,7 +165,7 @@ class ReferralsApi(APIView):
             campaign=campaign,
             code=data.validated_data["code"],
             device_id=getattr(request.auth, "device_id", "") or "",
-            ip=_client_ip(request),
+            ip=client_inet(request),
         )
         if referral.status == Referral.Status.UNDER_REVIEW:
             return Response({"code": "under_review", "detail": UNDER_REVIEW_DETAIL, "referral": referral.pk},

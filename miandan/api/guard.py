@@ -16,6 +16,7 @@ Which route gets what is the table in `miandan.options`.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import logging
 import math
@@ -204,6 +205,14 @@ def client_ip(request) -> str:
         if len(hops) >= count:
             return hops[-count][:64]
     return request.META.get("REMOTE_ADDR", "") or "unknown"
+
+
+def client_inet(request) -> str | None:
+    """`client_ip` when it is a valid IP address (for inet columns), else None."""
+    try:
+        return str(ipaddress.ip_address(client_ip(request)))
+    except ValueError:
+        return None
 
 
 def _bearer_key(request) -> str | None:

@@ -133,7 +133,8 @@ def test_merchant_timeouts_are_retried_until_completion(catalogue, make_auth_cli
     clients = [make_auth_client() for _ in range(4)]
     for c in clients:
         VoucherFactory(user=c.user, campaign=campaign)
-    celery_worker.start(MIANDAN_MERCHANT_LATENCY_MS=5, MIANDAN_MERCHANT_TIMEOUT_RATE=0.2)
+    # Seed 4: each worker process's first merchant call draws 0.10 < 0.2, so a timeout surely happens.
+    celery_worker.start(MIANDAN_MERCHANT_LATENCY_MS=5, MIANDAN_MERCHANT_TIMEOUT_RATE=0.2, MIANDAN_MERCHANT_SEED=4)
     ids = [place(c)["id"] for c in clients]
     for order_id in ids:
         assert wait_for(order_id, {"completed", "failed"}, timeout=90) == "completed", celery_worker.log()[-3000:]
