@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -498,8 +499,8 @@ def main(argv=None) -> int:
     with CeleryWorker(cfg, args.celery_concurrency):
         if not capacity:
             # Capacity is measured with shedding off: closed loop, one client per server thread.
-            nominal_cfg = BenchConfig(port=cfg.port, workers=cfg.workers, threads=cfg.threads, worker_class="gthread",
-                                      extra_env={**cfg.extra_env, "MIANDAN_SHED_ENABLED": "0"})
+            # Same database and Redis prefix as the prepared users (a fresh BenchConfig would point elsewhere).
+            nominal_cfg = dataclasses.replace(cfg, extra_env={**cfg.extra_env, "MIANDAN_SHED_ENABLED": "0"})
             with Server(nominal_cfg):
                 nominal = run_phase("nominal", "closed", url=cfg.url, arg=args.connections, **with_join(0))
             results.append(nominal)

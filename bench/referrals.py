@@ -225,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                       database_url=os.environ.get("BENCH_REF_DATABASE_URL",
                                                   "postgres://postgres@127.0.0.1:5432/miandan_bench_referrals"),
                       redis_prefix="bench-ref",
-                      extra_env={"MIANDAN_RATELIMITS": "referral_user=off,referral_ip=off"})
+                      # Like bench/engine.py: measure the accept path, not the shedder (all load is one IP).
+                      extra_env={"MIANDAN_RATELIMITS": "referral_user=off,referral_ip=off", "MIANDAN_SHED_ENABLED": "0"})
     _require_free_port(cfg.port)
     invitees = args.invitees or int(1000 * (args.duration + args.warmup)) + 1000
     t0 = time.time()
