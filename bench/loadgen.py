@@ -15,6 +15,7 @@ A *plan* (JSON file) describes what every request looks like:
       "headers": {"X-Foo": "bar"},             # optional
       "tokens": ["tok1", "tok2", ...],         # optional: Authorization: Bearer <token>
       "paths": ["/a", "/b"],                   # optional: per-request paths instead of `path`
+      "bodies": [{"code": "A"}, ...],          # optional: per-request JSON bodies, aligned with `tokens`
       "mode": "cycle"                          # "cycle": reuse tokens/paths round-robin;
                                                # "once": each token/path used at most once
     }
@@ -50,16 +51,25 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[idx]
 
 
-def _connection_items(plan: dict, g: int, total: int) -> list[tuple[str | None, str]]:
-    """(token, path) pairs for connection g of `total`: items g, g+total, g+2*total, ..."""
+def _connection_items(plan: dict, g: int, total: int) -> list[tuple[str | None, str, bytes | None]]:
+    """(token, path, body) for connection g of `total`: items g, g+total, g+2*total, ...
+
+    `bodies`, when given, is aligned with `tokens` (one JSON body per item); otherwise every request
+    sends the plan's fixed `body` (None here).
+    """
     tokens = plan.get("tokens") or []
     paths = plan.get("paths") or []
-    n = max(len(tokens), len(paths))
+    bodies = plan.get("bodies") or []
+    n = max(len(tokens), len(paths), len(bodies))
     if n == 0:
-        return [(None, plan["path"])]
+        return [(None, plan["path"], None)]
 
-    def item(i: int) -> tuple[str | None, str]:
-        return (tokens[i % len(tokens)] if tokens else None, paths[i % len(paths)] if paths else plan["path"])
+    def item(i: int) -> tuple[str | None, str, bytes | None]:
+        return (
+            tokens[i % len(tokens)] if tokens else None,
+            paths[i % len(paths)] if paths else plan["path"],
+            json.dumps(bodies[i % len(bodies)]).encode() if bodies else None,
+        )
 
     mine = [item(i) for i in range(g, n, total)]
     if not mine and plan.get("mode", "cycle") == "cycle":
@@ -71,10 +81,8 @@ def _worker(plan, url, g, total, start_at, warm_until, stop_at, sink, lock):
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=30)
     method = plan.get("method", "GET").upper()
-    body = json.dumps(plan["body"]).encode() if plan.get("body") is not None else None
+    fixed_body = json.dumps(plan["body"]).encode() if plan.get("body") is not None else None
     base_headers = {"Accept": "application/json", **(plan.get("headers") or {})}
-    if body is not None:
-        base_headers["Content-Type"] = "application/json"
     items = _connection_items(plan, g, total)
     once = plan.get("mode", "cycle") == "once"
     latencies: list[float] = []
@@ -93,9 +101,12 @@ def _worker(plan, url, g, total, start_at, warm_until, stop_at, sink, lock):
             break
         if not items:
             break
-        token, path = items[i % len(items)]
+        token, path, body = items[i % len(items)]
+        body = body if body is not None else fixed_body
         i += 1
         headers = dict(base_headers)
+        if body is not None:
+            headers["Content-Type"] = "application/json"
         if token:
             headers["Authorization"] = f"Bearer {token}"
         t0 = time.perf_counter()

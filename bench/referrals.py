@@ -18,21 +18,17 @@ the limiter in front of it. Shedding (503 busy) stays on and shows up in the sta
     .venv/bin/python bench/referrals.py --smoke          # 0.5 + 2 s per scenario: checks the harness only
     .venv/bin/python bench/referrals.py --connections 32 --duration 30 --workers 4 --threads 4 --json out.json
 
-Each request of a plan needs its own body (the invitee's code), which `bench/loadgen.py` does not
-have yet: this script runs loadgen's `run()` with a worker that also takes per-item `bodies`.
+Each request of a plan needs its own body (the invitee's code): the plans use loadgen's per-item `bodies`.
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import sys
 import time
-from collections import Counter
 from pathlib import Path
-from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -131,63 +127,9 @@ def stats() -> dict:
     }
 
 
-# --- load generation: loadgen.run() with per-item bodies ----------------------------------------
-
-def _worker(plan, url, g, total, start_at, warm_until, stop_at, sink, lock):
-    """bench/loadgen.py's connection loop, plus `plan["bodies"]` aligned with `plan["tokens"]`."""
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=30)
-    method = plan.get("method", "GET").upper()
-    tokens = plan.get("tokens") or [None]
-    bodies = plan.get("bodies")
-    fixed = json.dumps(plan["body"]).encode() if plan.get("body") is not None else None
-    headers_base = {"Accept": "application/json", **(plan.get("headers") or {})}
-    n = len(tokens)
-    mine = list(range(g, n, total)) or ([g % n] if plan.get("mode", "cycle") == "cycle" else [])
-    once = plan.get("mode", "cycle") == "once"
-    latencies: list[float] = []
-    statuses: Counter = Counter()
-    errors: Counter = Counter()
-    exhausted = False
-    i = 0
-    while time.time() < start_at:
-        time.sleep(0.001)
-    while mine and time.time() < stop_at:
-        if once and i >= len(mine):
-            exhausted = True
-            break
-        index = mine[i % len(mine)]
-        i += 1
-        body = json.dumps(bodies[index]).encode() if bodies else fixed
-        headers = dict(headers_base)
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        if tokens[index]:
-            headers["Authorization"] = f"Bearer {tokens[index]}"
-        t0 = time.perf_counter()
-        try:
-            conn.request(method, plan["path"], body=body, headers=headers)
-            resp = conn.getresponse()
-            resp.read()
-        except Exception as exc:
-            errors[type(exc).__name__] += 1
-            conn.close()
-            continue
-        elapsed = (time.perf_counter() - t0) * 1000
-        if time.time() >= warm_until:
-            latencies.append(elapsed)
-            statuses[resp.status] += 1
-    conn.close()
-    with lock:
-        sink["latencies"].extend(latencies)
-        sink["statuses"].update(statuses)
-        sink["errors"].update(errors)
-        sink["exhausted"] += int(exhausted)
-
-
 def run_plans(cfg: BenchConfig, plans: list[dict], *, connections: int, duration: float, warmup: float,
               processes: int) -> list[dict]:
-    loadgen._worker = _worker  # the forked load processes inherit the patched module
+    """Plans carry per-request `bodies` (each invitee's code), which bench/loadgen.py sends as given."""
     return [loadgen.run(plan, url=cfg.url, connections=connections, duration=duration, warmup=warmup,
                         processes=processes) for plan in plans]
 

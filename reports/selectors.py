@@ -61,6 +61,18 @@ SUMMARY_LABELS = {
 }
 SUMMARY_MONEY = {"total_budget", "reserved", "spent", "released", "remaining", "subsidy_spent", "average_subsidy"}
 
+def _order_group_columns(key: str, label: str) -> list[Column]:
+    """Columns of a report grouped through order -> store (brand or city)."""
+    return [
+        Column(key, label),
+        Column("orders", "订单数", "int"),
+        Column("completed_orders", "已完成订单数", "int"),
+        Column("subsidised_orders", "享受补贴订单数", "int"),
+        Column("subsidy", "补贴合计", "money"),
+        Column("average_subsidy", "平均补贴", "money"),
+    ]
+
+
 GROUP_COLUMNS: dict[str, list[Column]] = {
     "day": [
         Column("day", "日期"),
@@ -70,22 +82,8 @@ GROUP_COLUMNS: dict[str, list[Column]] = {
         Column("adjusted", "预算调整", "money"),
         Column("entries", "流水笔数", "int"),
     ],
-    "brand": [
-        Column("brand", "品牌"),
-        Column("orders", "订单数", "int"),
-        Column("completed_orders", "已完成订单数", "int"),
-        Column("subsidised_orders", "享受补贴订单数", "int"),
-        Column("subsidy", "补贴合计", "money"),
-        Column("average_subsidy", "平均补贴", "money"),
-    ],
-    "city": [
-        Column("city", "城市"),
-        Column("orders", "订单数", "int"),
-        Column("completed_orders", "已完成订单数", "int"),
-        Column("subsidised_orders", "享受补贴订单数", "int"),
-        Column("subsidy", "补贴合计", "money"),
-        Column("average_subsidy", "平均补贴", "money"),
-    ],
+    "brand": _order_group_columns("brand", "品牌"),
+    "city": _order_group_columns("city", "城市"),
 }
 
 
