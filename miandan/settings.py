@@ -268,11 +268,13 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "PREPROCESSING_HOOKS": ["miandan.api.schema.drop_slash_aliases"],
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums",
-                             "miandan.api.guard.document_guard_responses"],
+                             "miandan.api.guard.document_guard_responses",
+                             "miandan.api.schema.document_error_responses"],
 }
 
 # --- Miandan ------------------------------------------------------------------------
-MIANDAN_PUBLIC_BASE_URL = env("MIANDAN_PUBLIC_BASE_URL", "http://127.0.0.1:8000")
+# Unset: invite links use the host of the request (right for any port in development).
+MIANDAN_PUBLIC_BASE_URL = env("MIANDAN_PUBLIC_BASE_URL")
 # Deep link behind the landing page's "open the app" button ({code} is filled in); never shown inside WeChat.
 MIANDAN_APP_INVITE_LINK = env("MIANDAN_APP_INVITE_LINK", "qianwen://miandan/invite?code={code}")
 MIANDAN_SMS_BACKEND = env("MIANDAN_SMS_BACKEND", "console")

@@ -1,10 +1,11 @@
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from miandan.api.fields import StrictCharField
 from miandan.api.idempotency import idempotent
-from miandan.api.pagination import Pagination
+from miandan.api.pagination import Pagination, paginated
 
 from .errors import OrderNotFound
 from .models import ICES, SIZES, SUGARS, Order
@@ -127,7 +128,9 @@ class StoresNearbyApi(APIView):
     @extend_schema(
         parameters=[OpenApiParameter("lat", float, required=True), OpenApiParameter("lng", float, required=True),
                     OpenApiParameter("radius_m", int, description="metres, default 3000, at most 10000")],
-        responses=NearbyStoreOutput(many=True),
+        responses=inline_serializer(
+            "NearbyStoreList", fields={"count": serializers.IntegerField(), "results": NearbyStoreOutput(many=True)}
+        ),
         summary="Open stores near a point, nearest first, with distance in metres",
     )
     def get(self, request):
@@ -139,7 +142,8 @@ class StoresNearbyApi(APIView):
 
 class OrderChatApi(APIView):
     class InputSerializer(serializers.Serializer):
-        text = serializers.CharField(trim_whitespace=False, allow_blank=True)
+        # A string of any length: over 200 characters is the parser's 422 `not_understood`; not a string is 400.
+        text = StrictCharField(trim_whitespace=False, allow_blank=True)
         lat = serializers.FloatField(min_value=-90, max_value=90)
         lng = serializers.FloatField(min_value=-180, max_value=180)
         campaign = serializers.SlugField(required=False, max_length=64)
@@ -207,7 +211,8 @@ class OrderListApi(APIView):
     @extend_schema(
         parameters=[OpenApiParameter("status", str, enum=Order.Status.values), OpenApiParameter("page", int),
                     OpenApiParameter("page_size", int)],
-        responses=OrderOutput(many=True),
+        operation_id="api_v1_orders_list",
+        responses=paginated(OrderOutput, "PaginatedOrderList"),
         summary="The caller's orders, newest first",
     )
     def get(self, request):

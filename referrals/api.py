@@ -10,7 +10,7 @@ from campaign.errors import CampaignNotFound
 from campaign.selectors import campaign_get_cached
 from miandan.api.guard import client_inet
 from miandan.api.idempotency import idempotent
-from miandan.api.pagination import Pagination
+from miandan.api.pagination import Pagination, paginated
 
 from . import sharing
 from .codes import MAX_INPUT
@@ -57,10 +57,10 @@ class InviteApi(APIView):
         invite = invite_code_get_or_create(user=request.user, campaign=campaign)
         data = {
             "code": invite.code,
-            "url": sharing.invite_url(invite.code),
+            "url": sharing.invite_url(invite.code, request),
             "share_text": sharing.share_text(campaign=campaign, code=invite.code),
-            "qr_png_url": sharing.qr_url(invite.code, "png"),
-            "qr_svg_url": sharing.qr_url(invite.code, "svg"),
+            "qr_png_url": sharing.qr_url(invite.code, "png", request),
+            "qr_svg_url": sharing.qr_url(invite.code, "svg", request),
         }
         return Response(self.OutputSerializer(data).data)
 
@@ -118,7 +118,10 @@ class ReferralsApi(APIView):
 
     @extend_schema(
         parameters=[OpenApiParameter("page", int), OpenApiParameter("page_size", int)],
-        responses={200: InviteeOutputSerializer(many=True), 404: OpenApiResponse(description="not_found：活动不存在")},
+        responses={
+            200: paginated(InviteeOutputSerializer, "PaginatedInviteeList"),
+            404: OpenApiResponse(description="not_found：活动不存在"),
+        },
         summary="The caller's invitees in a campaign and what each invite earned the caller",
     )
     def get(self, request, slug: str):

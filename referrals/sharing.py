@@ -20,16 +20,21 @@ QR_VERSION = "1"  # bump when the rendering below changes, so cached images (ETa
 QR_KINDS = {"png": "image/png", "svg": "image/svg+xml"}
 
 
-def public_url(path: str) -> str:
-    return settings.MIANDAN_PUBLIC_BASE_URL.rstrip("/") + path
+def public_url(path: str, request=None) -> str:
+    """Absolute URL: MIANDAN_PUBLIC_BASE_URL when set (production, behind a CDN or proxy), otherwise the
+    host the request came in on, so a server on any port hands out links that work."""
+    base = settings.MIANDAN_PUBLIC_BASE_URL
+    if not base and request is not None:
+        return request.build_absolute_uri(path)
+    return (base or "http://127.0.0.1:8000").rstrip("/") + path
 
 
-def invite_url(code: str) -> str:
-    return public_url(reverse("invite-landing", args=[code]))
+def invite_url(code: str, request=None) -> str:
+    return public_url(reverse("invite-landing", args=[code]), request)
 
 
-def qr_url(code: str, kind: str) -> str:
-    return public_url(reverse(f"invite-qr-{kind}", args=[code]))
+def qr_url(code: str, kind: str, request=None) -> str:
+    return public_url(reverse(f"invite-qr-{kind}", args=[code]), request)
 
 
 def app_link(code: str) -> str:
@@ -52,14 +57,14 @@ def share_text(*, campaign: Campaign, code: str) -> str:
     )
 
 
-def qr_etag(code: str, kind: str) -> str:
+def qr_etag(code: str, kind: str, request=None) -> str:
     """Derived from everything the image depends on, so a 304 needs no rendering."""
-    digest = hashlib.sha256(f"{QR_VERSION}|{kind}|{invite_url(code)}".encode()).hexdigest()[:32]
+    digest = hashlib.sha256(f"{QR_VERSION}|{kind}|{invite_url(code, request)}".encode()).hexdigest()[:32]
     return f'"{digest}"'
 
 
-def qr_render(code: str, kind: str) -> bytes:
-    qr = segno.make(invite_url(code), error="m")
+def qr_render(code: str, kind: str, request=None) -> bytes:
+    qr = segno.make(invite_url(code, request), error="m")
     buf = io.BytesIO()
     if kind == "png":
         qr.save(buf, kind="png", scale=10, border=2)

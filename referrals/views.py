@@ -114,12 +114,12 @@ def _qr(request: HttpRequest, code: str, kind: str) -> HttpResponse:
     invite = invite_code_get(code=code)
     if invite is None:
         return HttpResponse("邀请码不存在", status=404, content_type="text/plain; charset=utf-8")
-    etag = sharing.qr_etag(invite.code, kind)
+    etag = sharing.qr_etag(invite.code, kind, request)
     client_etags = parse_etags(request.headers.get("If-None-Match", ""))
     if etag in client_etags or "*" in client_etags:
         response = HttpResponse(status=304)
     else:
-        response = HttpResponse(sharing.qr_render(invite.code, kind), content_type=sharing.QR_KINDS[kind])
+        response = HttpResponse(sharing.qr_render(invite.code, kind, request), content_type=sharing.QR_KINDS[kind])
     response["ETag"] = etag
     patch_cache_control(response, public=True, max_age=QR_MAX_AGE)
     return response

@@ -11,7 +11,6 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.negotiation import BaseContentNegotiation
-from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -107,14 +106,15 @@ def report_response(report: BudgetReport, fmt: str):
 
 
 class BudgetReportApi(APIView):
-    permission_classes = [AllowAny]  # checked in get(): non-finance callers get 404, not 401/403
+    # IsAuthenticated: no or a bad token is 401 (api.md); a signed-in non-finance caller gets 404 in get().
     content_negotiation_class = IgnoreFormatNegotiation
 
     @extend_schema(
         operation_id="reports_campaign_budget",
         tags=["reports"],
         summary="活动预算报表（财务）",
-        description="仅财务组与超级用户可见，其他人（含未登录）得到 404 not_found。format=csv 为带 BOM 的 UTF-8 流式下载，"
+        description="仅财务组与超级用户可见；未登录 401，其他已登录用户得到 404 not_found。"
+        "format=csv 为带 BOM 的 UTF-8 流式下载，"
         "format=xlsx 为 Excel 文件（金额格式 #,##0.00）。",
         parameters=[
             OpenApiParameter("format", str, enum=list(FORMATS), default="json"),

@@ -46,7 +46,7 @@ def world(db):
     f.AuthTokenFactory(user=card.user)
     f.AuditLogFactory(campaign=campaign)
     IdempotencyRecord.objects.create(user=card.user, key="k-1", scope="POST /x", fingerprint="0" * 64, status_code=201,
-                                     response_body={"ok": True})
+                                     response_body='{"ok": true}')
     by_model = _factories_by_model()
     for model in admin.site._registry:
         if not model._default_manager.exists() and model in by_model:

@@ -7,7 +7,7 @@ from campaign.errors import CampaignNotFound
 from campaign.selectors import campaign_get_cached
 from miandan.api.fields import StrictCharField
 from miandan.api.idempotency import idempotent
-from miandan.api.pagination import Pagination
+from miandan.api.pagination import Pagination, paginated
 
 from .errors import VoucherNotFound
 from .models import Voucher
@@ -64,7 +64,8 @@ class VoucherListApi(APIView):
             OpenApiParameter("page", int),
             OpenApiParameter("page_size", int),
         ],
-        responses=VoucherOutput(many=True),
+        operation_id="api_v1_vouchers_list",
+        responses=paginated(VoucherOutput, "PaginatedVoucherList"),
         summary="The caller's cards",
     )
     def get(self, request):
@@ -83,7 +84,9 @@ class VoucherListApi(APIView):
 class VoucherDetailApi(APIView):
     @extend_schema(responses=VoucherOutput, summary="One of the caller's cards")
     def get(self, request, code: str):
-        voucher = voucher_get(user=request.user, code=code) if len(code) <= 32 else None
+        # Only a plausible code reaches the database (a NUL byte is a DataError in PostgreSQL).
+        plausible = 0 < len(code) <= 32 and code.isascii() and code.isalnum()
+        voucher = voucher_get(user=request.user, code=code) if plausible else None
         if voucher is None:
             raise VoucherNotFound()
         return Response(VoucherOutput(voucher).data)

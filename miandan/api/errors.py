@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
+from django.db import DataError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf_exc
 from rest_framework.response import Response
@@ -104,6 +105,11 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         return Response({"code": "payload_too_large", "detail": "请求体太大"}, status=413)
     if isinstance(exc, SuspiciousOperation):
         return Response({"code": "invalid", "detail": "请求格式有误", "fields": {}}, status=400)
+    if isinstance(exc, DataError):
+        # Input the database cannot store (NUL bytes, out-of-range numbers) that slipped past a serializer:
+        # the caller's fault, so a 400, never a 500. Logged so the missing validation gets fixed.
+        logger.warning("DataError reached the API error handler: %s", exc)
+        return Response({"code": "invalid", "detail": "请求参数有误", "fields": {}}, status=400)
     if isinstance(exc, Http404):
         return Response({"code": "not_found", "detail": "找不到该资源"}, status=404)
     if isinstance(exc, PermissionDenied):

@@ -242,7 +242,9 @@ def _key_value(kind: str, request) -> str:
         return "ip:" + client_ip(request)
     if kind == "phone":
         phone = _json_body(request).get("phone")
-        if isinstance(phone, str) and 0 < len(phone) <= 20:
+        # Only a plausible phone becomes part of a Redis key; anything else (NUL, lone surrogates)
+        # is the view's 400 to give, keyed by IP here.
+        if isinstance(phone, str) and 0 < len(phone) <= 20 and phone.isascii() and phone.isdigit():
             return "p:" + phone
         return "ip:" + client_ip(request)
     return _bearer_key(request) or "ip:" + client_ip(request)

@@ -51,7 +51,8 @@ def _fingerprint(request) -> str:
 
 
 def _replay(record: IdempotencyRecord) -> Response:
-    response = Response(record.response_body, status=record.status_code)
+    body = json.loads(record.response_body) if record.response_body is not None else None  # keeps key order
+    response = Response(body, status=record.status_code)
     response["Idempotent-Replayed"] = "true"
     return response
 
@@ -110,7 +111,7 @@ def idempotent(method):
         if response.status_code >= 500 or response.status_code in _TRANSIENT or response.status_code in _NOT_PROCESSED:
             records.filter(status_code__isnull=True).delete()
             return response
-        body = json.loads(JSONRenderer().render(response.data)) if response.data is not None else None
+        body = JSONRenderer().render(response.data).decode() if response.data is not None else None
         records.update(status_code=response.status_code, response_body=body, completed_at=timezone.now())
         return response
 

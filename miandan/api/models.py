@@ -10,7 +10,8 @@ class IdempotencyRecord(models.Model):
     scope = models.CharField(max_length=128)  # method + route, so one key cannot cross endpoints
     fingerprint = models.CharField(max_length=64)
     status_code = models.PositiveSmallIntegerField(null=True, blank=True)
-    response_body = models.JSONField(null=True, blank=True)
+    # The rendered JSON text, not jsonb: jsonb reorders keys, and a replay must be the original body.
+    response_body = models.TextField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     completed_at = models.DateTimeField(null=True, blank=True)
 

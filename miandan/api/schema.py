@@ -43,3 +43,75 @@ def drop_slash_aliases(endpoints, **kwargs):
             continue
         kept.append((path, regex, method, callback))
     return kept
+
+
+# --- error responses (api.md) ---------------------------------------------------------------------
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["code", "detail"],
+    "properties": {
+        "code": {"type": "string", "description": "machine code, part of the contract"},
+        "detail": {"type": "string", "description": "human message (Chinese)"},
+        "fields": {"type": "object", "additionalProperties": True, "description": "per-field errors (400 invalid)"},
+        "suggestions": {"type": "array", "items": {"type": "string"}, "description": "422 not_understood"},
+        "retry_after": {"type": "integer", "description": "seconds, with 429/503"},
+    },
+}
+
+# Domain codes per operation, as api.md lists them (generic ones are added by rule below).
+DOMAIN_CODES: dict[tuple[str, str], dict[str, list[str]]] = {
+    ("post", "/api/v1/auth/token"): {"400": ["otp_invalid"], "429": ["rate_limited"]},
+    ("post", "/api/v1/campaigns/{slug}/join"): {
+        "403": ["app_upgrade_required"],
+        "409": ["campaign_not_live", "budget_exhausted", "card_limit_reached"],
+    },
+    ("post", "/api/v1/campaigns/{slug}/referrals"): {
+        "202": ["under_review"],
+        "404": ["invalid_code"],
+        "409": ["self_referral", "already_referred", "referral_cycle", "campaign_not_live"],
+    },
+    ("post", "/api/v1/orders/chat"): {"409": ["no_store_available", "no_voucher"], "422": ["not_understood"]},
+    ("post", "/api/v1/orders"): {"409": ["no_store_available", "no_voucher"]},
+    ("post", "/api/v1/orders/{order_id}/cancel"): {"409": ["cannot_cancel"]},
+}
+IDEMPOTENT_POSTS = {
+    "/api/v1/campaigns/{slug}/join", "/api/v1/campaigns/{slug}/referrals", "/api/v1/orders/chat", "/api/v1/orders",
+}
+
+
+def _add(responses: dict, status: str, codes: list[str]) -> None:
+    ref = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    entry = responses.setdefault(status, {"description": ""})
+    known = entry.get("description", "")
+    missing = [c for c in codes if c not in known]
+    if missing:
+        entry["description"] = "；".join(filter(None, [known, "、".join(missing)]))
+    entry.setdefault("content", ref)
+
+
+def document_error_responses(result, generator, request, public):
+    """drf-spectacular postprocessing hook: every operation lists the error statuses and codes it can answer."""
+    result.setdefault("components", {}).setdefault("schemas", {}).setdefault("Error", ERROR_SCHEMA)
+    for path, operations in result.get("paths", {}).items():
+        if not path.startswith("/api/"):
+            continue
+        for method, operation in operations.items():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            responses = operation["responses"]
+            if any("bearerAuth" in scheme for scheme in operation.get("security", [])) and \
+                    not any(scheme == {} for scheme in operation.get("security", [])):
+                _add(responses, "401", ["not_authenticated"])
+            if "{" in path:
+                _add(responses, "404", ["not_found"])
+            if method == "post" or any(p.get("in") == "query" for p in operation.get("parameters", [])):
+                _add(responses, "400", ["invalid"])
+            if method == "post":
+                _add(responses, "413", ["payload_too_large"])
+            if method == "post" and path in IDEMPOTENT_POSTS:
+                _add(responses, "409", ["idempotency_in_progress"])
+                _add(responses, "422", ["idempotency_key_reused"])
+            for status, codes in DOMAIN_CODES.get((method, path), {}).items():
+                _add(responses, status, codes)
+    return result

@@ -21,6 +21,8 @@ def test_repeat_replays_status_and_body(auth_client, campaign):
     again = join(auth_client, campaign, "k-1")
     assert first.status_code == again.status_code == 201  # without the key a repeat would be 200
     assert first.json() == again.json() and again["Idempotent-Replayed"] == "true"
+    # The original body to the byte, keys in their order (jsonb storage would reorder them).
+    assert again.content == first.content
     assert Voucher.objects.count() == 1
 
 

@@ -87,12 +87,23 @@ def test_permissions_matrix_other_apps(client, staff, live, group):
         assert response.status_code == (200 if group in allowed else 403), (group, app, model, response.status_code)
 
 
-@pytest.mark.parametrize("who", ["marketing", "support", "app_user", "anonymous"])
+def test_report_without_credentials_is_401(live):
+    # api.md: 401 for no/invalid token; the 404 rule is for signed-in callers who may not see it.
+    for fmt in ("json", "csv", "xlsx"):
+        response = APIClient().get(f"/api/v1/reports/campaigns/{live.slug}/budget?format={fmt}")
+        assert response.status_code == 401, fmt
+        assert response.json()["code"] == "not_authenticated"
+    bad = APIClient()
+    bad.credentials(HTTP_AUTHORIZATION="Bearer not-a-token")
+    assert bad.get(f"/api/v1/reports/campaigns/{live.slug}/budget").status_code == 401
+
+
+@pytest.mark.parametrize("who", ["marketing", "support", "app_user"])
 def test_report_is_404_for_everyone_but_finance(staff, live, who):
     client = APIClient()
     if who == "app_user":
         client.credentials(HTTP_AUTHORIZATION=f"Bearer {token_create(user=UserFactory())}")
-    elif who != "anonymous":
+    else:
         client.force_login(staff[who])
     for fmt in ("json", "csv", "xlsx"):
         response = client.get(f"/api/v1/reports/campaigns/{live.slug}/budget?format={fmt}")

@@ -1,0 +1,64 @@
+"""Edge inputs found by probing the running server from outside: each must be a clean 4xx, never 500/503."""
+
+import pytest
+from django.test import override_settings
+
+from accounts.models import OtpCode
+from orders.models import Order
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("guard_off")]
+
+
+@pytest.mark.parametrize("code", ["%00", "%E4%BD%A0%00x", "a%00b"])
+def test_voucher_code_with_nul_byte_is_404(auth_client, code):
+    response = auth_client.get(f"/api/v1/vouchers/{code}/")
+    assert response.status_code == 404
+    assert response.json()["code"] == "not_found"
+
+
+@pytest.mark.parametrize("phone", ["\\u0000", "\\ud800", "１３９００００００００"])
+def test_otp_with_unusable_phone_is_400_invalid(api_client, phone, settings):
+    # The guard keys OTP limits on the phone: with its default limits on, it must not choke on these.
+    settings.RATELIMIT_ENABLE = True
+    settings.MIANDAN_RATELIMITS = {}
+    # Raw JSON text: a lone surrogate escape cannot be encoded by the test client's own JSON renderer.
+    response = api_client.generic("POST", "/api/v1/auth/otp", f'{{"phone": "{phone}"}}', content_type="application/json")
+    assert response.status_code == 400, response.content
+    assert response.json()["code"] == "invalid" and "phone" in response.json()["fields"]
+    assert OtpCode.objects.count() == 0
+
+
+@pytest.mark.parametrize("text", [123, None, ["一杯奶茶"], {"t": 1}])
+def test_chat_text_of_wrong_type_is_400(auth_client, text):
+    response = auth_client.post("/api/v1/orders/chat", {"text": text, "lat": 30.2741, "lng": 120.1551}, format="json")
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid" and "text" in response.json()["fields"]
+    assert Order.objects.count() == 0
+
+
+@override_settings(MIANDAN_PUBLIC_BASE_URL=None)
+def test_invite_links_follow_the_request_host_when_no_public_base_is_set(auth_client, campaign):
+    response = auth_client.get(f"/api/v1/campaigns/{campaign.slug}/invite", HTTP_HOST="127.0.0.1:8790")
+    assert response.status_code == 200
+    body = response.json()
+    for field in ("url", "qr_png_url", "qr_svg_url"):
+        assert body[field].startswith("http://127.0.0.1:8790/invite/"), body[field]
+
+
+def test_schema_documents_error_statuses_and_paginated_lists(api_client):
+    """api.md: /api/schema/ describes all of the contract, errors and list shapes included."""
+    schema = api_client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    paths = schema["paths"]
+    join = paths["/api/v1/campaigns/{slug}/join"]["post"]["responses"]
+    assert {"201", "200", "400", "401", "403", "404", "409", "422", "429", "503"} <= set(join)
+    for code in ("app_upgrade_required", "campaign_not_live", "budget_exhausted", "card_limit_reached"):
+        assert code in join["403"]["description"] + join["409"]["description"]
+    chat = paths["/api/v1/orders/chat"]["post"]["responses"]
+    assert "not_understood" in chat["422"]["description"] and "no_voucher" in chat["409"]["description"]
+    assert "otp_invalid" in paths["/api/v1/auth/token"]["post"]["responses"]["400"]["description"]
+    assert "cannot_cancel" in paths["/api/v1/orders/{order_id}/cancel"]["post"]["responses"]["409"]["description"]
+    assert "404" in paths["/api/v1/vouchers/{code}/"]["get"]["responses"]
+    for path in ("/api/v1/vouchers/", "/api/v1/orders/", "/api/v1/campaigns/{slug}/referrals"):
+        ok = paths[path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+        ref = ok["$ref"].rsplit("/", 1)[-1]
+        assert set(schema["components"]["schemas"][ref]["properties"]) == {"count", "next", "previous", "results"}, path
