@@ -32,8 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import loadgen
-from bench.engine import print_table
+from bench.engine import print_table, run_plans
 from bench.server import BenchConfig, Server, django_call, manage, reset_database
 
 SLUG = "bench-ref"
@@ -125,13 +124,6 @@ def stats() -> dict:
         "cards": Voucher.objects.filter(campaign=campaign).count(),
         "reconcile": reconcile(campaign=campaign).as_dict(),
     }
-
-
-def run_plans(cfg: BenchConfig, plans: list[dict], *, connections: int, duration: float, warmup: float,
-              processes: int) -> list[dict]:
-    """Plans carry per-request `bodies` (each invitee's code), which bench/loadgen.py sends as given."""
-    return [loadgen.run(plan, url=cfg.url, connections=connections, duration=duration, warmup=warmup,
-                        processes=processes) for plan in plans]
 
 
 def _require_free_port(port: int) -> None:
