@@ -87,31 +87,16 @@ def test_django_request_log_lines_carry_the_request_id(api_client):
 def test_runserver_access_lines_are_json_with_the_request_id(tmp_path):
     """django.server (runserver's access log) writes JSON lines carrying the request id too."""
     import os
-    import subprocess
-    import sys
     import time
     import urllib.request
-    from pathlib import Path
 
-    from tests.flash.conftest import _free_port
+    from tests.servers import runserver
 
-    root = Path(__file__).resolve().parents[2]
-    port = _free_port()
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'rs.sqlite3'}", "LOG_LEVEL": "INFO"}
     env.pop("MIANDAN_TEST_DB_NAME", None)
     log = tmp_path / "runserver.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "manage.py", "runserver", "--noreload", "--skip-checks", f"127.0.0.1:{port}"],
-                                cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/no-such-thing", headers={"X-Request-ID": "rs-77"})
+    with runserver(env, log) as url:
+        request = urllib.request.Request(f"{url}/api/v1/no-such-thing", headers={"X-Request-ID": "rs-77"})
         try:
             urllib.request.urlopen(request, timeout=5)
         except urllib.error.HTTPError as exc:
@@ -124,9 +109,6 @@ def test_runserver_access_lines_are_json_with_the_request_id(tmp_path):
             server_lines = [line for line in lines if line["logger"] == "django.server" and "no-such-thing" in line["msg"]]
         assert server_lines, log.read_text()[-2000:]
         assert server_lines[0]["request_id"] == "rs-77"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_openapi_schema_documents_the_guard_answers(api_client):
@@ -146,47 +128,29 @@ def test_metrics_aggregate_all_gunicorn_workers_in_multiprocess_mode(tmp_path):
     """With PROMETHEUS_MULTIPROC_DIR, /metrics counts the requests of every worker, whichever answers."""
     import os
     import re
-    import subprocess
     import sys
-    import time
     import urllib.request
     from pathlib import Path
 
-    from tests.flash.conftest import _free_port
+    from tests.servers import serve
 
-    root = Path(__file__).resolve().parents[2]
-    port = _free_port()
     prom_dir = tmp_path / "prom"
     prom_dir.mkdir()
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'm.sqlite3'}", "PROMETHEUS_MULTIPROC_DIR": str(prom_dir),
            "LOG_LEVEL": "ERROR"}
     env.pop("MIANDAN_TEST_DB_NAME", None)
-    gunicorn = Path(sys.executable).with_name("gunicorn")
-    with open(tmp_path / "gunicorn.log", "w") as log:
-        proc = subprocess.Popen([str(gunicorn), "miandan.wsgi", "-b", f"127.0.0.1:{port}", "-w", "2"], cwd=root, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
+    gunicorn = str(Path(sys.executable).with_name("gunicorn"))
+    with serve(lambda port: [gunicorn, "miandan.wsgi", "-b", f"127.0.0.1:{port}", "-w", "2"], env,
+               tmp_path / "gunicorn.log") as url:
         for _ in range(30):
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).read()
+            urllib.request.urlopen(f"{url}/healthz", timeout=5).read()
         # Each worker writes its own sample files; the kernel normally spreads the 30 connections over both.
         assert list(prom_dir.glob("counter_*.db"))
         for _ in range(4):  # whichever worker answers the scrape reports the same total
-            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+            text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
             match = re.search(r'miandan_http_requests_total\{method="GET",route="healthz",status="200"\} (\d+)', text)
             assert match, text[:2000]
             assert int(float(match.group(1))) >= 31  # the readiness poll's hits plus our 30
-    finally:
-        import signal
-
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(15)
 
 
 def test_metrics_report_the_celery_queue_depth(settings, api_client):

@@ -76,47 +76,27 @@ def test_simulate_day_with_chat_orders_fulfilled_by_a_real_worker(settings, cele
 def test_simulate_against_a_running_server_over_http(settings, tmp_path):
     """--url mode: real HTTP to a separate server process on the test database."""
     import os
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-    from pathlib import Path
+
+    from django.db import connections
 
     from tests.celery_worker import _database_url
-    from tests.flash.conftest import _free_port
+    from tests.servers import runserver
 
     CampaignFactory(slug="sim-http")
-    port = _free_port()
     env = {**os.environ, "DATABASE_URL": _database_url(), "CONN_MAX_AGE": "0", "MIANDAN_SMS_BACKEND": "fixed",
            "MIANDAN_FIXED_OTP": "135790", "MIANDAN_PROXY_COUNT": "1", "REDIS_KEY_PREFIX": settings.REDIS_KEY_PREFIX,
            "LOG_LEVEL": "ERROR"}
     env.pop("MIANDAN_TEST_DB_NAME", None)
-    root = Path(__file__).resolve().parents[2]
-    from django.db import connections
-
     connections.close_all()
-    with open(tmp_path / "server.log", "w") as log:
-        server = subprocess.Popen([sys.executable, "manage.py", "runserver", "--noreload", "--skip-checks",
-                                   f"127.0.0.1:{port}"], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
+    with runserver(env, tmp_path / "server.log") as url:
         out = io.StringIO()
-        call_command("simulate", users=5, orders=0, concurrency=2, campaign="sim-http", url=f"http://127.0.0.1:{port}",
+        call_command("simulate", users=5, orders=0, concurrency=2, campaign="sim-http", url=url,
                      otp="135790", json=True, stdout=out)
         report = json.loads(out.getvalue())
         assert report["ok"] is True, (report, (tmp_path / "server.log").read_text()[-2000:])
-        assert report["run"]["mode"] == f"http://127.0.0.1:{port}"
+        assert report["run"]["mode"] == url
         assert report["codes"]["join:201"] == 5
         assert Voucher.objects.filter(campaign__slug="sim-http", source=Voucher.Source.WELCOME).count() == 5
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 @pytest.mark.django_db(transaction=True)

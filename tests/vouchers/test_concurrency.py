@@ -1,8 +1,5 @@
 """Race tests on real PostgreSQL (threads and processes): exact card counts, exact budget, reconcile after each."""
 
-import os
-import socket
-import subprocess
 import threading
 import time
 from decimal import Decimal
@@ -192,36 +189,21 @@ def test_twenty_parallel_requests_with_one_idempotency_key():
 
 # --- Redis flushed in the middle of a claim storm -----------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def private_redis(settings):
     """A redis-server of our own (never FLUSHALL the shared one), wired in as settings.REDIS_URL."""
     import redis
 
     import miandan.redis
+    from tests.servers import OwnRedis
 
-    port = _free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
-                             "--bind", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ})
-    client = redis.Redis(port=port, decode_responses=True)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    settings.REDIS_URL = f"redis://127.0.0.1:{port}/0"
+    server = OwnRedis()
+    server.start()
+    settings.REDIS_URL = server.url
     miandan.redis._client.cache_clear()
-    yield client
+    yield redis.Redis(port=server.port, decode_responses=True)
     miandan.redis._client.cache_clear()
-    proc.terminate()
-    proc.wait(10)
+    server.stop()
 
 
 def test_redis_flushed_in_the_middle_of_a_claim_storm(private_redis):
