@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.engine import SLUG, prepare_users, print_table, run_plans
+from bench.engine import SLUG, insert_cards, prepare_users, print_table, run_plans
 from bench.server import ROOT, BenchConfig, Server, django_call, reset_database
 
 LAT, LNG = 30.2741, 120.1551
@@ -63,40 +63,6 @@ def parse_rate(*, seconds: float = 3.0) -> dict:
     return {"sentences": n, "seconds": round(elapsed, 2), "per_second": round(n / elapsed)}
 
 
-def _give_one_card(campaign, users) -> None:
-    """One welcome card per user in bulk, with bucket counters and ledger rows that reconcile."""
-    from collections import defaultdict
-    from decimal import Decimal
-
-    from django.db import transaction
-    from django.db.models import F
-    from django.utils import timezone
-
-    from campaign.models import BudgetBucket, LedgerEntry
-    from vouchers.models import Voucher
-    from vouchers.services import new_voucher_code
-
-    buckets = list(BudgetBucket.objects.filter(campaign=campaign).order_by("index"))
-    expires = timezone.now() + campaign.card_validity
-    with transaction.atomic():
-        cards = Voucher.objects.bulk_create(
-            [Voucher(code=new_voucher_code(), campaign=campaign, user=u, bucket=buckets[u.pk % len(buckets)], slot=1,
-                     cap=campaign.card_cap, source=Voucher.Source.WELCOME, face_value=campaign.face_value,
-                     expires_at=expires) for u in users],
-            batch_size=5000,
-        )
-        per_bucket: dict[int, Decimal] = defaultdict(Decimal)
-        for card in cards:
-            per_bucket[card.bucket_id] += card.face_value
-        for bucket_id in sorted(per_bucket):
-            BudgetBucket.objects.filter(pk=bucket_id).update(reserved=F("reserved") + per_bucket[bucket_id])
-        LedgerEntry.objects.bulk_create(
-            [LedgerEntry(campaign=campaign, bucket_id=c.bucket_id, kind=LedgerEntry.Kind.RESERVE, amount=c.face_value,
-                         voucher_id=c.pk, reason="bench: 预置新人卡") for c in cards],
-            batch_size=5000,
-        )
-
-
 def prepare(*, me_users: int = 64, buyers: int = 5000) -> dict:
     import datetime as dt
     from decimal import Decimal
@@ -109,6 +75,7 @@ def prepare(*, me_users: int = 64, buyers: int = 5000) -> dict:
     from campaign.services import CampaignSpec, campaign_create
     from orders.catalog import catalog_load
     from orders.models import Store
+    from vouchers.models import Voucher
 
     campaign = Campaign.objects.filter(slug=SLUG).first() or campaign_create(spec=CampaignSpec(
         slug=SLUG, name="压测活动", total_budget=Decimal("3000000000.00"), starts_at=timezone.now() - dt.timedelta(hours=1),
@@ -120,7 +87,7 @@ def prepare(*, me_users: int = 64, buyers: int = 5000) -> dict:
     buyer_tokens = prepare_users(count=buyers, prefix_digit=6)
     users = [t.user for t in AuthToken.objects.select_related("user").filter(
         key_hash__in=[hash_token(t) for t in buyer_tokens])]
-    _give_one_card(campaign, users)
+    insert_cards(campaign, users, slots=1, source=Voucher.Source.WELCOME, reason="bench: 预置新人卡")
     return {"me": me_tokens, "buyers": buyer_tokens}
 
 
