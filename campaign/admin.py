@@ -21,6 +21,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from miandan.api.admin import ReadOnlyAdminMixin
 from miandan.api.errors import DomainError
 
 from .errors import InvalidCampaign
@@ -139,17 +140,6 @@ class SwitchesForm(forms.Form):
     claims_enabled = forms.BooleanField(label="允许领卡", required=False)
     referrals_enabled = forms.BooleanField(label="允许邀请", required=False)
     orders_enabled = forms.BooleanField(label="允许下单", required=False)
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 class BudgetBucketInline(admin.TabularInline):
@@ -365,14 +355,14 @@ class CampaignAdmin(admin.ModelAdmin):
 
 
 @admin.register(BudgetBucket)
-class BudgetBucketAdmin(ReadOnlyAdmin):
+class BudgetBucketAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["campaign", "index", "allotment", "reserved", "spent"]
     list_filter = ["campaign"]
     list_select_related = ["campaign"]
 
 
 @admin.register(LedgerEntry)
-class LedgerEntryAdmin(ReadOnlyAdmin):
+class LedgerEntryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["id", "created_at", "campaign", "bucket_index", "kind", "amount", "voucher_id", "order_id", "actor",
                     "reason"]
     list_filter = ["kind", "campaign"]
@@ -387,7 +377,7 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
 
 
 @admin.register(AuditLog)
-class AuditLogAdmin(ReadOnlyAdmin):
+class AuditLogAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["created_at", "actor", "action", "object_type", "object_id", "campaign", "reason", "change_summary"]
     list_filter = ["action", "campaign"]
     search_fields = ["action", "object_id", "reason", "actor__username"]
