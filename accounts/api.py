@@ -5,7 +5,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from miandan.api.fields import StrictCharField, StrictRegexField
-from miandan.api.guard import client_inet as client_ip
+from miandan.api.guard import client_inet
 
 from .models import PHONE_REGEX
 from .services import auth_ip_check, login_with_otp, otp_request, token_revoke
@@ -50,8 +50,8 @@ class OtpRequestApi(APIView):
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        auth_ip_check(action="otp", ip=client_ip(request))
-        otp_request(phone=data.validated_data["phone"], ip=client_ip(request))
+        auth_ip_check(action="otp", ip=client_inet(request))
+        otp_request(phone=data.validated_data["phone"], ip=client_inet(request))
         return Response({"detail": "验证码已发送", "expires_in": 300}, status=status.HTTP_202_ACCEPTED)
 
 
@@ -72,9 +72,9 @@ class TokenCreateApi(APIView):
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        auth_ip_check(action="token", ip=client_ip(request))
+        auth_ip_check(action="token", ip=client_inet(request))
         token, user = login_with_otp(
             phone=data.validated_data["phone"], code=data.validated_data["code"],
-            device_id=data.validated_data["device_id"], ip=client_ip(request),
+            device_id=data.validated_data["device_id"], ip=client_inet(request),
         )
         return Response({"token": token, "user": UserOutput(user).data})

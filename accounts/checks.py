@@ -7,7 +7,7 @@ from django.core.checks import Tags, Warning, register
 @register(Tags.security, deploy=True)
 def fixed_otp_backend(app_configs, **kwargs):
     """The fixed SMS backend lets anyone log in as any phone: fine for a load test, fatal in production."""
-    if getattr(settings, "MIANDAN_SMS_BACKEND", "") != "fixed":
+    if settings.MIANDAN_SMS_BACKEND != "fixed":
         return []
     return [
         Warning(

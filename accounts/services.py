@@ -24,10 +24,7 @@ from .sms import get_backend
 
 OTP_LIFETIME = dt.timedelta(minutes=5)
 OTP_MAX_ATTEMPTS = 5
-OTP_RESEND_INTERVAL = dt.timedelta(seconds=int(getattr(settings, "MIANDAN_OTP_RESEND_SECONDS", 30)))
 OTP_MAX_PER_HOUR = 10  # per phone: bounds SMS cost and guessing (5 tries per code)
-# Per client IP, per window: (max requests, window seconds). Generous: carrier NAT puts many phones on one IP.
-AUTH_IP_LIMITS = {"otp": (30, 600), "token": (60, 600)}
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +36,7 @@ def auth_ip_check(*, action: str, ip: str | None) -> None:
     """
     if not ip or not settings.MIANDAN_AUTH_IP_FLOOR:
         return
-    limit, window = getattr(settings, "MIANDAN_AUTH_IP_LIMITS", AUTH_IP_LIMITS).get(action, (None, None))
+    limit, window = settings.MIANDAN_AUTH_IP_LIMITS.get(action, (None, None))
     if not limit:
         return
     cache = caches["ratelimit"] if "ratelimit" in settings.CACHES else caches["default"]
@@ -66,9 +63,10 @@ def otp_request(*, phone: str, ip: str | None = None) -> None:
     now = timezone.now()
     fixed = settings.MIANDAN_SMS_BACKEND == "fixed"
     with transaction.atomic(durable=True):
-        recent = OtpCode.objects.filter(phone=phone, created_at__gt=now - OTP_RESEND_INTERVAL, used_at__isnull=True)
+        resend = dt.timedelta(seconds=settings.MIANDAN_OTP_RESEND_SECONDS)
+        recent = OtpCode.objects.filter(phone=phone, created_at__gt=now - resend, used_at__isnull=True)
         if not fixed and recent.exists():
-            raise OtpTooFrequent(retry_after=int(OTP_RESEND_INTERVAL.total_seconds()))
+            raise OtpTooFrequent(retry_after=settings.MIANDAN_OTP_RESEND_SECONDS)
         hourly = OtpCode.objects.filter(phone=phone, created_at__gt=now - dt.timedelta(hours=1))
         if not fixed and hourly.count() >= OTP_MAX_PER_HOUR:
             raise OtpTooFrequent(retry_after=3600)

@@ -62,7 +62,7 @@ def product_categories() -> dict[tuple[str, str], str]:
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "miandan.settings")
     django.setup()
-    from orders.catalog import BRANDS
+    from demo.catalog import BRANDS
 
     return {(b["name"], p["name"]): p["category"] for b in BRANDS for p in b["products"]}
 

@@ -47,7 +47,7 @@ CELERY = str(Path(sys.executable).with_name("celery"))
 # --- inside Django (bench.server.django_call) --------------------------------------------------
 
 def parse_rate(*, seconds: float = 3.0) -> dict:
-    from orders.catalog import catalog_load
+    from demo.catalog import catalog_load
     from orders.parser import parse
 
     catalog_load(stores_per_city=0)
@@ -73,7 +73,7 @@ def prepare(*, me_users: int = 64, buyers: int = 5000) -> dict:
     from accounts.models import AuthToken
     from campaign.models import Campaign
     from campaign.services import CampaignSpec, campaign_create
-    from orders.catalog import catalog_load
+    from demo.catalog import catalog_load
     from orders.models import Store
     from vouchers.models import Voucher
 

@@ -67,7 +67,7 @@ def prepare(*, join_users: int, order_users: int, read_users: int) -> dict:
     from bench.engine import prepare_users
     from campaign.models import Campaign
     from campaign.services import CampaignSpec, campaign_create
-    from orders.catalog import catalog_load
+    from demo.catalog import catalog_load
     from vouchers.models import Voucher
     from vouchers.services import voucher_issue
 
@@ -93,8 +93,8 @@ def prepare(*, join_users: int, order_users: int, read_users: int) -> dict:
 
 def invariants(*, slug: str, wait: float, statuses: dict) -> dict:
     """The invariant report of `manage.py simulate`, over every order of the run."""
-    from campaign.management.commands.simulate import Tally, invariant_report, wait_for_orders
     from campaign.models import Campaign
+    from demo.simulation import Tally, invariant_report, wait_for_orders
     from orders.models import Order
 
     campaign = Campaign.objects.get(slug=slug)

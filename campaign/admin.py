@@ -11,6 +11,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import DecimalField, F, Sum, Value
@@ -63,6 +64,11 @@ class CampaignAddForm(forms.ModelForm):
         model = Campaign
         fields = ["slug", "name", "status", "starts_at", "ends_at", "face_value", "card_cap", "min_app_version",
                   "card_validity", "total_budget", "bucket_count"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if "bucket_count" in self.fields:
+            self.fields["bucket_count"].initial = settings.MIANDAN_BUDGET_BUCKETS
 
     def clean(self):
         data = super().clean()

@@ -4,9 +4,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from .errors import CampaignNotFound
+from .gate import campaign_is_live
 from .models import Campaign
 from .selectors import budget_totals, campaign_get, campaign_list_live
-from .services import campaign_is_live
 
 
 class CampaignOutput(serializers.Serializer):

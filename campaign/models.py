@@ -17,6 +17,15 @@ from django.db.models import F, Q
 MONEY = {"max_digits": 16, "decimal_places": 2}
 
 
+class CampaignQuerySet(models.QuerySet):
+    def live(self, now=None) -> "CampaignQuerySet":
+        """Live status and inside the window: the query twin of `campaign.gate.campaign_is_live`."""
+        from django.utils import timezone
+
+        now = now or timezone.now()
+        return self.filter(status=Campaign.Status.LIVE, starts_at__lte=now, ends_at__gt=now)
+
+
 class Campaign(models.Model):
     class Status(models.TextChoices):
         DRAFT = "draft", "草稿"
@@ -48,6 +57,8 @@ class Campaign(models.Model):
 
     created_at = models.DateTimeField("创建时间", auto_now_add=True)
     updated_at = models.DateTimeField("更新时间", auto_now=True)
+
+    objects = CampaignQuerySet.as_manager()
 
     class Meta:
         verbose_name = "活动"

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 from django.db.models import Sum
 
-from .models import BudgetBucket, Campaign, LedgerEntry
+from .models import BudgetBucket, Campaign
 
 ZERO = Decimal("0.00")
 
@@ -16,12 +16,7 @@ def campaign_get(*, slug: str) -> Campaign | None:
 
 
 def campaign_list_live(*, now=None) -> list[Campaign]:
-    from django.utils import timezone
-
-    now = now or timezone.now()
-    return list(
-        Campaign.objects.filter(status=Campaign.Status.LIVE, starts_at__lte=now, ends_at__gt=now).order_by("starts_at")
-    )
+    return list(Campaign.objects.live(now).order_by("starts_at"))
 
 
 def budget_totals(*, campaign_id: int) -> dict[str, Decimal]:
@@ -31,13 +26,6 @@ def budget_totals(*, campaign_id: int) -> dict[str, Decimal]:
     )
     totals = {k: (v if v is not None else ZERO) for k, v in agg.items()}
     totals["available"] = totals["allotment"] - totals["reserved"] - totals["spent"]
-    return totals
-
-
-def ledger_totals(campaign_id: int) -> dict[str, Decimal]:
-    rows = LedgerEntry.objects.filter(campaign_id=campaign_id).values("kind").annotate(total=Sum("amount"))
-    totals = {k: ZERO for k in LedgerEntry.Kind.values}
-    totals.update({r["kind"]: r["total"] for r in rows})
     return totals
 
 
@@ -62,3 +50,23 @@ def campaign_get_cached(*, slug: str) -> Campaign | None:
 
 def campaign_cache_clear() -> None:
     _CACHE.clear()
+
+
+def budget_gauges() -> list:
+    """/metrics: budget figures of every campaign in live status (registered in CampaignConfig.ready)."""
+    from miandan.api.metrics import StateGauge
+
+    names = {
+        "remaining": ("miandan_budget_remaining_yuan", "Budget not reserved or spent"),
+        "reserved": ("miandan_budget_reserved_yuan", "Budget reserved by open cards"),
+        "spent": ("miandan_budget_spent_yuan", "Budget spent on orders"),
+        "total": ("miandan_budget_total_yuan", "Campaign total budget"),
+    }
+    samples: dict[str, list] = {k: [] for k in names}
+    for c in Campaign.objects.filter(status=Campaign.Status.LIVE).values("pk", "slug", "total_budget"):
+        totals = budget_totals(campaign_id=c["pk"])
+        samples["remaining"].append(((c["slug"],), float(totals["available"])))
+        samples["reserved"].append(((c["slug"],), float(totals["reserved"])))
+        samples["spent"].append(((c["slug"],), float(totals["spent"])))
+        samples["total"].append(((c["slug"],), float(c["total_budget"])))
+    return [StateGauge(name, doc, ("campaign",), samples[k]) for k, (name, doc) in names.items()]

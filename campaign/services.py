@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -84,7 +85,11 @@ class CampaignSpec:
     min_app_version: str = "1.0.0"
     card_validity: timedelta = timedelta(days=30)
     status: str = Campaign.Status.DRAFT
-    bucket_count: int = 64
+    bucket_count: int | None = None  # None: settings.MIANDAN_BUDGET_BUCKETS
+
+    @property
+    def buckets(self) -> int:
+        return self.bucket_count if self.bucket_count is not None else settings.MIANDAN_BUDGET_BUCKETS
 
 
 def validate_spec(spec: CampaignSpec) -> None:
@@ -99,7 +104,7 @@ def validate_spec(spec: CampaignSpec) -> None:
         errors["cap"] = "每人卡数上限必须在 1 到 100 之间"
     if spec.ends_at <= spec.starts_at:
         errors["ends_at"] = "结束时间必须晚于开始时间"
-    if not 1 <= spec.bucket_count <= 1024:
+    if not 1 <= spec.buckets <= 1024:
         errors["bucket_count"] = "分桶数必须在 1 到 1024 之间"
     try:
         Version(spec.min_app_version)
@@ -118,9 +123,9 @@ def campaign_create(*, spec: CampaignSpec, actor=None) -> Campaign:
     campaign = Campaign.objects.create(
         slug=spec.slug, name=spec.name, status=spec.status, starts_at=spec.starts_at, ends_at=spec.ends_at,
         face_value=spec.face_value, card_cap=spec.card_cap, min_app_version=spec.min_app_version,
-        card_validity=spec.card_validity, total_budget=spec.total_budget, bucket_count=spec.bucket_count,
+        card_validity=spec.card_validity, total_budget=spec.total_budget, bucket_count=spec.buckets,
     )
-    shares = _split(spec.total_budget, spec.bucket_count, unit=spec.face_value)
+    shares = _split(spec.total_budget, spec.buckets, unit=spec.face_value)
     buckets = BudgetBucket.objects.bulk_create(
         BudgetBucket(campaign=campaign, index=i, allotment=share) for i, share in enumerate(shares)
     )
@@ -258,9 +263,6 @@ def budget_reserve_slow(*, campaign: Campaign, amount: Decimal) -> BudgetBucket:
     return target
 
 
-_reserve_consolidating = budget_reserve_slow  # the old name
-
-
 def budget_record(
     *, bucket: BudgetBucket | int, campaign_id: int, kind: str, amount: Decimal, voucher_id=None, order_id=None,
     actor=None, reason: str = "",
@@ -395,8 +397,3 @@ def _budget_changed(campaign_id: int) -> None:
 
 
 BUDGET_LISTENERS: list = []
-
-
-def campaign_is_live(campaign: Campaign, now: datetime | None = None) -> bool:
-    now = now or timezone.now()
-    return campaign.status == Campaign.Status.LIVE and campaign.starts_at <= now < campaign.ends_at

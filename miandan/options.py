@@ -30,19 +30,21 @@ DEFAULT_RATES: dict[str, str] = {
 }
 
 
-_RATE = re.compile(r"^\d+/\d*[smhd]$")
+RATE_PATTERN = re.compile(r"^\d+/\d*[smhd]$")
+DISABLED = ("", "off", "none")
 
 
 def rate(name: str) -> str | None:
     """The configured rate for a limit name; "" or "off" disables that one limit.
 
-    settings.py refuses malformed overrides at startup; a malformed value set some other way falls back
-    to the default, so it can never turn into errors on every request.
+    The system check miandan.E001 reports malformed overrides (manage.py refuses to run with one); a
+    malformed value that reaches a running server anyway falls back to the default, so it can never
+    turn into errors on every request.
     """
-    value = getattr(settings, "MIANDAN_RATELIMITS", {}).get(name, DEFAULT_RATES[name]).strip()
-    if value in ("", "off", "none"):
+    value = settings.MIANDAN_RATELIMITS.get(name, DEFAULT_RATES[name]).strip()
+    if value in DISABLED:
         return None
-    return value if _RATE.match(value) else DEFAULT_RATES[name]
+    return value if RATE_PATTERN.match(value) else DEFAULT_RATES[name]
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class RoutePolicy:
     methods: frozenset[str]
     limits: tuple[tuple[str, str], ...]  # (rate name, key kind: "user" | "ip" | "phone")
     shed: bool  # goes through the adaptive concurrency limiter
-    switch: str | None  # Campaign boolean that pauses it
+    switch: str | None  # campaign feature a kill switch pauses ("claims", "referrals", "orders"; campaign/gate.py)
     redis_down: str  # "open" (let it through, PostgreSQL enforces the rules) or "closed" (refuse)
 
 
@@ -72,24 +74,24 @@ POLICIES: tuple[RoutePolicy, ...] = (
         key="campaign-join", names=frozenset({"campaign-join"}),
         path=re.compile(r"^/api/v1/campaigns/(?P<slug>[-\w]+)/join/?$"),
         methods=frozenset({"POST"}), limits=(("join_user", "user"), ("join_ip", "ip")),
-        shed=True, switch="claims_enabled", redis_down="open",
+        shed=True, switch="claims", redis_down="open",
     ),
     RoutePolicy(
         key="referral-accept",
         names=frozenset({"referral-list", "referral-accept"}),  # one route: GET lists, POST accepts
         path=re.compile(r"^/api/v1/campaigns/(?P<slug>[-\w]+)/referrals/?$"),
         methods=frozenset({"POST"}), limits=(("referral_user", "user"), ("referral_ip", "ip")),
-        shed=True, switch="referrals_enabled", redis_down="open",
+        shed=True, switch="referrals", redis_down="open",
     ),
     RoutePolicy(
         key="order-chat", names=frozenset({"order-chat", "orders-chat"}), path=re.compile(r"^/api/v1/orders/chat/?$"),
         methods=frozenset({"POST"}), limits=(("order_user", "user"), ("order_ip", "ip")),
-        shed=True, switch="orders_enabled", redis_down="open",
+        shed=True, switch="orders", redis_down="open",
     ),
     RoutePolicy(
         key="order-create", names=frozenset({"order-create"}), path=re.compile(r"^/api/v1/orders$"),
         methods=frozenset({"POST"}), limits=(("order_user", "user"), ("order_ip", "ip")),
-        shed=True, switch="orders_enabled", redis_down="open",
+        shed=True, switch="orders", redis_down="open",
     ),
     RoutePolicy(
         key="order-cancel", names=frozenset({"order-cancel"}), path=re.compile(r"^/api/v1/orders/(?P<id>\d+)/cancel/?$"),

@@ -6,17 +6,25 @@ import functools
 
 import redis
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 
 @functools.cache
 def _client(url: str) -> redis.Redis:
     return redis.Redis.from_url(
         url,
-        socket_connect_timeout=getattr(settings, "REDIS_CONNECT_TIMEOUT", 0.25),
-        socket_timeout=getattr(settings, "REDIS_SOCKET_TIMEOUT", 0.25),
+        socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT,
+        socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
         health_check_interval=30,
         decode_responses=True,
     )
+
+
+@receiver(setting_changed)
+def _forget_clients(*, setting, **kwargs) -> None:
+    if setting.startswith("REDIS_"):
+        _client.cache_clear()
 
 
 def get_redis() -> redis.Redis | None:

@@ -21,9 +21,9 @@ Usage::
     def order_advance(order_id: int) -> None:
         orders.services.order_advance(order_id=order_id)   # re-reads; quiet if gone or past the step
 
-    # inside a service, after the write (never a network call inside the transaction):
-    transaction.on_commit(lambda: order_advance.delay(order.pk))
-    # or: order_advance.delay_on_commit(order.pk)
+    # inside a service, after the write (never a network call inside the transaction), by name, so that
+    # services never import their tasks module (tasks import services; the layers stay one-way):
+    enqueue_on_commit("orders.advance", order.pk)
 
 Beat schedules refer to the task by its name::
 
@@ -41,7 +41,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import shared_task
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, transaction
 
 logger = logging.getLogger("miandan.tasks")
 
@@ -110,3 +110,42 @@ def task(
         return shared_task(**celery_options)(run)
 
     return decorator
+
+
+# --- sending tasks by name ----------------------------------------------------------------
+
+def _registered(name: str):
+    """The task object registered under `name`, importing every app's tasks module once if needed."""
+    from miandan.celery import app
+
+    found = app.tasks.get(name)
+    if found is None:
+        # Celery's autodiscovery is lazy (it runs when a worker starts); a web process that never
+        # imported a tasks module asks the loader once, which imports `<app>.tasks` for every app.
+        app.loader.import_default_modules()
+        found = app.tasks.get(name)
+    return found
+
+
+def enqueue(name: str, *args: Any, **options: Any) -> bool:
+    """Send task `name` now (run it inline in eager mode). Returns False, logged, when the broker refused.
+
+    Callers that need the message to arrive have a sweeper: a False here is never a lost order.
+    """
+    try:
+        found = _registered(name)
+        if found is None:
+            raise LookupError(f"no task registered as {name!r}")
+        found.apply_async(args=args, **options)
+        return True
+    except Exception as exc:  # broker down or misconfigured: one line, no traceback per request during an outage
+        from miandan.api.metrics import ENQUEUE_FAILURES
+
+        logger.warning("could not enqueue %s%r: %s", name, args, exc)
+        ENQUEUE_FAILURES.labels(name).inc()
+        return False
+
+
+def enqueue_on_commit(name: str, *args: Any, **options: Any) -> None:
+    """`enqueue` once the caller's transaction commits (nothing is sent for a rolled-back write)."""
+    transaction.on_commit(lambda: enqueue(name, *args, **options))

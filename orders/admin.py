@@ -10,9 +10,10 @@ from __future__ import annotations
 from django.contrib import admin, messages
 
 from miandan.api.admin import ReadOnlyAdminMixin
+from miandan.tasks import enqueue
 
 from .models import Brand, Order, OrderEvent, OrderItem, Product, Store
-from .services import CANCELLABLE, order_transition
+from .services import ADVANCE_TASK, CANCELLABLE, order_transition
 
 
 @admin.register(Brand)
@@ -85,10 +86,8 @@ class OrderAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.action(description="重新发送给门店（仅进行中的订单）")
     def resend_orders(self, request, queryset):
-        from .tasks import order_advance_task
-
         ids = list(queryset.filter(status__in=["placed", "sent_to_store", "accepted", "delivering"])
                    .values_list("pk", flat=True))
-        for order_id in ids:
-            order_advance_task.delay(order_id)
-        self.message_user(request, f"已重新发送 {len(ids)} 单")
+        sent = sum(enqueue(ADVANCE_TASK, order_id) for order_id in ids)
+        unsent = f"，{len(ids) - sent} 单暂时无法发送（队列不可用）" if sent < len(ids) else ""
+        self.message_user(request, f"已重新发送 {sent} 单{unsent}", messages.SUCCESS if not unsent else messages.WARNING)

@@ -11,7 +11,7 @@ from .errors import OrderNotFound
 from .models import ICES, SIZES, SUGARS, Order
 from .parser import MAX_CUPS
 from .selectors import order_get, order_list, stores_nearby
-from .services import Line, order_cancel, order_chat, order_place
+from .services import Line, OrderRequest, order_cancel, order_chat, order_place
 
 MONEY = {"max_digits": 16, "decimal_places": 2}
 
@@ -195,12 +195,12 @@ class OrderCreateApi(APIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         v = data.validated_data
-        lines = [Line(quantity=i["quantity"], product_id=i["product"], **{k: (i.get("options") or {}).get(k)
-                                                                           for k in ("size", "sugar", "ice")})
-                 for i in v["items"]]
-        placement = order_place(user=request.user, lines=lines, store_id=v["store"], lat=v.get("lat"), lng=v.get("lng"),
-                                campaign_slug=v.get("campaign"), voucher_code=v.get("voucher"),
-                                pay_full_price=v["pay_full_price"])
+        lines = tuple(Line(quantity=i["quantity"], product_id=i["product"],
+                           **{k: (i.get("options") or {}).get(k) for k in ("size", "sugar", "ice")})
+                      for i in v["items"])
+        placement = order_place(user=request.user, request=OrderRequest(
+            lines=lines, store_id=v["store"], lat=v.get("lat"), lng=v.get("lng"), campaign_slug=v.get("campaign"),
+            voucher_code=v.get("voucher"), pay_full_price=v["pay_full_price"]))
         return Response(OrderOutput(placement.order).data, status=status.HTTP_201_CREATED)
 
 

@@ -8,8 +8,13 @@ class OrdersConfig(AppConfig):
     def ready(self) -> None:
         from django.db.models.signals import post_delete, post_save
 
+        from miandan.api.metrics import register_state_reader
+
         from . import geo, parser
         from .models import Brand, Product, Store
+        from .selectors import order_gauges
+
+        register_state_reader("orders", order_gauges)  # /metrics orders by state
 
         # Keep the Redis GEO index and the parser's compiled catalogue in step with edits.
         post_save.connect(lambda sender, instance, **kw: geo.index_store(instance), sender=Store, weak=False,

@@ -1,4 +1,4 @@
-from miandan.api.errors import DomainError
+from miandan.api.errors import DomainError, InvalidInput
 from vouchers.errors import NoVoucher  # noqa: F401  (re-exported: the order API raises it)
 
 from .parser import SUGGESTIONS
@@ -11,6 +11,18 @@ class NotUnderstood(DomainError):
 
     def __init__(self, detail: str | None = None, *, suggestions=SUGGESTIONS, **kwargs) -> None:
         super().__init__(detail, extra={"suggestions": list(suggestions)}, **kwargs)
+
+
+class OptionNotOffered(InvalidInput):
+    """An option the product does not have (小杯 of a drink sold only large): 400 `invalid` naming the choices.
+
+    A chat order turns it into 422 `not_understood` with the choices as suggestions (orders.services.order_chat).
+    """
+
+    def __init__(self, message: str, options: list[str]) -> None:
+        self.message, self.options = message, list(options)
+        self.hint = f"{message}，可选：{'、'.join(self.options)}"
+        super().__init__(message, extra={"fields": {"items": [self.hint]}})
 
 
 class NoStoreAvailable(DomainError):

@@ -50,7 +50,7 @@ def _process_rng() -> random.Random:
     """One generator per process, seeded by MIANDAN_MERCHANT_SEED when set, so a test run is repeatable."""
     global _RNG
     if _RNG is None:
-        seed = getattr(settings, "MIANDAN_MERCHANT_SEED", None)
+        seed = settings.MIANDAN_MERCHANT_SEED
         _RNG = random.Random(int(seed)) if seed not in (None, "") else random.Random()
     return _RNG
 
@@ -62,14 +62,14 @@ class SimulatedMerchant(MerchantAdapter):
         self.rng = rng or _process_rng()
 
     def _step(self, *, can_reject: bool) -> None:
-        latency = max(0, int(getattr(settings, "MIANDAN_MERCHANT_LATENCY_MS", 50))) / 1000
+        latency = max(0, settings.MIANDAN_MERCHANT_LATENCY_MS) / 1000
         if latency:
             time.sleep(latency * self.rng.uniform(0.5, 1.5))
         roll = self.rng.random()
-        timeout_rate = float(getattr(settings, "MIANDAN_MERCHANT_TIMEOUT_RATE", 0.0))
+        timeout_rate = settings.MIANDAN_MERCHANT_TIMEOUT_RATE
         if roll < timeout_rate:
             raise MerchantTimeout("门店系统无响应（模拟）")
-        if can_reject and roll < timeout_rate + float(getattr(settings, "MIANDAN_MERCHANT_FAILURE_RATE", 0.0)):
+        if can_reject and roll < timeout_rate + settings.MIANDAN_MERCHANT_FAILURE_RATE:
             raise MerchantRejected("门店拒单（模拟）")
 
     def submit(self, order) -> str:
@@ -87,5 +87,5 @@ class SimulatedMerchant(MerchantAdapter):
 
 
 def get_merchant(store=None) -> MerchantAdapter:
-    path = getattr(settings, "MIANDAN_MERCHANT_ADAPTER", "orders.merchant.SimulatedMerchant")
+    path = settings.MIANDAN_MERCHANT_ADAPTER
     return import_string(path)()

@@ -1,4 +1,4 @@
-"""One-sentence ordering: `parse(text, user) -> Intent | NotUnderstood`.
+"""One-sentence ordering: `parse(text, user) -> Intent | Refusal`.
 
 Rule-based and deliberately strict. The sentence is cut into known tokens (catalogue names and
 aliases, quantities, options, separators and polite filler) by longest match against a
@@ -7,7 +7,7 @@ the sentence is refused. That is what keeps "忽略之前的指令，给我点�
 ever turning into an order: we only order what we fully understood.
 
 The interface is the seam for a model-based parser later: anything returning `Intent` or
-`NotUnderstood` for a text and user can replace `RuleParser`.
+`Refusal` for a text and user can replace `RuleParser`.
 """
 
 from __future__ import annotations
@@ -56,7 +56,9 @@ class Intent:
 
 
 @dataclass(frozen=True)
-class NotUnderstood:
+class Refusal:
+    """The parser's "no" (a value, not an exception): orders.services turns it into the 422 `NotUnderstood` error."""
+
     detail: str
     suggestions: tuple[str, ...] = SUGGESTIONS
 
@@ -277,19 +279,19 @@ class _Draft:
 
 
 class RuleParser:
-    def parse(self, text: object, user=None) -> Intent | NotUnderstood:
+    def parse(self, text: object, user=None) -> Intent | Refusal:
         if not isinstance(text, str) or not text.strip():
-            return NotUnderstood("请告诉我想喝什么，例如“帮我点一杯杨枝甘露”")
+            return Refusal("请告诉我想喝什么，例如“帮我点一杯杨枝甘露”")
         if len(text) > MAX_LENGTH:
-            return NotUnderstood(f"一句话最多 {MAX_LENGTH} 个字，请说得简短一些")
+            return Refusal(f"一句话最多 {MAX_LENGTH} 个字，请说得简短一些")
         lex = lexicon()
         clean = text.strip().lower().translate(_FULLWIDTH)
         tokens = _tokens(clean, lex)
         if tokens is None:
-            return NotUnderstood("没听懂这句话，我只能帮您点奶茶，例如“帮我点一杯杨枝甘露”")
+            return Refusal("没听懂这句话，我只能帮您点奶茶，例如“帮我点一杯杨枝甘露”")
         return self._assemble(tokens, lex)
 
-    def _assemble(self, tokens: list[tuple[str, object]], lex: Lexicon) -> Intent | NotUnderstood:
+    def _assemble(self, tokens: list[tuple[str, object]], lex: Lexicon) -> Intent | Refusal:
         items: list[_Draft] = []
         current = _Draft()
         shared: dict[str, object] = {}  # options said for every item ("都少冰")
@@ -330,12 +332,12 @@ class RuleParser:
             else:  # qty, size, sugar, ice
                 if all_mode:
                     if kind in shared and shared[kind] != value:
-                        return NotUnderstood("选项前后矛盾，请再说一遍")
+                        return Refusal("选项前后矛盾，请再说一遍")
                     shared[kind] = value
                     continue
                 if getattr(current, kind) is not None:
                     if not current.has_drink:
-                        return NotUnderstood("选项前后矛盾，请再说一遍")
+                        return Refusal("选项前后矛盾，请再说一遍")
                     push()
                 setattr(current, kind, value)
         # Options left over after the last drink: after a separator they are meant for all
@@ -344,27 +346,27 @@ class RuleParser:
             leftovers = {k: getattr(current, k) for k in _OPTION_KINDS if getattr(current, k) is not None}
             current = _Draft()
             if not items and not repeat:
-                return NotUnderstood("没听出您想喝什么，请说出饮品名，例如“一杯杨枝甘露”")
+                return Refusal("没听出您想喝什么，请说出饮品名，例如“一杯杨枝甘露”")
             if after_sep or repeat:
                 for k, v in leftovers.items():
                     if k in shared and shared[k] != v:
-                        return NotUnderstood("选项前后矛盾，请再说一遍")
+                        return Refusal("选项前后矛盾，请再说一遍")
                     shared[k] = v
             else:
                 last = items[-1]
                 for k, v in leftovers.items():
                     if getattr(last, k) is not None:
-                        return NotUnderstood("选项前后矛盾，请再说一遍")
+                        return Refusal("选项前后矛盾，请再说一遍")
                     setattr(last, k, v)
         push()
         if repeat:
             if items:
-                return NotUnderstood("“老样子”不能和其他饮品一起点，请分开说")
+                return Refusal("“老样子”不能和其他饮品一起点，请分开说")
             if "qty" in shared:
-                return NotUnderstood("“老样子”会按上次的数量下单，请不要另说数量")
+                return Refusal("“老样子”会按上次的数量下单，请不要另说数量")
             return Intent(repeat_last=True, overrides={k: v for k, v in shared.items()})
         if not items:
-            return NotUnderstood("没听出您想喝什么，请说出饮品名，例如“一杯杨枝甘露”")
+            return Refusal("没听出您想喝什么，请说出饮品名，例如“一杯杨枝甘露”")
         out: list[ItemIntent] = []
         total = 0
         for d in items:
@@ -373,10 +375,10 @@ class RuleParser:
                     setattr(d, k, v)
             qty = 1 if d.qty is None else d.qty
             if qty < 1:
-                return NotUnderstood("数量至少是 1 杯")
+                return Refusal("数量至少是 1 杯")
             total += qty
             if total > MAX_CUPS or qty > MAX_CUPS:
-                return NotUnderstood(f"每单最多 {MAX_CUPS} 杯，请减少数量后再试", suggestions=("来十杯珍珠奶茶", *SUGGESTIONS))
+                return Refusal(f"每单最多 {MAX_CUPS} 杯，请减少数量后再试", suggestions=("来十杯珍珠奶茶", *SUGGESTIONS))
             candidates: tuple = ()
             if d.candidates is not None:
                 candidates = d.candidates
@@ -384,7 +386,7 @@ class RuleParser:
                     candidates = tuple(c for c in candidates if c[0] == d.brand)
                     if not candidates:
                         names = "、".join(sorted({lex.brand_names[b] for b, _ in d.candidates}))
-                        return NotUnderstood(
+                        return Refusal(
                             f"{lex.brand_names[d.brand]}没有这款饮品（{names}有）",
                             suggestions=tuple(f"来一杯{lex.brand_names[b]}的{p}" for b, p in d.candidates[:3]),
                         )
@@ -402,5 +404,5 @@ class RuleParser:
 _default = RuleParser()
 
 
-def parse(text: object, user=None) -> Intent | NotUnderstood:
+def parse(text: object, user=None) -> Intent | Refusal:
     return _default.parse(text, user)

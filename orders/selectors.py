@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Count, Prefetch, QuerySet
 
 from . import geo
 from .models import Order, OrderEvent, OrderItem
@@ -28,3 +28,11 @@ def order_list(*, user, status: str | None = None) -> QuerySet[Order]:
 
 def order_get(*, user, order_id: int) -> Order | None:
     return _with_details(Order.objects.filter(user=user, pk=order_id)).first()
+
+
+def order_gauges() -> list:
+    """/metrics: orders by state (registered in OrdersConfig.ready)."""
+    from miandan.api.metrics import StateGauge
+
+    rows = Order.objects.values_list("status").annotate(n=Count("id"))
+    return [StateGauge("miandan_orders", "Orders by state", ("state",), [((status,), float(n)) for status, n in rows])]

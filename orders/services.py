@@ -21,29 +21,27 @@ from django.db.models import F
 from django.utils import timezone
 
 from campaign.errors import CampaignNotFound, CampaignNotLive
+from campaign.gate import campaign_is_live, campaign_paused
 from campaign.models import Campaign
-from campaign.services import campaign_is_live
-from miandan.api.errors import InvalidInput, Paused
+from miandan.api.errors import InvalidInput
 from miandan.db import retry_on_conflict
+from miandan.tasks import enqueue, enqueue_on_commit
 from vouchers.errors import NoVoucher
 from vouchers.models import Voucher
+from vouchers.selectors import voucher_get, voucher_usable
 from vouchers.services import voucher_lock_for_order, voucher_redeem, voucher_release
 
 from . import capacity, geo
-from .errors import CannotCancel, NoStoreAvailable, NotUnderstood, OrderNotFound
+from .errors import CannotCancel, NoStoreAvailable, NotUnderstood, OptionNotOffered, OrderNotFound
 from .merchant import MerchantRejected, get_merchant
 from .models import Order, OrderEvent, OrderItem, Product, Store, StoreMinute
-from .parser import MAX_CUPS, Intent, parse
-from .parser import NotUnderstood as ParseRefusal
+from .parser import MAX_CUPS, Intent, Refusal, parse
 
 logger = logging.getLogger(__name__)
+ADVANCE_TASK = "orders.advance"  # enqueued by name: services never import tasks (tasks import services)
 S = Order.Status
 CANCELLABLE = (S.PLACED, S.SENT_TO_STORE)
 ACTIVE = (S.PLACED, S.SENT_TO_STORE, S.ACCEPTED, S.DELIVERING)
-
-
-def _setting(name: str, default):
-    return getattr(settings, name, default)
 
 
 # --- what to order -------------------------------------------------------------------
@@ -90,17 +88,11 @@ class Quote:
         self.total = sum((i.line_total for i in self.items), Decimal("0.00"))
 
 
-class _OptionProblem(Exception):
-    def __init__(self, message: str, options: list[str]) -> None:
-        super().__init__(message)
-        self.message, self.options = message, options
-
-
 class _NotSold(Exception):
     pass
 
 
-def _quote_at(store: Store, lines: list[Line], products: dict[tuple[int, str], Product],
+def _quote_at(store: Store, lines: tuple[Line, ...], products: dict[tuple[int, str], Product],
               defaults: dict[int, Product], by_id: dict[int, Product], sold_out: set[int]) -> list[QuotedItem]:
     items = []
     for line in lines:
@@ -119,18 +111,19 @@ def _quote_at(store: Store, lines: list[Line], products: dict[tuple[int, str], P
             raise _NotSold()
         size_key = line.size or product.default_size or next(iter(product.sizes or {}), "")
         if line.size and line.size not in (product.sizes or {}):
-            raise _OptionProblem(f"{product.name}没有{line.size}", list(product.sizes))
+            raise OptionNotOffered(f"{product.name}没有{line.size}", list(product.sizes))
         if line.sugar and line.sugar not in product.sugar_options:
-            raise _OptionProblem(f"{product.name}不能做{line.sugar}", list(product.sugar_options))
+            raise OptionNotOffered(f"{product.name}不能做{line.sugar}", list(product.sugar_options))
         if line.ice and line.ice not in product.ice_options:
-            raise _OptionProblem(f"{product.name}不能做{line.ice}", list(product.ice_options))
+            raise OptionNotOffered(f"{product.name}不能做{line.ice}", list(product.ice_options))
         surcharge = Decimal(str((product.sizes or {}).get(size_key, "0")))
         items.append(QuotedItem(product=product, quantity=line.quantity, size=line.size, sugar=line.sugar, ice=line.ice,
                                 unit_price=(product.price + surcharge).quantize(Decimal("0.01"))))
     return items
 
 
-def _quotes(lines: list[Line], stores: list[tuple[Store, int | None]]) -> tuple[list[Quote], _OptionProblem | None]:
+def _quotes(lines: tuple[Line, ...], stores: list[tuple[Store, int | None]]
+            ) -> tuple[list[Quote], OptionNotOffered | None]:
     """Every candidate store (nearest first) that sells all lines with the asked options."""
     brand_ids = {s.brand_id for s, _ in stores}
     products: dict[tuple[int, str], Product] = {}
@@ -153,7 +146,7 @@ def _quotes(lines: list[Line], stores: list[tuple[Store, int | None]]) -> tuple[
         try:
             quotes.append(Quote(store=store, distance_m=distance,
                                 items=_quote_at(store, lines, products, defaults, by_id, sold.get(store.pk, set()))))
-        except _OptionProblem as exc:
+        except OptionNotOffered as exc:
             problem = problem or exc
         except _NotSold:
             continue
@@ -163,10 +156,11 @@ def _quotes(lines: list[Line], stores: list[tuple[Store, int | None]]) -> tuple[
 # --- which campaign and card -----------------------------------------------------------
 
 def _campaign_for(*, user, slug: str | None, voucher_code: str | None = None) -> Campaign | None:
+    """The campaign an order belongs to: named, or the one of the card it would use, or the only live one."""
     now = timezone.now()
     if voucher_code and not slug:
         # A named card decides the campaign; someone else's code is simply "no such card".
-        card = Voucher.objects.filter(user=user, code=voucher_code.strip().upper()).select_related("campaign").first()
+        card = voucher_get(user=user, code=voucher_code)
         if card is None:
             raise NoVoucher("找不到这张免单卡")
         slug = card.campaign.slug
@@ -177,36 +171,33 @@ def _campaign_for(*, user, slug: str | None, voucher_code: str | None = None) ->
         if not campaign_is_live(campaign, now):
             raise CampaignNotLive()
         return campaign
-    live = Campaign.objects.filter(status=Campaign.Status.LIVE, starts_at__lte=now, ends_at__gt=now)
-    card = (
-        Voucher.objects.filter(user=user, status=Voucher.Status.ISSUED, expires_at__gt=now, campaign__in=live)
-        .order_by("expires_at", "id").select_related("campaign").first()
-    )
+    live = Campaign.objects.live(now)
+    card = voucher_usable(user=user, now=now).filter(campaign__in=live).select_related("campaign").first()
     if card is not None:
         return card.campaign
     only = list(live[:2])
     return only[0] if len(only) == 1 else None
 
 
-def _check_switch(campaign: Campaign | None) -> None:
-    if campaign is not None and not campaign.orders_enabled:
-        raise Paused("下单功能暂时暂停，请稍后再试")
+# --- quote and placement ------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class OrderRequest:
+    """What the user asked for, before a store is chosen (filled by the chat parser or the plain order API)."""
 
-def _usable_card(*, user, campaign: Campaign | None, code: str | None) -> Voucher | None:
-    if campaign is None:
-        return None
-    qs = Voucher.objects.filter(user=user, campaign=campaign, status=Voucher.Status.ISSUED, expires_at__gt=timezone.now())
-    if code:
-        qs = qs.filter(code=code.strip().upper())
-    return qs.order_by("expires_at", "id").first()
+    lines: tuple[Line, ...]
+    lat: float | None = None
+    lng: float | None = None
+    store_id: int | None = None  # the plain order API names the store; chat orders look for the nearest
+    campaign_slug: str | None = None
+    voucher_code: str | None = None
+    pay_full_price: bool = False
+    source_text: str = ""
 
-
-# --- placement ------------------------------------------------------------------------
 
 @dataclass
 class Placement:
-    """What `order_place` decided; `order` is None for a preview."""
+    """What `order_quote` found or `order_place` did; `order` is None for a quote (the preview)."""
 
     quote: Quote
     subsidy: Decimal
@@ -216,14 +207,21 @@ class Placement:
     order: Order | None = None
 
 
+@dataclass
+class _Plan:
+    campaign: Campaign | None
+    quotes: list[Quote]  # every store that can make it, nearest first
+    card: Voucher | None
+
+
 class _StoreFull(Exception):
     pass
 
 
-def _candidate_stores(*, lat: float | None, lng: float | None, store_id: int | None, lines: list[Line]
-                      ) -> list[tuple[Store, int | None]]:
-    if store_id is not None:
-        store = Store.objects.select_related("brand").filter(pk=store_id).first()
+def _candidate_stores(*, request: OrderRequest) -> list[tuple[Store, int | None]]:
+    lat, lng = request.lat, request.lng
+    if request.store_id is not None:
+        store = Store.objects.select_related("brand").filter(pk=request.store_id).first()
         if store is None:
             raise InvalidInput("门店不存在", extra={"fields": {"store": ["门店不存在"]}})
         if not store.active or not store.brand.participating or not geo.is_open(store):
@@ -232,39 +230,41 @@ def _candidate_stores(*, lat: float | None, lng: float | None, store_id: int | N
         return [(store, distance)]
     brand_ids = None
     wanted = [{b for b, _ in line.candidates} if line.candidates else ({line.brand_id} if line.brand_id else None)
-              for line in lines]
+              for line in request.lines]
     for w in wanted:
         if w is not None:
             brand_ids = w if brand_ids is None else brand_ids & w
     if brand_ids is not None and not brand_ids:
         raise NoStoreAvailable("这几款饮品不在同一个品牌，请分开下单")
-    hits = geo.stores_nearby(lat=lat, lng=lng, radius_m=int(_setting("MIANDAN_ORDER_RADIUS_M", 5000)),
-                             brand_ids=brand_ids, limit=int(_setting("MIANDAN_ORDER_CANDIDATE_STORES", 20)))
+    hits = geo.stores_nearby(lat=lat, lng=lng, radius_m=settings.MIANDAN_ORDER_RADIUS_M, brand_ids=brand_ids,
+                             limit=settings.MIANDAN_ORDER_CANDIDATE_STORES)
     return [(h.store, h.distance_m) for h in hits if h.store.brand.participating]
 
 
-def _plan(*, user, lines: list[Line], lat, lng, store_id, campaign_slug, voucher_code, pay_full_price, chat: bool):
-    total_cups = sum(line.quantity for line in lines)
+def _plan(*, user, request: OrderRequest) -> _Plan:
+    """Reads only: campaign, open switch, the stores that can make it, the card it would use."""
+    total_cups = sum(line.quantity for line in request.lines)
     if total_cups > MAX_CUPS:
         raise InvalidInput(f"每单最多 {MAX_CUPS} 杯", extra={"fields": {"items": [f"每单最多 {MAX_CUPS} 杯"]}})
-    campaign = _campaign_for(user=user, slug=campaign_slug, voucher_code=voucher_code)
-    _check_switch(campaign)
-    stores = _candidate_stores(lat=lat, lng=lng, store_id=store_id, lines=lines)
-    quotes, problem = _quotes(lines, stores)
+    campaign = _campaign_for(user=user, slug=request.campaign_slug, voucher_code=request.voucher_code)
+    if campaign is not None:
+        paused = campaign_paused(campaign, "orders")
+        if paused is not None:
+            raise paused
+    stores = _candidate_stores(request=request)
+    quotes, problem = _quotes(request.lines, stores)
     if not quotes:
         if problem is not None:
-            if chat:
-                raise NotUnderstood(f"{problem.message}，可选：{'、'.join(problem.options)}",
-                                    suggestions=[f"要{o}的" for o in problem.options])
-            hint = f"{problem.message}，可选：{'、'.join(problem.options)}"
-            raise InvalidInput(problem.message, extra={"fields": {"items": [hint]}})
-        if store_id is not None:
+            raise problem
+        if request.store_id is not None:
             raise InvalidInput("该门店没有这款商品", extra={"fields": {"items": ["该门店没有这款商品或已售罄"]}})
         raise NoStoreAvailable("附近没有营业中的门店有这款饮品")
-    card = _usable_card(user=user, campaign=campaign, code=voucher_code)
-    if card is None and not pay_full_price:
+    card = None
+    if campaign is not None:
+        card = voucher_usable(user=user, campaign=campaign, code=request.voucher_code).first()
+    if card is None and not request.pay_full_price:
         raise NoVoucher("您没有可用的免单卡；如需原价购买，请确认按原价下单")
-    return campaign, quotes, card
+    return _Plan(campaign=campaign, quotes=quotes, card=card)
 
 
 def _pricing(quote: Quote, card: Voucher | None) -> tuple[Decimal, Decimal]:
@@ -274,13 +274,12 @@ def _pricing(quote: Quote, card: Voucher | None) -> tuple[Decimal, Decimal]:
 
 @retry_on_conflict()
 @transaction.atomic(durable=True)
-def _place_tx(*, user, campaign: Campaign | None, quote: Quote, voucher_code: str | None, pay_full_price: bool,
-              source_text: str, db_capacity: bool) -> Order:
+def _place_tx(*, user, campaign: Campaign | None, quote: Quote, request: OrderRequest, db_capacity: bool) -> Order:
     if db_capacity and capacity.take_db(quote.store) is None:
         raise _StoreFull()
     order = Order.objects.create(
         user=user, campaign=campaign, store=quote.store, status=S.PLACED, total_price=quote.total,
-        subsidy=Decimal("0.00"), amount_to_pay=quote.total, source_text=source_text[:200],
+        subsidy=Decimal("0.00"), amount_to_pay=quote.total, source_text=request.source_text[:200],
     )
     items = OrderItem.objects.bulk_create(
         OrderItem(order=order, product=i.product, quantity=i.quantity, size=i.size or "", sugar=i.sugar or "",
@@ -290,9 +289,10 @@ def _place_tx(*, user, campaign: Campaign | None, quote: Quote, voucher_code: st
     card = None
     if campaign is not None:
         try:
-            card = voucher_lock_for_order(user=user, campaign=campaign, order_id=order.pk, voucher_code=voucher_code)
+            card = voucher_lock_for_order(user=user, campaign=campaign, order_id=order.pk,
+                                          voucher_code=request.voucher_code)
         except NoVoucher:
-            if not pay_full_price:
+            if not request.pay_full_price:
                 raise
     if card is not None:
         subsidy = min(quote.total, card.face_value)
@@ -305,46 +305,37 @@ def _place_tx(*, user, campaign: Campaign | None, quote: Quote, voucher_code: st
         item.product.brand = quote.store.brand
     order.store, order.campaign = quote.store, campaign
     order._prefetched_objects_cache = {"items": items, "events": [event]}
-    order_id = order.pk
-    transaction.on_commit(lambda: _send(order_id))
+    enqueue_on_commit(ADVANCE_TASK, order.pk)  # broker down: the sweeper re-sends placed orders
     return order
 
 
-def _send(order_id: int) -> None:
-    from .tasks import order_advance_task
+def order_quote(*, user, request: OrderRequest) -> Placement:
+    """What `order_place` would do right now, with no side effect: the chat preview.
 
-    try:
-        order_advance_task.delay(order_id)
-    except Exception:  # broker down: the sweeper re-sends placed orders
-        logger.warning("could not send order %s to the queue; the sweeper will", order_id, exc_info=True)
+    The store is the nearest one that can make it and is not yet full this minute.
+    """
+    plan = _plan(user=user, request=request)
+    quote = next((q for q in plan.quotes if capacity.used(q.store) < q.store.capacity_per_minute), None)
+    if quote is None:
+        raise NoStoreAvailable()
+    subsidy, to_pay = _pricing(quote, plan.card)
+    return Placement(quote=quote, subsidy=subsidy, amount_to_pay=to_pay, voucher=plan.card, campaign=plan.campaign)
 
 
-def order_place(*, user, lines: list[Line], lat: float | None = None, lng: float | None = None,
-                store_id: int | None = None, campaign_slug: str | None = None, voucher_code: str | None = None,
-                pay_full_price: bool = False, preview: bool = False, source_text: str = "", chat: bool = False
-                ) -> Placement:
-    """Place (or preview) an order at the nearest open store that sells it and has capacity this minute.
+def order_place(*, user, request: OrderRequest) -> Placement:
+    """Place an order at the nearest open store that sells it and has capacity this minute.
 
     Each store attempt is its own durable transaction: a full store is skipped for the next one.
     A Redis capacity slot of an attempt that did not commit is given back.
     """
-    campaign, quotes, card = _plan(user=user, lines=lines, lat=lat, lng=lng, store_id=store_id,
-                                   campaign_slug=campaign_slug, voucher_code=voucher_code,
-                                   pay_full_price=pay_full_price, chat=chat)
-    if preview:
-        # The store the order would go to now: the nearest one not yet full this minute.
-        quote = next((q for q in quotes if capacity.used(q.store) < q.store.capacity_per_minute), None)
-        if quote is None:
-            raise NoStoreAvailable()
-        subsidy, to_pay = _pricing(quote, card)
-        return Placement(quote=quote, subsidy=subsidy, amount_to_pay=to_pay, voucher=card, campaign=campaign)
-    for quote in quotes:
+    plan = _plan(user=user, request=request)
+    for quote in plan.quotes:
         slot = capacity.take_redis(quote.store)
         if slot is None:
             continue  # full this minute
         try:
-            order = _place_tx(user=user, campaign=campaign, quote=quote, voucher_code=voucher_code,
-                              pay_full_price=pay_full_price, source_text=source_text, db_capacity=slot is False)
+            order = _place_tx(user=user, campaign=plan.campaign, quote=quote, request=request,
+                              db_capacity=slot is False)
         except _StoreFull:
             continue
         except BaseException:
@@ -352,38 +343,44 @@ def order_place(*, user, lines: list[Line], lat: float | None = None, lng: float
                 capacity.give_back(slot)
             raise
         return Placement(quote=quote, subsidy=order.subsidy, amount_to_pay=order.amount_to_pay, voucher=order.voucher,
-                         campaign=campaign, order=order)
+                         campaign=plan.campaign, order=order)
     raise NoStoreAvailable()
 
 
-def _lines_from_intent(*, user, intent: Intent) -> tuple[list[Line], int | None]:
+def _lines_from_intent(*, user, intent: Intent) -> tuple[tuple[Line, ...], int | None]:
     if not intent.repeat_last:
-        return [Line(quantity=i.quantity, size=i.size, sugar=i.sugar, ice=i.ice, candidates=i.candidates,
-                     brand_id=i.brand_id if i.generic else None) for i in intent.items], None
+        return tuple(Line(quantity=i.quantity, size=i.size, sugar=i.sugar, ice=i.ice, candidates=i.candidates,
+                          brand_id=i.brand_id if i.generic else None) for i in intent.items), None
     last = Order.objects.filter(user=user).exclude(status=S.CANCELLED).order_by("-id").first()
     if last is None:
         raise NotUnderstood("您还没有下过单，说说想喝什么吧")
     ov = intent.overrides
-    lines = [Line(quantity=i.quantity, size=ov.get("size") or i.size or None, sugar=ov.get("sugar") or i.sugar or None,
-                  ice=ov.get("ice") or i.ice or None, product_id=i.product_id) for i in last.items.all()]
+    lines = tuple(Line(quantity=i.quantity, size=ov.get("size") or i.size or None,
+                       sugar=ov.get("sugar") or i.sugar or None, ice=ov.get("ice") or i.ice or None,
+                       product_id=i.product_id) for i in last.items.all())
     return lines, last.store_id
 
 
 def order_chat(*, user, text: object, lat: float, lng: float, campaign_slug: str | None = None,
                pay_full_price: bool = False, preview: bool = False) -> Placement:
-    """One sentence -> an order (or a preview). Refusals are 422 `not_understood` with suggestions."""
+    """One sentence -> an order (or, with `preview`, a quote). Refusals are 422 `not_understood` with suggestions."""
     intent = parse(text, user)
-    if isinstance(intent, ParseRefusal):
+    if isinstance(intent, Refusal):
         raise NotUnderstood(intent.detail, suggestions=intent.suggestions)
     lines, last_store = _lines_from_intent(user=user, intent=intent)
     if last_store is not None:
         # "老样子": the same products, so the same brand; nearest store of that brand that sells them.
         brand_id = Store.objects.filter(pk=last_store).values_list("brand_id", flat=True).first()
         names = dict(Product.objects.filter(pk__in=[line.product_id for line in lines]).values_list("pk", "name"))
-        lines = [Line(quantity=line.quantity, size=line.size, sugar=line.sugar, ice=line.ice,
-                      candidates=((brand_id, names[line.product_id]),)) for line in lines]
-    return order_place(user=user, lines=lines, lat=lat, lng=lng, campaign_slug=campaign_slug,
-                       pay_full_price=pay_full_price, preview=preview, source_text=str(text)[:200], chat=True)
+        lines = tuple(Line(quantity=line.quantity, size=line.size, sugar=line.sugar, ice=line.ice,
+                           candidates=((brand_id, names[line.product_id]),)) for line in lines)
+    request = OrderRequest(lines=lines, lat=lat, lng=lng, campaign_slug=campaign_slug, pay_full_price=pay_full_price,
+                           source_text=str(text)[:200])
+    try:
+        return order_quote(user=user, request=request) if preview else order_place(user=user, request=request)
+    except OptionNotOffered as exc:
+        # In a chat the app shows the store's choices as buttons.
+        raise NotUnderstood(exc.hint, suggestions=[f"要{o}的" for o in exc.options]) from exc
 
 
 # --- the state machine -------------------------------------------------------------------
@@ -471,11 +468,9 @@ def order_advance(*, order_id: int, max_steps: int = 8) -> str | None:
 
 def order_sweep(*, now=None, limit: int = 500) -> dict:
     """Beat job: fail orders no store accepted in time, re-send orders stuck in a state, trim counters."""
-    from .tasks import order_advance_task
-
     now = now or timezone.now()
-    deadline = now - dt.timedelta(seconds=int(_setting("MIANDAN_ORDER_ACCEPT_DEADLINE_SECONDS", 600)))
-    stuck_before = now - dt.timedelta(seconds=int(_setting("MIANDAN_ORDER_STUCK_SECONDS", 60)))
+    deadline = now - dt.timedelta(seconds=settings.MIANDAN_ORDER_ACCEPT_DEADLINE_SECONDS)
+    stuck_before = now - dt.timedelta(seconds=settings.MIANDAN_ORDER_STUCK_SECONDS)
     failed = 0
     for order_id in Order.objects.filter(status__in=CANCELLABLE, created_at__lt=deadline).values_list("pk", flat=True)[:limit]:
         if order_transition(order_id=order_id, from_statuses=CANCELLABLE, to_status=S.FAILED,
@@ -485,11 +480,8 @@ def order_sweep(*, now=None, limit: int = 500) -> dict:
     for order_id in Order.objects.filter(status__in=ACTIVE, state_changed_at__lt=stuck_before).values_list(
         "pk", flat=True
     )[:limit]:
-        try:
-            order_advance_task.delay(order_id)
-            resent += 1
-        except Exception:
-            logger.warning("sweeper could not re-send order %s", order_id, exc_info=True)
-            break
+        if not enqueue(ADVANCE_TASK, order_id):
+            break  # broker down: the next sweep tries again
+        resent += 1
     trimmed, _ = StoreMinute.objects.filter(minute__lt=capacity.current_minute() - 10).delete()
     return {"failed": failed, "resent": resent, "trimmed": trimmed}

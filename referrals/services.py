@@ -21,9 +21,10 @@ from django.utils import timezone
 
 from accounts.models import Device
 from campaign.errors import BudgetExhausted, CampaignNotLive
+from campaign.gate import campaign_require_open
 from campaign.models import Campaign
-from campaign.services import audit, campaign_is_live
-from miandan.api.errors import InvalidInput, Paused
+from campaign.services import audit
+from miandan.api.errors import InvalidInput
 from miandan.db import is_postgres, retry_on_conflict
 from vouchers.errors import CardLimitReached
 from vouchers.models import Voucher
@@ -54,13 +55,6 @@ REVIEW_REASONS = {
 }
 
 
-def _check_open(campaign: Campaign) -> None:
-    if not campaign_is_live(campaign):
-        raise CampaignNotLive()
-    if not campaign.referrals_enabled:
-        raise Paused("邀请功能暂时暂停，请稍后再试")
-
-
 # --- invite codes ---------------------------------------------------------------------
 
 def invite_code_get_or_create(*, user, campaign: Campaign) -> InviteCode:
@@ -69,7 +63,7 @@ def invite_code_get_or_create(*, user, campaign: Campaign) -> InviteCode:
     Both unique constraints (one per user, code globally unique) decide races: a concurrent
     create for the same user returns the winner's code, a code collision draws a new one.
     """
-    _check_open(campaign)
+    campaign_require_open(campaign=campaign, feature="referrals")
     existing = InviteCode.objects.filter(campaign=campaign, user=user).first()
     if existing is not None:
         return existing
@@ -208,7 +202,7 @@ def referral_accept(*, user, campaign: Campaign, code: object, device_id: str = 
 
     Refusals in contract order: invalid_code, self_referral, referral_cycle, already_referred.
     """
-    _check_open(campaign)
+    campaign_require_open(campaign=campaign, feature="referrals")
     normalized = normalize_code(code)
     if normalized is None:
         raise InvalidCode()

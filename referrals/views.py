@@ -18,7 +18,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.renderers import BaseRenderer
 from rest_framework.views import APIView
 
-from campaign.services import campaign_is_live
+from campaign.gate import campaign_is_live
 
 from . import sharing
 from .selectors import invite_code_get

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from campaign.models import Campaign
 from miandan.api.errors import InvalidInput
+from miandan.tasks import enqueue_on_commit
 
 from .exports import budget_report_csv, budget_report_xlsx, ledger_csv, ledger_xlsx
 from .models import ExportJob
@@ -25,9 +26,7 @@ def export_job_request(*, campaign: Campaign, kind: str, fmt: str, actor, group_
         raise InvalidInput("导出参数有误")
     job = ExportJob.objects.create(campaign=campaign, kind=kind, format=fmt, group_by=group_by,
                                    requested_by=actor if getattr(actor, "pk", None) else None)
-    from .tasks import export_job_run_task
-
-    transaction.on_commit(lambda: export_job_run_task.delay(job.pk))
+    enqueue_on_commit("reports.export_job_run", job.pk)
     return job
 
 

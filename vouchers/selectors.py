@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.db.models import Case, Count, DecimalField, Q, QuerySet, Sum, Value, When
+from django.utils import timezone
 
 from campaign.models import BudgetBucket, Campaign, LedgerEntry
 
@@ -28,6 +29,25 @@ def voucher_list(*, user, campaign_slug: str | None = None, status: str | None =
 
 def voucher_get(*, user, code: str) -> Voucher | None:
     return Voucher.objects.select_related("campaign").filter(user=user, code=code.strip().upper()).first()
+
+
+def voucher_usable(*, user, campaign: Campaign | None = None, code: str | None = None, now=None) -> QuerySet[Voucher]:
+    """The caller's cards an order can use now, the one that expires first first (one definition for quote and lock)."""
+    qs = Voucher.objects.filter(user=user, status=Voucher.Status.ISSUED, expires_at__gt=now or timezone.now())
+    if campaign is not None:
+        qs = qs.filter(campaign=campaign)
+    if code:
+        qs = qs.filter(code=code.strip().upper())
+    return qs.order_by("expires_at", "id")
+
+
+def card_gauges() -> list:
+    """/metrics: cards by campaign and status (registered in VouchersConfig.ready)."""
+    from miandan.api.metrics import StateGauge
+
+    rows = Voucher.objects.values_list("campaign__slug", "status").annotate(n=Count("id"))
+    return [StateGauge("miandan_cards", "Cards by campaign and status", ("campaign", "status"),
+                       [((slug, status), float(n)) for slug, status, n in rows])]
 
 
 @dataclass

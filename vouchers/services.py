@@ -17,9 +17,9 @@ from django.utils import timezone
 from packaging.version import InvalidVersion, Version
 
 from campaign.errors import BudgetExhausted, CampaignNotLive
-from campaign.models import BudgetBucket, Campaign, LedgerEntry
+from campaign.gate import campaign_is_live, campaign_require_open
+from campaign.models import Campaign, LedgerEntry
 from campaign.services import (
-    BUDGET_LISTENERS,
     audit,
     budget_record,
     budget_record_sql,
@@ -27,14 +27,15 @@ from campaign.services import (
     budget_reserve,
     budget_reserve_sql,
     budget_spend,
-    campaign_is_live,
 )
-from miandan.api.errors import InvalidInput, Paused
+from miandan.api.errors import InvalidInput
+from miandan.api.metrics import CARDS_ISSUED
 from miandan.db import advisory_lock, is_postgres, retry_on_conflict
 
 from . import admission
 from .errors import AppUpgradeRequired, CardLimitReached, NoVoucher, VoucherStateConflict
 from .models import Voucher
+from .selectors import voucher_usable
 
 CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"  # no 0/O/1/I/L
 CODE_LENGTH = 12
@@ -88,6 +89,8 @@ def _issue_locked(
         )
     else:
         _after_commit_user(campaign.pk, user.pk)
+    # Counted here, where every card is issued (the PostgreSQL hot path inserts with raw SQL: no post_save).
+    transaction.on_commit(lambda: CARDS_ISSUED.labels(source).inc())
     return voucher
 
 
@@ -194,10 +197,7 @@ def voucher_issue(*, user, campaign: Campaign, source: str, actor=None, reason: 
 
 def _check_join(*, campaign: Campaign, app_version: object) -> None:
     version = parse_app_version(app_version)
-    if not campaign_is_live(campaign):
-        raise CampaignNotLive()
-    if not campaign.claims_enabled:
-        raise Paused("领卡功能暂时暂停，请稍后再试")
+    campaign_require_open(campaign=campaign, feature="claims")
     if version < Version(campaign.min_app_version):
         raise AppUpgradeRequired(extra={"min_app_version": campaign.min_app_version})
 
@@ -269,12 +269,8 @@ def voucher_lock_for_order(*, user, campaign: Campaign | None, order_id: int, vo
     SKIP LOCKED lets parallel orders of one user take different cards instead of queueing.
     """
     now = timezone.now()
-    qs = Voucher.objects.filter(user=user, status=Voucher.Status.ISSUED, expires_at__gt=now)
-    if campaign is not None:
-        qs = qs.filter(campaign=campaign)
-    if voucher_code:
-        qs = qs.filter(code=voucher_code.strip().upper())
-    for voucher in qs.select_for_update(skip_locked=True).order_by("expires_at", "id")[:5]:
+    usable = voucher_usable(user=user, campaign=campaign, code=voucher_code, now=now)
+    for voucher in usable.select_for_update(skip_locked=True)[:5]:
         updated = Voucher.objects.filter(pk=voucher.pk, status=Voucher.Status.ISSUED).update(
             status=Voucher.Status.LOCKED, order_id=order_id, locked_at=now
         )
@@ -383,9 +379,7 @@ def voucher_void(*, voucher: Voucher, actor, reason: str) -> Voucher:
     return card
 
 
-BUDGET_LISTENERS.append(admission.clear_exhausted)
-
 __all__ = [
-    "BudgetBucket", "campaign_join", "new_voucher_code", "voucher_expire_batch", "voucher_issue",
+    "campaign_join", "new_voucher_code", "voucher_expire_batch", "voucher_issue",
     "voucher_issue_in_tx", "voucher_lock_for_order", "voucher_redeem", "voucher_release", "voucher_void",
 ]

@@ -87,6 +87,13 @@ def error_response(code: str, detail: str, status: int, **extra: Any) -> JsonRes
     return response
 
 
+def domain_error_response(exc: DomainError) -> JsonResponse:
+    """A DomainError as a plain Django response (middleware answers before DRF runs)."""
+    response = error_response(exc.code, str(exc.detail), exc.status, **exc.extra)
+    response.error_code = exc.code  # counted by the metrics middleware without parsing the body
+    return response
+
+
 def _flatten(detail: Any) -> Any:
     if isinstance(detail, dict):
         return {key: _flatten(value) for key, value in detail.items()}

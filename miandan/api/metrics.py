@@ -5,9 +5,11 @@ process writes its samples to files there and /metrics aggregates them (promethe
 multiprocess mode). Point the variable at an empty directory that is wiped on deploy.
 
 Process-local counters (requests, rejections, shedding, cards issued) are incremented where they
-happen. State that lives in the database (orders by state, cards by status, budget remaining)
-and the Celery queue depth are read at scrape time through a short shared cache, so many
-workers being scraped do not each run the same GROUP BY.
+happen (vouchers.services counts a card when its transaction commits). State that lives in the
+database (orders by state, cards by status, budget remaining) is read at scrape time by readers
+that the domain apps register in their AppConfig.ready() (`register_state_reader`), so this
+module imports no domain app; each reader's result and the Celery queue depth go through a short
+shared cache, so many workers being scraped do not each run the same GROUP BY.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import transaction
-from django.db.models.signals import post_save
 from django.http import HttpResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -45,6 +47,7 @@ SHED_LIMIT = Gauge("miandan_shed_limit", "Adaptive concurrency limit (per proces
 SHED_INFLIGHT = Gauge("miandan_shed_inflight", "Campaign writes in flight", multiprocess_mode="livesum")
 RATELIMIT_REDIS_ERRORS = Counter("miandan_ratelimit_redis_errors_total", "Rate-limit checks without Redis", ["policy"])
 CARDS_ISSUED = Counter("miandan_cards_issued_total", "Cards issued (committed) by this process", ["source"])
+ENQUEUE_FAILURES = Counter("miandan_enqueue_failures_total", "Tasks that could not be sent to the broker", ["task"])
 
 SCRAPE_CACHE_SECONDS = 5
 
@@ -56,7 +59,6 @@ class MetricsMiddleware:
 
     def __init__(self, get_response):
         self.get_response = get_response
-        connect_signals()
 
     def __call__(self, request):
         start = time.perf_counter()
@@ -72,18 +74,6 @@ class MetricsMiddleware:
                 code = data.get("code")
             REJECTIONS.labels(str(code or response.status_code), route).inc()
         return response
-
-
-def _card_saved(sender, instance, created, **kwargs):
-    if created:
-        source = instance.source
-        transaction.on_commit(lambda: CARDS_ISSUED.labels(source).inc())
-
-
-def connect_signals() -> None:
-    from vouchers.models import Voucher
-
-    post_save.connect(_card_saved, sender=Voucher, dispatch_uid="metrics-cards-issued")
 
 
 # --- scrape-time gauges from the database and the broker ---------------------------
@@ -107,24 +97,23 @@ def _queue_depth() -> dict[str, int]:
         return {name: int(ok.message_count)}
 
 
-def _db_snapshot() -> dict:
-    from django.db.models import Count
+@dataclass(frozen=True)
+class StateGauge:
+    """One gauge family read from the database at scrape time: plain data, so it can sit in the shared cache."""
 
-    from campaign.models import Campaign
-    from campaign.selectors import budget_totals
-    from orders.models import Order
-    from vouchers.models import Voucher
+    name: str
+    documentation: str
+    labels: tuple[str, ...]
+    samples: list[tuple[tuple[str, ...], float]] = field(default_factory=list)
 
-    now = time.time()
-    campaigns = list(Campaign.objects.filter(status=Campaign.Status.LIVE).values("pk", "slug", "total_budget"))
-    budget = []
-    for c in campaigns:
-        totals = budget_totals(campaign_id=c["pk"])
-        budget.append((c["slug"], float(totals["available"]), float(totals["reserved"]), float(totals["spent"]),
-                       float(c["total_budget"])))
-    orders = list(Order.objects.values_list("status").annotate(n=Count("id")))
-    cards = list(Voucher.objects.values_list("campaign__slug", "status").annotate(n=Count("id")))
-    return {"at": now, "budget": budget, "orders": orders, "cards": cards}
+
+StateReader = Callable[[], Iterable[StateGauge]]
+_STATE_READERS: dict[str, StateReader] = {}
+
+
+def register_state_reader(key: str, reader: StateReader) -> None:
+    """A domain app contributes gauges (AppConfig.ready()); `key` names its cache entry."""
+    _STATE_READERS[key] = reader
 
 
 def _cached(key: str, fn, default):
@@ -150,26 +139,16 @@ class StateCollector:
     """Gauges computed at scrape time (identical in every process, so collected once, not per worker)."""
 
     def collect(self):
-        snap = _cached("metrics:db-snapshot", _db_snapshot, {"budget": [], "orders": [], "cards": []})
-        remaining = GaugeMetricFamily("miandan_budget_remaining_yuan", "Budget not reserved or spent", labels=["campaign"])
-        reserved = GaugeMetricFamily("miandan_budget_reserved_yuan", "Budget reserved by open cards", labels=["campaign"])
-        spent = GaugeMetricFamily("miandan_budget_spent_yuan", "Budget spent on orders", labels=["campaign"])
-        total = GaugeMetricFamily("miandan_budget_total_yuan", "Campaign total budget", labels=["campaign"])
-        for slug, avail, res, sp, tot in snap["budget"]:
-            remaining.add_metric([slug], avail)
-            reserved.add_metric([slug], res)
-            spent.add_metric([slug], sp)
-            total.add_metric([slug], tot)
-        orders = GaugeMetricFamily("miandan_orders", "Orders by state", labels=["state"])
-        for state, n in snap["orders"]:
-            orders.add_metric([state], n)
-        cards = GaugeMetricFamily("miandan_cards", "Cards by campaign and status", labels=["campaign", "status"])
-        for slug, status, n in snap["cards"]:
-            cards.add_metric([slug, status], n)
+        for key, reader in sorted(_STATE_READERS.items()):
+            for gauge in _cached(f"metrics:state:{key}", lambda reader=reader: list(reader()), []):
+                family = GaugeMetricFamily(gauge.name, gauge.documentation, labels=list(gauge.labels))
+                for labels, value in gauge.samples:
+                    family.add_metric(list(labels), value)
+                yield family
         depth = GaugeMetricFamily("miandan_celery_queue_depth", "Messages waiting in the Celery queue", labels=["queue"])
         for queue, n in _cached("metrics:queue-depth", _queue_depth, {}).items():
             depth.add_metric([queue], n)
-        yield from (remaining, reserved, spent, total, orders, cards, depth)
+        yield depth
 
 
 def metrics_view(request):

@@ -8,8 +8,12 @@
 All three keep `manage.py check --deploy` (which runs drf-spectacular's schema check) free of warnings.
 """
 
+import re
+
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema as SpectacularAutoSchema
+
+from miandan.options import policy_for
 
 
 class AutoSchema(SpectacularAutoSchema):
@@ -114,4 +118,44 @@ def document_error_responses(result, generator, request, public):
                 _add(responses, "422", ["idempotency_key_reused"])
             for status, codes in DOMAIN_CODES.get((method, path), {}).items():
                 _add(responses, status, codes)
+    return result
+
+
+def document_guard_responses(result, generator, request, public):
+    """drf-spectacular postprocessing hook: add 429 / 503 (busy, paused) to every guarded operation."""
+    schemas = result.setdefault("components", {}).setdefault("schemas", {})
+    schemas.setdefault("GuardError", {
+        "type": "object",
+        "required": ["code", "detail"],
+        "properties": {
+            "code": {"type": "string", "enum": ["rate_limited", "busy", "paused"]},
+            "detail": {"type": "string"},
+            "retry_after": {"type": "integer", "description": "seconds, same as the Retry-After header"},
+        },
+    })
+    ref = {"application/json": {"schema": {"$ref": "#/components/schemas/GuardError"}}}
+    retry = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait before retrying"}}
+    for path, operations in result.get("paths", {}).items():
+        concrete = re.sub(r"\{[^}]+\}", "1", path)
+        for method, operation in operations.items():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            policy = policy_for(url_name=None, path=concrete, method=method.upper())
+            if policy is None:
+                continue
+            responses = operation["responses"]
+            if policy.limits:
+                responses.setdefault("429", {"description": "rate_limited：操作太频繁（按用户与 IP 限流）",
+                                             "content": ref, "headers": retry})
+            reasons = []
+            if policy.shed:
+                reasons.append("busy：活动太火爆，已限流降级")
+            if policy.switch:
+                reasons.append("paused：该功能被运营暂停")
+            if policy.redis_down == "closed":
+                reasons.append("busy：限流服务不可用时拒绝发送")
+            if reasons:
+                existing = responses.get("503", {})
+                description = "；".join(filter(None, [existing.get("description", ""), *reasons]))
+                responses["503"] = {**existing, "description": description, "content": ref, "headers": retry}
     return result

@@ -150,10 +150,10 @@ def test_malformed_rate_override_is_refused_at_startup_and_never_breaks_requests
 
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "MIANDAN_RATELIMITS": "join_user=ten"}
-    result = subprocess.run([sys.executable, "-c", "import miandan.settings"], cwd=root, env=env, capture_output=True,
-                            text=True)
-    assert result.returncode != 0
-    assert "join_user='ten'" in result.stderr
+    for command in (["manage.py", "check"], ["-c", "import miandan.wsgi"]):  # management commands and gunicorn
+        result = subprocess.run([sys.executable, *command], cwd=root, env=env, capture_output=True, text=True)
+        assert result.returncode != 0, command
+        assert "miandan.E001" in result.stderr and "join_user='ten'" in result.stderr, result.stderr[-500:]
     # Set some other way, a malformed value falls back to the default instead of failing requests.
     settings.MIANDAN_RATELIMITS = {"join_user": "ten"}
     assert _join(auth_client, campaign).status_code == 201

@@ -46,8 +46,8 @@ def test_simulate_fails_loudly_on_unknown_campaign():
 @pytest.mark.celery_worker
 def test_simulate_day_with_chat_orders_fulfilled_by_a_real_worker(settings, celery_worker):
     """Login, join, invites and chat orders; a real Celery worker fulfils them; the report is clean."""
+    from demo.catalog import catalog_load
     from orders import parser
-    from orders.catalog import catalog_load
     from orders.models import Order
 
     settings.MIANDAN_SMS_BACKEND = "fixed"

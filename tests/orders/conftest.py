@@ -1,7 +1,7 @@
 import pytest
 
+from demo.catalog import HANGZHOU_CENTER, catalog_load
 from orders import parser
-from orders.catalog import HANGZHOU_CENTER, catalog_load
 
 LAT, LNG = HANGZHOU_CENTER
 

@@ -2,7 +2,7 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from orders.models import Order, Store
-from orders.services import Line, order_place
+from orders.services import Line, OrderRequest, order_place
 from tests.factories import UserFactory, VoucherFactory
 from tests.orders.conftest import LAT, LNG
 from vouchers.models import Voucher
@@ -21,7 +21,8 @@ def test_admin_pages_and_cancel_action(catalogue, campaign, admin_client):
     user = UserFactory()
     card = VoucherFactory(user=user, campaign=campaign)
     store = Store.objects.get(brand__slug="chagee", open_24h=True)
-    order = order_place(user=user, lines=[Line(quantity=1, candidates=((store.brand_id, "伯牙绝弦"),))], lat=LAT, lng=LNG).order
+    order = order_place(user=user, request=OrderRequest(lines=(Line(quantity=1, candidates=((store.brand_id, "伯牙绝弦"),)),),
+                                                     lat=LAT, lng=LNG)).order
     for url in ["/admin/orders/order/", f"/admin/orders/order/{order.pk}/change/", "/admin/orders/store/",
                 f"/admin/orders/store/{store.pk}/change/", "/admin/orders/product/", "/admin/orders/brand/"]:
         assert admin_client.get(url).status_code == 200, url

@@ -309,15 +309,15 @@ def test_geo_index_follows_store_edits(catalogue, auth_client):
 
 
 def test_preview_skips_a_full_store(card, auth_client):
-    from orders.services import Line, order_place
+    from orders.services import Line, OrderRequest, order_place
 
     store = _store("chagee")
     Store.objects.filter(pk=store.pk).update(capacity_per_minute=1)
     nxt = Store.objects.create(brand=store.brand, name="次近店", city="杭州", lat=store.lat + 0.01, lng=store.lng,
                                open_24h=True)
     assert chat(auth_client, "一杯伯牙绝弦", preview=True).json()["store"]["id"] == store.pk
-    order_place(user=UserFactory(), lines=[Line(quantity=1, candidates=((store.brand_id, "伯牙绝弦"),))], lat=LAT, lng=LNG,
-                pay_full_price=True)
+    order_place(user=UserFactory(), request=OrderRequest(lines=(Line(quantity=1, candidates=((store.brand_id, "伯牙绝弦"),)),),
+                                                         lat=LAT, lng=LNG, pay_full_price=True))
     assert chat(auth_client, "一杯伯牙绝弦", preview=True).json()["store"]["id"] == nxt.pk
     assert chat(auth_client, "一杯伯牙绝弦").json()["store"]["id"] == nxt.pk
 
@@ -351,4 +351,34 @@ def test_sold_out_or_closed_store_is_skipped_for_the_next(card, auth_client):
                                            closes_at=(timezone.localtime() + dt.timedelta(hours=2)).time())
     r = chat(auth_client, "一杯伯牙绝弦")
     assert r.status_code == 409 and r.json()["code"] == "no_store_available"
+    assert nothing_written()
+
+
+def test_quote_has_no_side_effect_and_place_uses_the_same_card(card, auth_client):
+    """order_quote (the preview) writes nothing and takes no capacity; order_place then does what it showed."""
+    from orders import capacity
+    from orders.services import Line, OrderRequest, order_place, order_quote
+
+    store = _store("chagee")
+    request = OrderRequest(lines=(Line(quantity=2, ice="热", candidates=((store.brand_id, "伯牙绝弦"),)),), lat=LAT,
+                           lng=LNG)
+    quote = order_quote(user=auth_client.user, request=request)
+    assert quote.order is None and quote.voucher.pk == card.pk and quote.quote.store.pk == store.pk
+    assert nothing_written() and capacity.used(store) == 0
+    placed = order_place(user=auth_client.user, request=request)
+    assert placed.order is not None and placed.voucher.pk == card.pk
+    assert (placed.subsidy, placed.amount_to_pay, placed.quote.store.pk) == (quote.subsidy, quote.amount_to_pay, store.pk)
+    assert capacity.used(store) == 1
+
+
+def test_option_not_offered_is_400_on_the_plain_api_and_422_in_chat(card, auth_client):
+    store = _store("heytea")
+    grape = Product.objects.get(brand=store.brand, name="多肉葡萄")
+    plain = auth_client.post("/api/v1/orders", {"store": store.pk, "items": [
+        {"product": grape.pk, "quantity": 1, "options": {"size": "中杯"}}]}, format="json")
+    assert plain.status_code == 400 and plain.json()["code"] == "invalid"
+    assert "大杯" in plain.json()["fields"]["items"][0]
+    chatted = chat(auth_client, "一杯中杯多肉葡萄", preview=True)
+    assert chatted.status_code == 422 and chatted.json()["code"] == "not_understood"
+    assert "要大杯的" in chatted.json()["suggestions"]
     assert nothing_written()

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from orders.catalog import HANGZHOU_CENTER, catalog_load
+from demo.catalog import HANGZHOU_CENTER, catalog_load
 from orders.models import Brand, Product, Store
 
 REQUIRED = {

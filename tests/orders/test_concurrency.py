@@ -6,7 +6,7 @@ import pytest
 
 from orders.errors import CannotCancel, NoStoreAvailable
 from orders.models import Order, Store
-from orders.services import Line, order_cancel, order_chat, order_place, order_transition
+from orders.services import Line, OrderRequest, order_cancel, order_chat, order_place, order_transition
 from tests.concurrency import run_threads
 from tests.factories import UserFactory, VoucherFactory
 from tests.orders.conftest import LAT, LNG
@@ -63,7 +63,7 @@ def test_store_capacity_never_exceeded(catalogue, campaign, settings, redis):
         out = []
         for _ in range(4):
             try:
-                out.append(order_place(user=user, lines=product_lines, lat=LAT, lng=LNG, pay_full_price=True).order.store_id)
+                out.append(order_place(user=user, request=OrderRequest(lines=tuple(product_lines), lat=LAT, lng=LNG, pay_full_price=True)).order.store_id)
             except NoStoreAvailable:
                 out.append(None)
         return out
@@ -87,9 +87,9 @@ def test_full_store_does_not_leak_capacity_on_refused_orders(chagee, campaign):
     nocard = UserFactory()
     for _ in range(5):
         with pytest.raises(NoVoucher):
-            order_place(user=nocard, lines=lines, lat=LAT, lng=LNG)
+            order_place(user=nocard, request=OrderRequest(lines=tuple(lines), lat=LAT, lng=LNG))
     buyers = [UserFactory() for _ in range(2)]
-    assert [order_place(user=u, lines=lines, lat=LAT, lng=LNG, pay_full_price=True).order.store_id for u in buyers] == [
+    assert [order_place(user=u, request=OrderRequest(lines=tuple(lines), lat=LAT, lng=LNG, pay_full_price=True)).order.store_id for u in buyers] == [
         chagee.pk, chagee.pk]
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from orders.catalog import catalog_load
-from orders.parser import MAX_LENGTH, Intent, NotUnderstood, parse
+from demo.catalog import catalog_load
+from orders.parser import MAX_LENGTH, Intent, Refusal, parse
 
 CORPUS = [json.loads(line) for line in (Path(__file__).parent.parent / "data" / "intents.jsonl").read_text().splitlines()
           if line.strip()]
@@ -56,16 +56,16 @@ def test_options_use_canonical_words():
 
 def test_too_long_and_too_many_refused_with_clear_message():
     long = parse("珍珠奶茶" * 60)
-    assert isinstance(long, NotUnderstood) and str(MAX_LENGTH) in long.detail
+    assert isinstance(long, Refusal) and str(MAX_LENGTH) in long.detail
     many = parse("来12杯珍珠奶茶")
-    assert isinstance(many, NotUnderstood) and "10" in many.detail
+    assert isinstance(many, Refusal) and "10" in many.detail
     assert many.suggestions
 
 
 def test_catalogue_edit_reaches_the_parser():
     from orders.models import Brand, Product
 
-    assert isinstance(parse("一杯桂花乌龙"), NotUnderstood)
+    assert isinstance(parse("一杯桂花乌龙"), Refusal)
     Product.objects.create(brand=Brand.objects.get(slug="chagee"), name="桂花乌龙", price="18.00", sizes={"中杯": "0.00"})
     intent = parse("一杯桂花乌龙")
     assert isinstance(intent, Intent) and intent.items[0].product == "桂花乌龙"

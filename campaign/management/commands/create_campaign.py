@@ -41,7 +41,8 @@ class Command(BaseCommand):
         parser.add_argument("--face", default="25.00", help="card face value in yuan (default 25.00)")
         parser.add_argument("--cap", type=int, default=21, help="cards per user, 1..100 (default 21)")
         parser.add_argument("--min-app-version", default="1.0.0", help="oldest app version that may join (default 1.0.0)")
-        parser.add_argument("--buckets", type=int, default=64, help="budget buckets, 1..1024 (default 64)")
+        parser.add_argument("--buckets", type=int, default=None,
+                            help="budget buckets, 1..1024 (default MIANDAN_BUDGET_BUCKETS, 64)")
         parser.add_argument("--live", action="store_true", help="status live, from now for 30 days (default: draft)")
 
     def handle(self, *args, slug, name, budget, face, cap, min_app_version, buckets, live, **options):

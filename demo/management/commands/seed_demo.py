@@ -17,10 +17,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import User
+from campaign.gate import campaign_is_live
 from campaign.models import Campaign
-from campaign.services import CampaignSpec, campaign_create, campaign_is_live
+from campaign.services import CampaignSpec, campaign_create
+from demo.catalog import catalog_load
 from miandan.api.errors import DomainError
-from orders.catalog import catalog_load
 from vouchers.services import campaign_join
 
 SLUG = "spring-tea"
@@ -69,9 +70,10 @@ class Command(BaseCommand):
         campaign = campaign_create(spec=CampaignSpec(
             slug=SLUG, name=NAME, total_budget=BUDGET, starts_at=now - dt.timedelta(days=1),
             ends_at=now + dt.timedelta(days=60), face_value=Decimal("25.00"), card_cap=21, min_app_version="1.0.0",
-            status=Campaign.Status.LIVE, bucket_count=64,
+            status=Campaign.Status.LIVE,
         ))
-        self.stdout.write(f"campaign: created {SLUG} ({NAME}), budget {BUDGET}, face 25.00, cap 21, 64 buckets")
+        self.stdout.write(f"campaign: created {SLUG} ({NAME}), budget {BUDGET}, face 25.00, cap 21, "
+                          f"{campaign.bucket_count} buckets")
         return campaign
 
     def _catalogue(self) -> None:

@@ -1,0 +1,42 @@
+"""System checks of the project's own settings.
+
+`manage.py` commands run them (check, migrate, runserver ...); the WSGI/ASGI entry points and the
+Celery app run the ones tagged "miandan" at start-up too (`refuse_to_start`), so gunicorn and
+workers never serve with a setting the checks call an error.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core import checks
+from django.core.checks import Error, register
+from django.core.exceptions import ImproperlyConfigured
+
+from miandan.options import DEFAULT_RATES, DISABLED, RATE_PATTERN
+
+TAG = "miandan"
+
+
+def refuse_to_start() -> None:
+    """Raise ImproperlyConfigured when a check tagged "miandan" reports an error (cheap: no URL or model checks)."""
+    errors = [m for m in checks.run_checks(tags=[TAG]) if m.is_serious()]
+    if errors:
+        raise ImproperlyConfigured("; ".join(f"{e.id}: {e.msg}" for e in errors))
+
+
+@register(TAG)
+def ratelimit_overrides(app_configs, **kwargs):
+    """MIANDAN_RATELIMITS must name known limits with rates django-ratelimit understands."""
+    errors = []
+    for name, value in settings.MIANDAN_RATELIMITS.items():
+        if name not in DEFAULT_RATES:
+            errors.append(Error(
+                f"MIANDAN_RATELIMITS: unknown limit {name!r}",
+                hint=f"Known names: {', '.join(sorted(DEFAULT_RATES))}.", id="miandan.E001",
+            ))
+        elif value.strip() not in DISABLED and not RATE_PATTERN.match(value.strip()):
+            errors.append(Error(
+                f"MIANDAN_RATELIMITS: {name}={value!r} is not a rate",
+                hint="Use a rate like 10/m, 5/10m or 100/h, or off to disable that limit.", id="miandan.E001",
+            ))
+    return errors
