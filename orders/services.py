@@ -33,8 +33,9 @@ from . import capacity, geo
 from .errors import CannotCancel, NoStoreAvailable, NotUnderstood, OrderNotFound
 from .merchant import MerchantRejected, get_merchant
 from .models import Order, OrderEvent, OrderItem, Product, Store, StoreMinute
-from .parser import MAX_CUPS, Intent, parse
+from .parser import MAX_CUPS, Intent, Wish, parse
 from .parser import NotUnderstood as ParseRefusal
+from .recommend import Choice, NothingFits, confirm_text, recommend
 
 logger = logging.getLogger(__name__)
 S = Order.Status
@@ -214,6 +215,7 @@ class Placement:
     voucher: Voucher | None
     campaign: Campaign | None
     order: Order | None = None
+    chat: dict = field(default_factory=dict)  # chat answers only: recommendation, corrections
 
 
 class _StoreFull(Exception):
@@ -362,28 +364,78 @@ def _lines_from_intent(*, user, intent: Intent) -> tuple[list[Line], int | None]
                      brand_id=i.brand_id if i.generic else None) for i in intent.items], None
     last = Order.objects.filter(user=user).exclude(status=S.CANCELLED).order_by("-id").first()
     if last is None:
-        raise NotUnderstood("您还没有下过单，说说想喝什么吧")
+        raise NotUnderstood("您还没有下过单，说说想喝什么吧", why="no_product")
     ov = intent.overrides
-    lines = [Line(quantity=i.quantity, size=ov.get("size") or i.size or None, sugar=ov.get("sugar") or i.sugar or None,
-                  ice=ov.get("ice") or i.ice or None, product_id=i.product_id) for i in last.items.all()]
+    items = list(last.items.all())
+    quantity = ov.get("quantity")
+    if quantity is not None and len(items) != 1:
+        raise NotUnderstood("上次点了好几款，“老样子”要几杯请分别说", suggestions=["老样子"], why="ambiguous")
+    lines = [Line(quantity=quantity or i.quantity, size=ov.get("size") or i.size or None,
+                  sugar=ov.get("sugar") or i.sugar or None, ice=ov.get("ice") or i.ice or None, product_id=i.product_id)
+             for i in items]
     return lines, last.store_id
+
+
+def _lines_from_wish(*, wish: Wish, lat: float, lng: float) -> tuple[list[Line], Choice]:
+    """An "anything" request: the recommended drink, as the one line to preview."""
+    try:
+        choice = recommend(wish=wish, lat=lat, lng=lng)
+    except NothingFits:
+        raise NotUnderstood("附近营业的门店没有完全符合要求的饮品，换个说法试试？",
+                            suggestions=["随便来一杯", "来杯热的奶茶", "来杯少冰的果茶"], why="option_not_offered") from None
+    if choice is None:
+        raise NoStoreAvailable("附近没有营业中的门店")
+    line = Line(quantity=choice.quantity, size=choice.size, sugar=choice.sugar, ice=choice.ice,
+                candidates=((choice.product.brand_id, choice.product.name),))
+    return [line], choice
+
+
+def _chat_notes(intent: Intent, choice: Choice | None, placement: Placement) -> dict:
+    """What the chat answer adds to a preview: why a drink was recommended, which typed words were corrected."""
+    notes: dict = {}
+    if choice is not None:
+        store = placement.quote.store
+        where = f"离您最近、现在营业的是{store.brand.name}（{store.name}" + (
+            f"，约 {placement.quote.distance_m} 米）" if placement.quote.distance_m is not None else "）")
+        because = "，".join(choice.because)
+        notes["recommendation"] = {
+            "reason": f"{where}，推荐{choice.product.name}" + (f"：{because}" if because else ""),
+            "confirm_text": confirm_text(choice),
+        }
+    if intent.corrections:
+        notes["corrections"] = [{"typed": typed, "product": product} for typed, product in intent.corrections]
+    return notes
 
 
 def order_chat(*, user, text: object, lat: float, lng: float, campaign_slug: str | None = None,
                pay_full_price: bool = False, preview: bool = False) -> Placement:
-    """One sentence -> an order (or a preview). Refusals are 422 `not_understood` with suggestions."""
+    """One sentence -> an order (or a preview). Refusals are 422 `not_understood` with suggestions.
+
+    An "anything" request is always answered with a preview (a recommendation the user confirms).
+    """
     intent = parse(text, user)
     if isinstance(intent, ParseRefusal):
-        raise NotUnderstood(intent.detail, suggestions=intent.suggestions)
-    lines, last_store = _lines_from_intent(user=user, intent=intent)
-    if last_store is not None:
-        # "老样子": the same products, so the same brand; nearest store of that brand that sells them.
-        brand_id = Store.objects.filter(pk=last_store).values_list("brand_id", flat=True).first()
-        names = dict(Product.objects.filter(pk__in=[line.product_id for line in lines]).values_list("pk", "name"))
-        lines = [Line(quantity=line.quantity, size=line.size, sugar=line.sugar, ice=line.ice,
-                      candidates=((brand_id, names[line.product_id]),)) for line in lines]
-    return order_place(user=user, lines=lines, lat=lat, lng=lng, campaign_slug=campaign_slug,
-                       pay_full_price=pay_full_price, preview=preview, source_text=str(text)[:200], chat=True)
+        raise NotUnderstood(intent.detail, suggestions=intent.suggestions, why=intent.why)
+    choice = None
+    if intent.wish is not None:
+        lines, choice = _lines_from_wish(wish=intent.wish, lat=lat, lng=lng)
+        preview = True
+    else:
+        lines, last_store = _lines_from_intent(user=user, intent=intent)
+        if last_store is not None:
+            # "老样子": the same products, so the same brand; nearest store of that brand that sells them.
+            brand_id = Store.objects.filter(pk=last_store).values_list("brand_id", flat=True).first()
+            names = dict(Product.objects.filter(pk__in=[line.product_id for line in lines]).values_list("pk", "name"))
+            lines = [Line(quantity=line.quantity, size=line.size, sugar=line.sugar, ice=line.ice,
+                          candidates=((brand_id, names[line.product_id]),)) for line in lines]
+    try:
+        placement = order_place(user=user, lines=lines, lat=lat, lng=lng, campaign_slug=campaign_slug,
+                                pay_full_price=pay_full_price, preview=preview, source_text=str(text)[:200], chat=True)
+    except NotUnderstood as exc:
+        exc.extra.setdefault("why", "option_not_offered")  # the only chat refusal placement raises
+        raise
+    placement.chat = _chat_notes(intent, choice, placement)
+    return placement
 
 
 # --- the state machine -------------------------------------------------------------------
