@@ -104,7 +104,7 @@ BRANDS: list[dict] = [
             _p("杨枝甘露", "16.00", aliases=["杨枝", "芒果西柚"], sizes=M_L, ices=COLD_ROOM),
             _p("豆乳玉麒麟", "16.00", aliases=["玉麒麟", "豆乳奶茶", "豆乳麒麟"], category="奶茶", sizes=M_L, is_default=True),
             _p("招牌芋圆奶茶", "15.00", aliases=["芋圆奶茶", "芋圆"], category="奶茶", sizes=M_L),
-            _p("茉莉奶绿", "12.00", aliases=["奶绿", "茉莉奶"], category="奶茶", sizes=M_L),
+            _p("茉莉奶绿", "12.00", aliases=["奶绿"], category="奶茶", sizes=M_L),
             _p("西瓜啵啵", "14.00", aliases=["西瓜波波"], sizes=M_L, ices=COLD_ONLY),
         ],
     },

@@ -77,7 +77,7 @@ class Correction:
     end: int
     typed: str
     term: str
-    kind: str  # "product" | "brand"
+    kind: str  # "product" | "brand" | an option kind ("ice", "sugar", "size")
     value: object
     cost: int
 
@@ -124,7 +124,7 @@ def corrections(text: str, unknown: set[int], lex: Lexicon) -> list[Correction]:
         window = text[start:end]
         if window == term or window in lex.words:
             continue
-        cost = _score(window, term, brand=kind == "brand")
+        cost = _score(window, term, brand=kind != "product")
         if cost is None:
             continue
         found.append(Correction(start, end, window, term, kind, value, cost))
@@ -146,4 +146,4 @@ def corrections(text: str, unknown: set[int], lex: Lexicon) -> list[Correction]:
 def _target(c: Correction) -> object:
     if c.kind == "product":
         return c.value.names  # type: ignore[attr-defined]
-    return ("brand", c.value)
+    return (c.kind, c.value)

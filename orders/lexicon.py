@@ -211,11 +211,13 @@ def compile_lexicon() -> Lexicon:
     fixed += [(w, "same", None) for w in V.SAME_WORDS]
     fixed += [(w, "ref", None) for w in V.REFERENCE_WORDS]
     fixed += [(w, "choice", None) for w in V.CHOICE]
-    fixed += [(w, "sep", None) for w in V.SEPARATORS]
+    fixed += [(w, "sep", w) for w in V.SEPARATORS]
     fixed += [(w, "neg", None) for w in V.NEGATIONS]
     fixed += [(w, "filler", None) for w in V.FILLER]
     for w, kind, value in fixed:
         put(normalise(w), kind, value)
+    for w in V.OFF_MENU_ITEMS:
+        put(normalise(w), "offmenu", w)
     for flavour, cores in V.FLAVOURS.items():
         cands = set().union(*(containing(c) for c in cores)) if cores else set()
         if cands:
@@ -243,6 +245,8 @@ def compile_lexicon() -> Lexicon:
             fuzzy_terms.append((w, kind, value))
         elif kind == "brand" and len(w) >= 2 and all(map(_is_cjk, w)):
             fuzzy_terms.append((w, kind, value))
+        elif kind in ("ice", "sugar", "size") and len(w) >= 2 and all(map(_is_cjk, w)) and any(c in w for c in "冰糖杯"):
+            fuzzy_terms.append((w, kind, value))  # "少兵" for 少冰
     fuzzy_by_char: dict[str, list[tuple[int, int]]] = {}
     for idx, (w, _, _) in enumerate(fuzzy_terms):
         for k, ch in enumerate(w):
@@ -269,7 +273,7 @@ def _red_flags(known: set[str]) -> list[tuple[str, re.Pattern]]:
     out = []
     for why, phrases, patterns in (("injection", V.INJECTION, V.INJECTION_PATTERNS),
                                    ("other_intent", V.OTHER_INTENT, V.OTHER_INTENT_PATTERNS),
-                                   ("off_menu", V.OFF_MENU, ())):
+                                   ("off_menu", V.OFF_MENU_BRANDS, ())):
         literals = sorted({fold(p).strip() for p in phrases} - {""}, key=len, reverse=True)
         literals = [p for p in literals if not any(p in k for k in known)]
         alternatives = [re.escape(p) for p in literals] + list(patterns)

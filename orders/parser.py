@@ -24,6 +24,7 @@ The interface is the seam for a model-based parser later: anything returning `In
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from . import chatvocab as V
@@ -120,6 +121,7 @@ class _Refuse(Exception):
 # A token is (kind, value, start, end) over the normalised text.
 Tok = tuple[str, object, int, int]
 _DIGITS = frozenset("0123456789")
+_OPTION_REWRITES = [(re.compile(p), r) for p, r in V.OPTION_REWRITES]
 _SIZE_AFTER_NUMBER = ("超大杯", "特大杯", "大杯", "中杯", "小杯")
 _ASCII_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyz")
 
@@ -159,9 +161,9 @@ def _read_number(text: str, i: int) -> Tok | None:
             j += 1
         if j >= n or not (text[j] in _DIGITS or text[j] in V.NUMERAL_CHARS):
             return None
-    elif c == "-":
+    elif c == "-" or c == "负":
         j = i + 1
-        if j >= n or text[j] not in _DIGITS:
+        if j >= n or not (text[j] in _DIGITS or (c == "负" and text[j] in V.NUMERAL_CHARS)):
             return None
         negative = True
     start_digits = j
@@ -229,7 +231,7 @@ def tokenize(text: str, lex: Lexicon) -> list[Tok]:
                 continue
             best = (hit[0], hit[1], i, end)
             break
-        if c in _DIGITS or c in V.NUMERAL_CHARS or c == "x" or c == "-":
+        if c in _DIGITS or c in V.NUMERAL_CHARS or c == "x" or c == "-" or c == "负":
             num = _read_number(text, i)
             if num is not None and (best is None or num[3] > best[3]):
                 best = num
@@ -291,6 +293,9 @@ class RuleParser:
             if hit:
                 return _red_flag(why, hit.group(0))
         clean = punctuate(folded)
+        if "冰" in clean or "糖" in clean or "甜" in clean:
+            for pattern, canonical in _OPTION_REWRITES:
+                clean = pattern.sub(canonical, clean)
         if not clean.strip(" ,"):
             return NotUnderstood("请告诉我想喝什么，例如“帮我点一杯杨枝甘露”")
         tokens = tokenize(clean, lex)
@@ -337,7 +342,7 @@ def _assemble(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Corr
     for t in tokens:
         if t[0] == "qtybad":
             raise _Refuse("quantity", f"{t[1]}，每单 1～{MAX_CUPS} 杯")
-        if t[0] == "offmenu" or t[0] == "offbrand":
+        if t[0] == "offbrand":
             raise _Refuse("off_menu", f"“{t[1]}”不在活动菜单上，可以试试下面这些")
         if t[0] == "unk":
             unread = str(t[1])
@@ -345,11 +350,18 @@ def _assemble(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Corr
                 raise _Refuse("no_product", f"没听懂“{unread}”，甜度请说全糖/七分糖/半糖/三分糖/微糖/无糖，"
                                             "冰量请说正常冰/少冰/去冰/常温/温/热")
     sig = [t for t in tokens if t[0] not in ("filler", "unk", "sweet")]
+    has_product = any(t[0] == "product" for t in sig)
+    for n, t in enumerate(sig):
+        if t[0] == "offmenu" and (not has_product or _asked_for(sig, n)):
+            raise _Refuse("off_menu", f"“{t[1]}”不在活动菜单上，可以试试下面这些")
+    sig = [t for t in sig if t[0] != "offmenu"]
     for idx, t in enumerate(tokens):
         kind = t[0]
         if kind == "product":
             term: Term = t[1]  # type: ignore[assignment]
-            short = term.strength == "weak" or len(term.text) <= 2
+            # Parts of names and nicknames must stand on their own: glued to unread characters or to another
+            # name they are part of a drink we do not know ("茉莉奶茶", "芒果多肉").
+            short = term.strength != "name"
             if short and (_touches_unknown(tokens, idx, text) or _touches_weak_product(tokens, idx)):
                 raise _Refuse("off_menu", f"菜单上没有“{_around(tokens, idx)}”，可以试试下面这些",
                               _suggest(lex, term.candidates))
@@ -378,6 +390,9 @@ def _assemble(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Corr
         if nxt is not None and nxt[0] == "ref":
             # "芋圆那杯要热的": points at an item already named.
             target = next((it for it in items if set(it.term.candidates) & set(term.candidates)), None)
+        elif items and not _own_count(sig, pos):
+            # "珍珠奶茶和柠檬水，珍珠奶茶要热的": the same drink again, without a count, says more about it.
+            target = next((it for it in items if it.term.candidates == term.candidates), None)
         if target is None:
             target = _Item(term, len(items), text[t[2]:t[3]])
             items.append(target)
@@ -492,6 +507,27 @@ def _name_of(term: Term) -> str:
 
 def _name_of_cands(cands) -> str:
     return cands[0][1]
+
+
+def _own_count(sig: list[Tok], pos: int) -> bool:
+    """Whether the product at `pos` has a quantity of its own in its clause (between separators and other drinks)."""
+    for step in (-1, 1):
+        j = pos + step
+        while 0 <= j < len(sig) and sig[j][0] not in ("sep", "product"):
+            if sig[j][0] == "qty":
+                return True
+            j += step
+    return False
+
+
+def _asked_for(sig: list[Tok], n: int) -> bool:
+    """An off-menu word asked for as an item ("一杯冰美式", "伯牙绝弦加蛋糕"), not said as context ("刚吃完火锅，…")."""
+    for j in (n - 1, n + 1):
+        if 0 <= j < len(sig):
+            kind, value = sig[j][0], sig[j][1]
+            if kind in ("qty", "product", "cat", "brand", "offmenu") or (kind == "sep" and value != ","):
+                return True
+    return False
 
 
 def _touches_unknown(tokens: list[Tok], idx: int, text: str) -> bool:
