@@ -758,7 +758,8 @@ def _without_items(sig: list[Tok], lex: Lexicon, brands: list[int], *, has_unrea
         raise _Refuse("no_product", f"没找到您说的{lex.brand_names[brands[0]]}饮品，请说出菜单上的名字",
                       _suggest(lex, [c for c in lex.products if c[0] == brands[0]]))
     if len(brands) > 1:
-        raise _Refuse("ambiguous", "您想要哪个品牌的？请选一个", tuple(f"{lex.brand_names[b]}随便来一杯" for b in brands))
+        raise _Refuse("two_brands", "一单只能点同一个品牌，您想要哪个品牌的？",
+                      tuple(f"{lex.brand_names[b]}随便来一杯" for b in brands))
     if len(qtys) > 1:
         raise _Refuse("ambiguous", "几杯分别想要什么？请说出饮品名，例如“一杯伯牙绝弦一杯青青糯山”")
     q = int(qtys[0][1]) if qtys else 1  # type: ignore[call-overload]
