@@ -52,7 +52,7 @@ BRANDS: list[dict] = [
     {
         "name": "喜茶",
         "slug": "heytea",
-        "aliases": ["heytea", "喜茶go", "HEYTEA"],
+        "aliases": ["heytea", "喜茶go", "HEYTEA", "hey tea"],
         "products": [
             _p("多肉葡萄", "19.00", aliases=["多肉葡萄冻", "葡萄冻"], sizes=L_XL, ices=COLD_ONLY),
             _p("芝芝莓莓", "22.00", aliases=["芝芝草莓", "莓莓", "芝莓"], sizes=L_XL, ices=NO_ICE_CHEESE),

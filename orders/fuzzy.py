@@ -52,11 +52,15 @@ def homophone(a: str, b: str) -> bool:
     return bool(readings(a) & readings(b))
 
 
+# Characters that mean the same in a drink's name although they sound different (牛奶 for 牛乳).
+SYNONYMS = {frozenset(("奶", "乳")), frozenset(("葡", "提"))}
+
+
 def rhyme(a: str, b: str) -> bool:
     """Same final (技 ji / 枝 zhi) or one letter apart (玄 xuan / 弦 xian): a looser match, allowed once in a long name."""
     if not ("\u4e00" <= a <= "\u9fff" and "\u4e00" <= b <= "\u9fff"):
         return False
-    if _finals(a) & _finals(b):
+    if _finals(a) & _finals(b) or frozenset((a, b)) in SYNONYMS:
         return True
     return any(_one_apart(x, y) for x in readings(a) for y in readings(b))
 
@@ -107,10 +111,15 @@ def corrections(text: str, unknown: set[int], lex: Lexicon) -> list[Correction]:
     terms, by_char = lex.fuzzy_terms, lex.fuzzy_by_char
     votes: dict[tuple[int, int], int] = {}
     n = len(text)
+    # unread[i] = how many unread positions lie before i: a window covers one when the counts differ.
+    unread = [0] * (n + 1)
+    for i in range(n):
+        unread[i + 1] = unread[i] + (i in unknown)
     for i, ch in enumerate(text):
         for idx, k in by_char.get(ch, ()):
             start = i - k
-            if start >= 0 and start + len(terms[idx][0]) <= n:
+            end = start + len(terms[idx][0])
+            if start >= 0 and end <= n and unread[end] != unread[start]:
                 votes[(idx, start)] = votes.get((idx, start), 0) + 1
     found: list[Correction] = []
     for (idx, start), count in votes.items():
@@ -119,8 +128,6 @@ def corrections(text: str, unknown: set[int], lex: Lexicon) -> list[Correction]:
         if count * 2 < length:
             continue
         end = start + length
-        if not any(p in unknown for p in range(start, end)):
-            continue
         window = text[start:end]
         if window == term or window in lex.words:
             continue
@@ -130,8 +137,8 @@ def corrections(text: str, unknown: set[int], lex: Lexicon) -> list[Correction]:
         found.append(Correction(start, end, window, term, kind, value, cost))
     if not found:
         return []
-    # Best first: cheapest, then longest (霸气芝士草莓 over its alias 芝士草莓 for the same typo).
-    found.sort(key=lambda c: (c.cost, -(c.end - c.start), c.start))
+    # Best first: longest, then cheapest (芝芝梅梅 is 芝芝莓莓, not its nickname 芝莓 plus a stray 梅).
+    found.sort(key=lambda c: (-(c.end - c.start), c.cost, c.start))
     chosen: list[Correction] = []
     for c in found:
         rivals = [o for o in found if o is not c and o.start < c.end and c.start < o.end and o.cost == c.cost

@@ -568,7 +568,7 @@ def _distribute(toks: list[Tok], trail_of: _Item | None, lead_of: _Item | None, 
     item = trail_of or lead_of
     assert item is not None
     mode = None
-    for t in toks:
+    for n, t in enumerate(toks):
         kind = t[0]
         if kind in ("all", "each"):
             mode = kind
@@ -577,7 +577,9 @@ def _distribute(toks: list[Tok], trail_of: _Item | None, lead_of: _Item | None, 
             mode = None
             continue
         if kind == "same":
-            if trail_of is not None:
+            if n + 1 < len(toks) and toks[n + 1][0] == "qty":
+                mode = "each"  # "多肉葡萄和芝芝莓莓一样来两杯": two of each
+            elif trail_of is not None:
                 trail_of.same = True
             continue
         if kind not in _SCOPED:
