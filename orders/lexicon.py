@@ -195,7 +195,7 @@ def compile_lexicon() -> Lexicon:
     fixed += [(w, "size", v) for w, v in V.SIZE_PHRASES.items()]
     fixed += [(w, "sugar", v) for w, v in V.SUGAR_PHRASES.items()]
     fixed += [(w, "ice", v) for w, v in V.ICE_PHRASES.items()]
-    fixed += [("热饮", "hotdrink", "热"), ("热饮品", "hotdrink", "热")]
+    fixed += [(w, "hotdrink", "热") for w in V.HOT_DRINKS]
     fixed += [(w, "qtybad", why) for w, why in V.BAD_QUANTITIES.items()]
     fixed += [(w, "qty", 1) for w in V.ONE_CUP_OF_SEVERAL]
     fixed += [(w, "filler", None) for w in V.PEOPLE]

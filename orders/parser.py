@@ -428,19 +428,21 @@ def _assemble(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Corr
             seps = [i for i, t in enumerate(gap) if t[0] == "sep"]
             if seps and len(items) > 1:
                 _distribute(gap[:seps[0]], item, None, scoped)
+                rest = [t for t in gap[seps[0] + 1:] if t[0] in _SCOPED or t[0] in ("all", "each", "same")]
+                if _respectively(rest, items):
+                    continue
                 mode = None
-                for t in gap[seps[0] + 1:]:
+                for t in rest:
                     if t[0] in ("all", "each"):
                         mode = t[0]
                     elif t[0] == "same":
                         item.same = True
-                    elif t[0] in _SCOPED:
-                        if mode is not None:
-                            scoped.append((mode, 10**6, t))
-                        elif t[0] == "qty":
-                            raise _Refuse("ambiguous", "几杯分别怎么做？请在每款饮品后面说，例如“多肉葡萄少冰，芝芝莓莓去冰”")
-                        else:
-                            shared.append(t)
+                    elif mode is not None:
+                        scoped.append((mode, 10**6, t))
+                    elif t[0] == "qty":
+                        raise _Refuse("ambiguous", "几杯分别怎么做？请在每款饮品后面说，例如“多肉葡萄少冰，芝芝莓莓去冰”")
+                    else:
+                        shared.append(t)
             else:
                 _distribute(gap, item, None, scoped)
     # -- resolve each item ------------------------------------------------------------------
@@ -507,6 +509,25 @@ def _name_of(term: Term) -> str:
 
 def _name_of_cands(cands) -> str:
     return cands[0][1]
+
+
+def _respectively(rest: list[Tok], items: list[_Item]) -> bool:
+    """"伯牙绝弦跟青青糯山，一个少冰一个去冰": as many one-cup specs as drinks, given to them in order."""
+    if not rest or rest[0][0] != "qty" or any(t[0] in ("all", "each", "same") for t in rest):
+        return False
+    groups: list[list[Tok]] = []
+    for t in rest:
+        if t[0] == "qty":
+            if t[1] != 1:
+                return False
+            groups.append([])
+        else:
+            groups[-1].append(t)
+    if len(groups) != len(items) or not all(groups):
+        return False
+    for item, group in zip(items, groups, strict=True):
+        item.trail.extend(group)
+    return True
 
 
 def _own_count(sig: list[Tok], pos: int) -> bool:
