@@ -60,7 +60,7 @@ class Lexicon:
     # Typo matching (orders.fuzzy): CJK terms with the product or brand they stand for.
     fuzzy_terms: list[tuple[str, str, object]] = field(default_factory=list)  # (text, kind, value)
     fuzzy_by_char: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # char -> [(term index, position)]
-    red_flags: list[tuple[str, re.Pattern]] = field(default_factory=list)
+    red_flags: RedFlags | None = None
     version: object = None
     built_at: float = 0.0
     checked_at: float = 0.0
@@ -264,18 +264,57 @@ def compile_lexicon() -> Lexicon:
     )
 
 
-def _red_flags(known: set[str]) -> list[tuple[str, re.Pattern]]:
-    """One pattern per refusal reason, searched in the whole sentence before anything else.
+_RED_ORDER = ("injection", "other_intent", "off_menu")  # when a sentence has several, the first reason is given
+
+
+def _red_flags(known: set[str]) -> RedFlags:
+    """The phrases that stop a sentence, searched in the whole (folded) sentence before anything else.
 
     A literal phrase that is part of a menu or vocabulary word ("柠檬茶" in 鸭屎香柠檬茶, "都可" in
     都可以) is dropped here, so the catalogue can never make its own words a reason to refuse.
+    Literals are looked up by first character (like the tokenizer), the few patterns are regexes.
     """
-    out = []
-    for why, phrases, patterns in (("injection", V.INJECTION, V.INJECTION_PATTERNS),
-                                   ("other_intent", V.OTHER_INTENT, V.OTHER_INTENT_PATTERNS),
-                                   ("off_menu", V.OFF_MENU_BRANDS, ())):
-        literals = sorted({fold(p).strip() for p in phrases} - {""}, key=len, reverse=True)
-        literals = [p for p in literals if not any(p in k for k in known)]
-        alternatives = [re.escape(p) for p in literals] + list(patterns)
-        out.append((why, re.compile("|".join(alternatives))))
-    return out
+    literals: dict[str, str] = {}
+    patterns = []
+    for why, phrases, regexes in (("injection", V.INJECTION, V.INJECTION_PATTERNS),
+                                  ("other_intent", V.OTHER_INTENT, V.OTHER_INTENT_PATTERNS),
+                                  ("off_menu", V.OFF_MENU_BRANDS, ())):
+        for p in phrases:
+            p = fold(p).strip()
+            if p and p not in literals and not any(p in k for k in known):
+                literals[p] = why
+        if regexes:
+            patterns.append((why, re.compile("|".join(regexes))))
+    starts: dict[str, set[int]] = {}
+    for w in literals:
+        starts.setdefault(w[0], set()).add(len(w))
+    return RedFlags(literals, {c: tuple(sorted(ls, reverse=True)) for c, ls in starts.items()}, patterns)
+
+
+@dataclass
+class RedFlags:
+    literals: dict[str, str]
+    starts: dict[str, tuple[int, ...]]
+    patterns: list[tuple[str, re.Pattern]]
+
+    def search(self, text: str) -> tuple[str, str] | None:
+        """(why, phrase) of the highest-priority red flag in `text`, or None."""
+        found: tuple[str, str] | None = None
+        literals, starts = self.literals, self.starts
+        for i, c in enumerate(text):
+            for length in starts.get(c, ()):
+                phrase = text[i:i + length]
+                why = literals.get(phrase)
+                if why is not None:
+                    if why == "injection":
+                        return why, phrase
+                    if found is None or _RED_ORDER.index(why) < _RED_ORDER.index(found[0]):
+                        found = (why, phrase)
+                    break
+        for why, pattern in self.patterns:
+            if found is not None and _RED_ORDER.index(found[0]) <= _RED_ORDER.index(why):
+                break
+            hit = pattern.search(text)
+            if hit:
+                return why, hit.group(0)
+        return found

@@ -288,10 +288,9 @@ class RuleParser:
             return NotUnderstood(f"一句话最多 {MAX_LENGTH} 个字，请说得简短一些")
         lex = lexicon()
         folded = fold(text)
-        for why, pattern in lex.red_flags:
-            hit = pattern.search(folded)
-            if hit:
-                return _red_flag(why, hit.group(0))
+        flag = lex.red_flags.search(folded) if lex.red_flags is not None else None
+        if flag is not None:
+            return _red_flag(*flag)
         clean = punctuate(folded)
         if "冰" in clean or "糖" in clean or "甜" in clean:
             for pattern, canonical in _OPTION_REWRITES:
