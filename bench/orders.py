@@ -1,7 +1,7 @@
 """Benchmark of one-sentence ordering (issue 6).
 
 1. `parse`        chat parser sentences/s on one core: a pure Python loop over tests/data/intents.jsonl
-                  (target >= 5,000/s), in one process with Django set up on the bench database.
+                  (target >= 20,000/s, issue 13), in one process with Django set up on the bench database.
 2. `me`           GET  /api/v1/me            trivial authenticated DRF GET (baseline, same run)
 3. `chat-order`   POST /api/v1/orders/chat   "一杯伯牙绝弦" at the Hangzhou check point, each request a
                   different user holding one card (201), gunicorn + one prefork Celery worker fulfilling

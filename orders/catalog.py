@@ -52,7 +52,7 @@ BRANDS: list[dict] = [
     {
         "name": "喜茶",
         "slug": "heytea",
-        "aliases": ["heytea", "喜茶go", "HEYTEA", "hey tea"],
+        "aliases": ["heytea", "喜茶go", "HEYTEA", "hey tea", "xicha"],
         "products": [
             _p("多肉葡萄", "19.00", aliases=["多肉葡萄冻", "葡萄冻"], sizes=L_XL, ices=COLD_ONLY),
             _p("芝芝莓莓", "22.00", aliases=["芝芝草莓", "莓莓", "芝莓"], sizes=L_XL, ices=NO_ICE_CHEESE),
@@ -69,7 +69,7 @@ BRANDS: list[dict] = [
     {
         "name": "奈雪的茶",
         "slug": "nayuki",
-        "aliases": ["奈雪", "nayuki"],
+        "aliases": ["奈雪", "nayuki", "naixue"],
         "products": [
             _p("霸气橙子", "19.00", aliases=["霸气鲜橙", "鲜橙", "霸气橙"], sizes=L_ONLY, ices=COLD_ONLY),
             _p("霸气芝士草莓", "28.00", aliases=["芝士草莓", "霸气草莓"], sizes=L_ONLY, ices=NO_ICE_CHEESE),
@@ -82,7 +82,7 @@ BRANDS: list[dict] = [
     {
         "name": "蜜雪冰城",
         "slug": "mixue",
-        "aliases": ["蜜雪", "mixue", "雪王"],
+        "aliases": ["蜜雪", "mixue", "雪王", "mixuebingcheng"],
         "products": [
             _p("冰鲜柠檬水", "4.00", aliases=["柠檬水", "冰柠檬水", "鲜柠檬水"], sizes={"中杯": "0.00", "大杯": "2.00"},
                ices=COLD_ONLY),
@@ -111,7 +111,7 @@ BRANDS: list[dict] = [
     {
         "name": "古茗",
         "slug": "goodme",
-        "aliases": ["goodme", "古茗茶饮"],
+        "aliases": ["goodme", "古茗茶饮", "guming"],
         "products": [
             _p("芝士葡萄", "18.00", aliases=["芝士葡萄冻"], sizes=M_L, ices=NO_ICE_CHEESE),
             _p("杨枝甘露", "15.00", aliases=[], sizes=M_L, ices=COLD_ROOM),
@@ -125,7 +125,7 @@ BRANDS: list[dict] = [
     {
         "name": "霸王茶姬",
         "slug": "chagee",
-        "aliases": ["chagee", "霸王", "茶姬"],
+        "aliases": ["chagee", "霸王", "茶姬", "bawangchaji"],
         "products": [
             _p("伯牙绝弦", "18.00", aliases=["伯牙"], category="奶茶", sizes=S_M_L, default_size="中杯", is_default=True),
             _p("青青糯山", "20.00", aliases=["糯山"], category="奶茶", sizes=S_M_L, default_size="中杯"),

@@ -277,7 +277,7 @@ class _Item:
         self.same = False
 
 
-_SCOPED = ("qty", "size", "sugar", "ice", "hot", "less", "hotdrink")
+_SCOPED = ("qty", "qtyadd", "size", "sugar", "ice", "hot", "less", "hotdrink")
 
 
 class RuleParser:
@@ -338,6 +338,7 @@ def _suggest(lex: Lexicon, cands) -> tuple[str, ...]:
 
 def _assemble(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Correction]) -> Intent:
     # -- checks on the raw token stream ---------------------------------------------------------
+    glued: list[tuple[int, str]] = []
     for t in tokens:
         if t[0] == "qtybad":
             raise _Refuse("quantity", f"{t[1]}，每单 1～{MAX_CUPS} 杯")
@@ -348,12 +349,6 @@ def _assemble(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Corr
             if any(ch in unread for ch in "糖冰甜"):
                 raise _Refuse("no_product", f"没听懂“{unread}”，甜度请说全糖/七分糖/半糖/三分糖/微糖/无糖，"
                                             "冰量请说正常冰/少冰/去冰/常温/温/热")
-    sig = [t for t in tokens if t[0] not in ("filler", "unk", "sweet")]
-    has_product = any(t[0] == "product" for t in sig)
-    for n, t in enumerate(sig):
-        if t[0] == "offmenu" and (not has_product or _asked_for(sig, n)):
-            raise _Refuse("off_menu", f"“{t[1]}”不在活动菜单上，可以试试下面这些")
-    sig = [t for t in sig if t[0] != "offmenu"]
     for idx, t in enumerate(tokens):
         kind = t[0]
         if kind == "product":
@@ -365,7 +360,8 @@ def _assemble(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Corr
                 raise _Refuse("off_menu", f"菜单上没有“{_around(tokens, idx)}”，可以试试下面这些",
                               _suggest(lex, term.candidates))
         elif kind == "cat" and _touches_unknown(tokens, idx, text):
-            raise _Refuse("off_menu", f"菜单上没有“{_around(tokens, idx)}”，可以试试下面这些")
+            # "红豆奶茶": a milk tea we do not have; as context ("聊到奶茶，来杯伯牙绝弦") it is filler.
+            glued.append((idx, _around(tokens, idx)))
         elif kind == "neg":
             for nxt in tokens[idx + 1:]:
                 if nxt[0] in ("filler", "sweet"):
@@ -373,6 +369,13 @@ def _assemble(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Corr
                 if nxt[0] in ("product", "cat", "brand", "any", "repeat"):
                     raise _Refuse("other_intent", "听起来您不想点这个。请直接说想喝什么，例如“来一杯伯牙绝弦”")
                 break
+    sig = [t for t in tokens if t[0] not in ("filler", "unk", "sweet")]
+    has_product = any(t[0] == "product" for t in sig)
+    glued_at = {tokens[i][2]: words for i, words in glued}
+    for n, t in enumerate(sig):
+        if (t[0] == "offmenu" or t[2] in glued_at) and (not has_product or _asked_for(sig, n)):
+            raise _Refuse("off_menu", f"“{glued_at.get(t[2], t[1])}”不在活动菜单上，可以试试下面这些")
+    sig = [t for t in sig if t[0] != "offmenu" and t[2] not in glued_at]
     brands: list[int] = []
     for t in sig:
         if t[0] == "brand" and t[1] not in brands:
@@ -407,7 +410,14 @@ def _assemble(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Corr
     shared: list[Tok] = []  # options after the last item, for every item ("A和B，少冰")
     scoped: list[tuple[str, int, Tok]] = []  # ("all"|"each", last item index in scope, token)
     first_pos = anchors[0][0]
-    _distribute(sig[:first_pos], None, anchors[0][1], scoped, lead_only=True)
+    head = sig[:first_pos]
+    counts = [i for i, t in enumerate(head) if t[0] == "qty"]
+    if len(items) > 1 and counts and any(t[0] == "sep" for t in head[counts[-1] + 1:]):
+        # "帮我点三杯：伯牙绝弦、青青糯山、花田乌龙": a count for the list that follows.
+        if head[counts[-1]][1] != len(items) or any(t[0] == "qty" for t in sig[first_pos:]):
+            raise _Refuse("ambiguous", "几杯分别是哪几款？请在每款前面说数量，例如“两杯伯牙绝弦，一杯青青糯山”")
+        head = head[:counts[-1]] + head[counts[-1] + 1:]
+    _distribute(head, None, anchors[0][1], scoped, lead_only=True)
     for n, (pos, item) in enumerate(anchors):
         nxt_pos = anchors[n + 1][0] if n + 1 < len(anchors) else len(sig)
         gap = sig[pos + 1:nxt_pos]
@@ -542,11 +552,18 @@ def _own_count(sig: list[Tok], pos: int) -> bool:
 
 def _asked_for(sig: list[Tok], n: int) -> bool:
     """An off-menu word asked for as an item ("一杯冰美式", "伯牙绝弦加蛋糕"), not said as context ("刚吃完火锅，…")."""
-    for j in (n - 1, n + 1):
-        if 0 <= j < len(sig):
-            kind, value = sig[j][0], sig[j][1]
-            if kind in ("qty", "product", "cat", "brand", "offmenu") or (kind == "sep" and value != ","):
-                return True
+    drinkish = ("qty", "product", "cat", "brand", "offmenu")
+    for step in (-1, 1):
+        j = n + step
+        if not 0 <= j < len(sig):
+            continue
+        kind, value = sig[j][0], sig[j][1]
+        if kind in drinkish:
+            return True
+        # A joiner counts when it joins drinks ("伯牙绝弦加蛋糕"), not people ("跟朋友聊到奶茶").
+        other = j + step
+        if kind == "sep" and value != "," and 0 <= other < len(sig) and sig[other][0] in drinkish:
+            return True
     return False
 
 
@@ -588,13 +605,19 @@ def _distribute(toks: list[Tok], trail_of: _Item | None, lead_of: _Item | None, 
     item = trail_of or lead_of
     assert item is not None
     mode = None
-    for n, t in enumerate(toks):
+    n = -1
+    while n + 1 < len(toks):
+        n += 1
+        t = toks[n]
         kind = t[0]
         if kind in ("all", "each"):
             mode = kind
             continue
         if kind == "sep":
             mode = None
+            if t[1] in V.ADDITIVE and trail_of is not None and n + 1 < len(toks) and toks[n + 1][0] == "qty":
+                q = toks[n + 1]
+                toks = [*toks[:n + 1], ("qtyadd", q[1], q[2], q[3]), *toks[n + 2:]]  # "，再点一杯": one more
             continue
         if kind == "same":
             if n + 1 < len(toks) and toks[n + 1][0] == "qty":
@@ -609,7 +632,7 @@ def _distribute(toks: list[Tok], trail_of: _Item | None, lead_of: _Item | None, 
         elif trail_of is not None:
             trail_of.trail.append(t)
         else:
-            item.lead.append(t)
+            item.lead.append(("qty", t[1], t[2], t[3]) if kind == "qtyadd" else t)
 
 
 def _split_unseparated(gap: list[Tok], a: _Item, b: _Item, scoped: list) -> None:
@@ -659,15 +682,31 @@ def _options_per_item(items: list[_Item], shared: list[Tok], scoped: list) -> li
     """Each item's (quantity, options) groups: one group, or one per cup when options differ per cup."""
     result: list[list[tuple[int | None, dict]]] = []
     for it in items:
+        extra: list[list[Tok]] = []  # "，再来一杯少冰": more cups after the item was complete
+        if any(t[0] == "qtyadd" for t in it.trail):
+            cut = next(i for i, t in enumerate(it.trail) if t[0] == "qtyadd")
+            for t in it.trail[cut:]:
+                if t[0] == "qtyadd":
+                    extra.append([t])
+                else:
+                    extra[-1].append(t)
+            it.trail = it.trail[:cut]
         lead_q = [t for t in it.lead if t[0] == "qty"]
         trail_q = [t for t in it.trail if t[0] == "qty"]
         if len(lead_q) > 1:
             raise _Refuse("quantity", "数量说了两次，请只说一个数量")
         if len(trail_q) >= 2 or (trail_q and lead_q):
-            result.append(_split_cups(it, lead_q))
+            groups = _split_cups(it, lead_q)
         else:
             q = (lead_q or trail_q or [None])[0]
-            result.append([(q[1] if q else None, _merge(it.lead + it.trail))])  # type: ignore[index]
+            groups = [(q[1] if q else None, _merge(it.lead + it.trail))]  # type: ignore[index]
+        if extra:
+            groups = [(1 if q is None else q, o) for q, o in groups]
+            base = _merge([t for t in it.lead + it.trail if t[0] != "qty"])
+            for more in extra:
+                groups.append((int(more[0][1]), _merge(more[1:], base)))  # type: ignore[call-overload]
+            groups = _merge_same(groups)
+        result.append(groups)
     # "B也是": B takes what it lacks from the item before.
     for n, it in enumerate(items):
         if it.same and n > 0 and len(result[n]) == 1 and len(result[n - 1]) == 1:
@@ -742,8 +781,13 @@ def _split_cups(it: _Item, lead_q: list[Tok]) -> list[tuple[int | None, dict]]:
             raise _Refuse("quantity", f"一共 {total} 杯，但分开说了 {stated} 杯，请再说一遍")
         if stated < total:  # type: ignore[operator]
             out.append((total - stated, base))  # type: ignore[operator]
+    return _merge_same(out)
+
+
+def _merge_same(groups: list[tuple[int | None, dict]]) -> list[tuple[int | None, dict]]:
+    """Cups with the same options are one item."""
     merged: list[tuple[int | None, dict]] = []
-    for q, o in out:
+    for q, o in groups:
         same = next((k for k, (_, mo) in enumerate(merged) if mo == o), None)
         if same is None:
             merged.append((q, o))
@@ -757,7 +801,7 @@ def _without_items(sig: list[Tok], lex: Lexicon, brands: list[int], *, has_unrea
     kinds = {t[0] for t in sig}
     options = [t for t in sig if t[0] in ("size", "sugar", "ice", "hotdrink")]
     qtys = [t for t in sig if t[0] == "qty"]
-    if "repeat" in kinds:
+    if "repeat" in kinds or (kinds & {"same"} and not kinds & {"any", "cat", "brand"}):  # "再来一杯一样的"
         overrides = {k: v for k, v in _merge(options).items() if v is not None}
         if len(qtys) > 1:
             raise _Refuse("ambiguous", "“老样子”要几杯？请只说一个数量", ("老样子", "老样子，两杯"))
