@@ -418,6 +418,8 @@ def order_chat(*, user, text: object, lat: float, lng: float, campaign_slug: str
         raise NotUnderstood(intent.detail, suggestions=intent.suggestions, why=intent.why)
     choice = None
     if intent.wish is not None:
+        # The orders switch and the campaign are checked before the recommendation, as placement does.
+        _check_switch(_campaign_for(user=user, slug=campaign_slug))
         lines, choice = _lines_from_wish(wish=intent.wish, lat=lat, lng=lng)
         preview = True
     else:

@@ -29,11 +29,12 @@ _DROP_CATEGORIES = {"So", "Sk", "Cs", "Co", "Cn", "Cf", "Mn", "Me", "Cc"}
 
 
 class _DropMap(dict):
-    """str.translate table: emoji, symbols and control characters become spaces (decided once per character)."""
+    """str.translate table: emoji, symbols and control characters are dropped (decided once per character)."""
 
     def __missing__(self, code: int) -> str:
         ch = chr(code)
-        value = " " if unicodedata.category(ch) in _DROP_CATEGORIES and ch not in _TIMES else ch
+        # Removed without a trace: an emoji inside a name ("伯牙🍵绝弦") must not split it.
+        value = "" if unicodedata.category(ch) in _DROP_CATEGORIES and ch not in _TIMES and not ch.isspace() else ch
         self[code] = value
         return value
 
@@ -84,7 +85,7 @@ def to_simplified(text: str) -> str:
 
 
 def fold(text: str) -> str:
-    """NFKC (full-width -> half-width), emoji and controls -> spaces, traditional -> simplified, lower case.
+    """NFKC (full-width -> half-width), emoji and controls dropped, traditional -> simplified, lower case.
 
     Punctuation is kept: the red-flag search (orders.lexicon) reads this form, so "</s>" or "{" survive.
     """

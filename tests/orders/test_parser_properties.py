@@ -67,6 +67,13 @@ def test_wrapping_an_order_never_changes_it(base, prefix, suffix, emoji, emoji_f
 
 
 @SETTINGS
+@given(base=st.sampled_from(BASES), emoji=st.sampled_from(EMOJI), at=st.floats(min_value=0, max_value=1))
+def test_an_emoji_anywhere_never_changes_the_order(base, emoji, at):
+    cut = int(len(base) * at)
+    assert parse(base[:cut] + emoji + base[cut:]).as_dict() == parse(base).as_dict()
+
+
+@SETTINGS
 @given(base=st.sampled_from(BASES), phrase=st.sampled_from(INJECTIONS), at=st.floats(min_value=0, max_value=1),
        traditional=st.booleans())
 def test_an_injection_phrase_anywhere_always_refuses(base, phrase, at, traditional):
