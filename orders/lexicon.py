@@ -283,8 +283,8 @@ def _red_flags(known: set[str]) -> RedFlags:
             p = fold(p).strip()
             if p and p not in literals and not any(p in k for k in known):
                 literals[p] = why
-        if regexes:
-            patterns.append((why, re.compile("|".join(regexes))))
+        for triggers, regex in regexes:
+            patterns.append((why, triggers, re.compile(regex)))
     starts: dict[str, set[int]] = {}
     for w in literals:
         starts.setdefault(w[0], set()).add(len(w))
@@ -295,7 +295,7 @@ def _red_flags(known: set[str]) -> RedFlags:
 class RedFlags:
     literals: dict[str, str]
     starts: dict[str, tuple[int, ...]]
-    patterns: list[tuple[str, re.Pattern]]
+    patterns: list[tuple[str, str, re.Pattern]]  # (why, characters one of which must be present, pattern)
 
     def search(self, text: str) -> tuple[str, str] | None:
         """(why, phrase) of the highest-priority red flag in `text`, or None."""
@@ -311,9 +311,11 @@ class RedFlags:
                     if found is None or _RED_ORDER.index(why) < _RED_ORDER.index(found[0]):
                         found = (why, phrase)
                     break
-        for why, pattern in self.patterns:
+        for why, triggers, pattern in self.patterns:
             if found is not None and _RED_ORDER.index(found[0]) <= _RED_ORDER.index(why):
                 break
+            if not any(c in text for c in triggers):
+                continue
             hit = pattern.search(text)
             if hit:
                 return why, hit.group(0)

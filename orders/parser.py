@@ -189,7 +189,7 @@ def _read_number(text: str, i: int) -> Tok | None:
             return ("filler", None, i, k + len(word))
     value = chinese_number(digits)
     unit = k < n and text[k] in V.UNITS
-    size_next = any(text.startswith(w, k) for w in _SIZE_AFTER_NUMBER)
+    size_next = not unit and any(text.startswith(w, k) for w in _SIZE_AFTER_NUMBER)
     if chinese and not unit and not size_next and c != "x" and digits not in ("俩", "仨"):
         return None  # "一样", "十分": a numeral without a unit is not a quantity
     if value is None:
