@@ -122,6 +122,7 @@ class _Refuse(Exception):
 Tok = tuple[str, object, int, int]
 _DIGITS = frozenset("0123456789")
 _OPTION_REWRITES = [(re.compile(p), r) for p, r in V.OPTION_REWRITES]
+_OPTION_ATTEMPT = re.compile(r"[0-9一二三四五六七八九十半多少去加不无微零]\s*分?\s*[糖甜冰]|[糖甜冰]\s*[多少半加去]|^[糖冰]$")
 _SIZE_AFTER_NUMBER = ("超大杯", "特大杯", "大杯", "中杯", "小杯")
 _ASCII_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyz")
 
@@ -339,24 +340,29 @@ def _suggest(lex: Lexicon, cands) -> tuple[str, ...]:
 def _assemble(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Correction]) -> Intent:
     # -- checks on the raw token stream ---------------------------------------------------------
     glued: list[tuple[int, str]] = []
+    negated: set[int] = set()
     for t in tokens:
         if t[0] == "qtybad":
             raise _Refuse("quantity", f"{t[1]}，每单 1～{MAX_CUPS} 杯")
         if t[0] == "offbrand":
             raise _Refuse("off_menu", f"“{t[1]}”不在活动菜单上，可以试试下面这些")
-        if t[0] == "unk":
-            unread = str(t[1])
-            if any(ch in unread for ch in "糖冰甜"):
-                raise _Refuse("no_product", f"没听懂“{unread}”，甜度请说全糖/七分糖/半糖/三分糖/微糖/无糖，"
-                                            "冰量请说正常冰/少冰/去冰/常温/温/热")
+        if t[0] == "unk" and _OPTION_ATTEMPT.search(str(t[1])):
+            # An option we could not read ("二分糖", "冰多多"): asked back, never dropped. Other unread words
+            # with those characters ("冰箱里没饮料了", "糖分太高") are context.
+            raise _Refuse("no_product", f"没听懂“{t[1]}”，甜度请说全糖/七分糖/半糖/三分糖/微糖/无糖，"
+                                        "冰量请说正常冰/少冰/去冰/常温/温/热")
     for idx, t in enumerate(tokens):
         kind = t[0]
         if kind == "product":
             term: Term = t[1]  # type: ignore[assignment]
-            # Parts of names and nicknames must stand on their own: glued to unread characters or to another
-            # name they are part of a drink we do not know ("茉莉奶茶", "芒果多肉").
-            short = term.strength != "name"
-            if short and (_touches_unknown(tokens, idx, text) or _touches_weak_product(tokens, idx)):
+            # Parts of names must stand on their own: glued to unread characters or to another name they are
+            # part of a drink we do not know ("茉莉奶茶", "芒果多肉"). A nickname only needs its left side free
+            # ("红豆奶绿" is not 奶绿; "伯牙冲冲冲" is 伯牙绝弦).
+            if term.strength == "weak":
+                glued_unknown = _touches_unknown(tokens, idx, text)
+            else:
+                glued_unknown = term.strength == "alias" and _touches_unknown(tokens, idx, text, right=False)
+            if glued_unknown or (term.strength != "name" and _touches_weak_product(tokens, idx)):
                 raise _Refuse("off_menu", f"菜单上没有“{_around(tokens, idx)}”，可以试试下面这些",
                               _suggest(lex, term.candidates))
         elif kind == "cat" and _touches_unknown(tokens, idx, text):
@@ -367,7 +373,7 @@ def _assemble(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Corr
                 if nxt[0] in ("filler", "sweet"):
                     continue
                 if nxt[0] in ("product", "cat", "brand", "any", "repeat"):
-                    raise _Refuse("other_intent", "听起来您不想点这个。请直接说想喝什么，例如“来一杯伯牙绝弦”")
+                    negated.add(nxt[2])  # "不想喝奶茶，来杯果茶吧": 奶茶 is what is not wanted
                 break
     sig = [t for t in tokens if t[0] not in ("filler", "unk", "sweet")]
     has_product = any(t[0] == "product" for t in sig)
@@ -376,6 +382,11 @@ def _assemble(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Corr
         if (t[0] == "offmenu" or t[2] in glued_at) and (not has_product or _asked_for(sig, n)):
             raise _Refuse("off_menu", f"“{glued_at.get(t[2], t[1])}”不在活动菜单上，可以试试下面这些")
     sig = [t for t in sig if t[0] != "offmenu" and t[2] not in glued_at]
+    if negated:
+        # What is not wanted is left out; what is left must still ask for something, or it is not an order.
+        sig = [t for t in sig if t[2] not in negated and t[0] != "neg"]
+        if not any(t[0] in ("product", "cat", "brand", "any", "repeat") for t in sig):
+            raise _Refuse("other_intent", "听起来您不想点这个。请直接说想喝什么，例如“来一杯伯牙绝弦”")
     brands: list[int] = []
     for t in sig:
         if t[0] == "brand" and t[1] not in brands:
@@ -567,13 +578,13 @@ def _asked_for(sig: list[Tok], n: int) -> bool:
     return False
 
 
-def _touches_unknown(tokens: list[Tok], idx: int, text: str) -> bool:
+def _touches_unknown(tokens: list[Tok], idx: int, text: str, *, right: bool = True) -> bool:
     t = tokens[idx]
     before = tokens[idx - 1] if idx > 0 else None
     after = tokens[idx + 1] if idx + 1 < len(tokens) else None
     if before is not None and before[0] == "unk" and before[3] == t[2] and _is_cjk(text[t[2] - 1]):
         return True
-    return after is not None and after[0] == "unk" and after[2] == t[3] and _is_cjk(text[t[3]])
+    return right and after is not None and after[0] == "unk" and after[2] == t[3] and _is_cjk(text[t[3]])
 
 
 def _touches_weak_product(tokens: list[Tok], idx: int) -> bool:

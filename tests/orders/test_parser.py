@@ -195,6 +195,35 @@ def test_off_menu_words_refuse_when_asked_for_but_not_as_context():
     assert items("刚吃完火锅，来杯柠檬水") == [("冰鲜柠檬水", 1, None, None, None)]
 
 
+def test_what_is_not_wanted_is_left_out_and_alone_refuses():
+    assert items("不要多肉葡萄，要芝芝莓莓") == [("芝芝莓莓", 1, None, None, None)]
+    got = parse("不想喝奶茶，来杯果茶吧")
+    assert isinstance(got, Intent) and got.wish is not None and got.wish.category == "果茶"
+    assert refused("我不想喝奶茶").why == "other_intent"
+
+
+def test_questions_about_a_drink_are_not_orders():
+    assert refused("伯牙绝弦有大杯吗").why == "other_intent"
+    assert refused("伯牙绝弦能做热的吗").why == "other_intent"
+    assert items("千问你好，有空帮我点杯伯牙绝弦吗") == [("伯牙绝弦", 1, None, None, None)]
+    assert items("可以帮我点一杯伯牙绝弦吗") == [("伯牙绝弦", 1, None, None, None)]
+
+
+def test_an_option_we_cannot_read_is_asked_back_but_sugar_and_ice_in_context_are_not():
+    assert refused("伯牙绝弦二分糖").why == "no_product"
+    assert refused("多肉葡萄冰多多").why == "no_product"
+    assert items("冰箱里没饮料了，来杯伯牙绝弦") == [("伯牙绝弦", 1, None, None, None)]
+    assert items("糖分太高了，来杯无糖的纯绿妍茶后") == [("纯绿妍茶后", 1, None, "无糖", None)]
+
+
+def test_more_cups_and_counts_for_lists():
+    assert items("点一杯伯牙绝弦，再点一杯") == [("伯牙绝弦", 2, None, None, None)]
+    assert items("伯牙绝弦一杯，再来一杯少冰") == [("伯牙绝弦", 1, None, None, None), ("伯牙绝弦", 1, None, None, "少冰")]
+    assert [i[:2] for i in items("帮我点三杯：伯牙绝弦、青青糯山、花田乌龙")] == [("伯牙绝弦", 1), ("青青糯山", 1), ("花田乌龙", 1)]
+    assert refused("来四杯：伯牙绝弦、青青糯山").why == "ambiguous"
+    assert items("伯牙绝弦跟青青糯山，一个少冰一个去冰") == [("伯牙绝弦", 1, None, None, "少冰"), ("青青糯山", 1, None, None, "去冰")]
+
+
 # --- anything and repeat ------------------------------------------------------------------------------
 
 def test_anything_requests_become_a_wish():
