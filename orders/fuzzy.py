@@ -48,6 +48,7 @@ def _finals(ch: str) -> frozenset[str]:
     return frozenset(_final(r) for r in readings(ch))
 
 
+@functools.lru_cache(maxsize=65536)
 def homophone(a: str, b: str) -> bool:
     return bool(readings(a) & readings(b))
 
@@ -56,6 +57,7 @@ def homophone(a: str, b: str) -> bool:
 SYNONYMS = {frozenset(("奶", "乳")), frozenset(("葡", "提"))}
 
 
+@functools.lru_cache(maxsize=65536)
 def rhyme(a: str, b: str) -> bool:
     """Same final (技 ji / 枝 zhi) or one letter apart (玄 xuan / 弦 xian): a looser match, allowed once in a long name."""
     if not ("\u4e00" <= a <= "\u9fff" and "\u4e00" <= b <= "\u9fff"):

@@ -264,59 +264,50 @@ def compile_lexicon() -> Lexicon:
     )
 
 
-_RED_ORDER = ("injection", "other_intent", "off_menu")  # when a sentence has several, the first reason is given
-
-
 def _red_flags(known: set[str]) -> RedFlags:
     """The phrases that stop a sentence, searched in the whole (folded) sentence before anything else.
 
     A literal phrase that is part of a menu or vocabulary word ("柠檬茶" in 鸭屎香柠檬茶, "都可" in
     都可以) is dropped here, so the catalogue can never make its own words a reason to refuse.
-    Literals are looked up by first character (like the tokenizer), the few patterns are regexes.
+    Per reason, the literals are one regex (the regex engine skips positions whose character starts
+    none of them), and each pattern is tried only when one of its characters is in the sentence.
     """
-    literals: dict[str, str] = {}
-    patterns = []
+    checks: list[tuple[str, frozenset[str] | None, re.Pattern]] = []
     for why, phrases, regexes in (("injection", V.INJECTION, V.INJECTION_PATTERNS),
                                   ("other_intent", V.OTHER_INTENT, V.OTHER_INTENT_PATTERNS),
                                   ("off_menu", V.OFF_MENU_BRANDS, ())):
-        for p in phrases:
-            p = fold(p).strip()
-            if p and p not in literals and not any(p in k for k in known):
-                literals[p] = why
+        literals = sorted({p for p in (fold(p).strip() for p in phrases) if p and not any(p in k for k in known)},
+                          key=len, reverse=True)
+        if literals:
+            checks.append((why, None, re.compile("|".join(map(re.escape, literals)))))
         for triggers, regex in regexes:
-            patterns.append((why, triggers, re.compile(regex)))
-    starts: dict[str, set[int]] = {}
-    for w in literals:
-        starts.setdefault(w[0], set()).add(len(w))
-    return RedFlags(literals, {c: tuple(sorted(ls, reverse=True)) for c, ls in starts.items()}, patterns)
+            checks.append((why, frozenset(triggers), re.compile(regex)))
+    by_char: dict[str, list[int]] = {}
+    for n, (_, triggers, _) in enumerate(checks):
+        for c in triggers or ():
+            by_char.setdefault(c, []).append(n)
+    always = [n for n, (_, triggers, _) in enumerate(checks) if triggers is None]
+    return RedFlags(checks, {c: tuple(ns) for c, ns in by_char.items()}, tuple(always))
 
 
 @dataclass
 class RedFlags:
-    literals: dict[str, str]
-    starts: dict[str, tuple[int, ...]]
-    patterns: list[tuple[str, str, re.Pattern]]  # (why, characters one of which must be present, pattern)
+    # (why, characters one of which must be in the sentence or None, pattern), most serious reason first.
+    checks: list[tuple[str, frozenset[str] | None, re.Pattern]]
+    by_char: dict[str, tuple[int, ...]]  # character -> the checks it makes worth trying
+    always: tuple[int, ...]  # the literal checks, tried on every sentence
 
     def search(self, text: str) -> tuple[str, str] | None:
-        """(why, phrase) of the highest-priority red flag in `text`, or None."""
-        found: tuple[str, str] | None = None
-        literals, starts = self.literals, self.starts
-        for i, c in enumerate(text):
-            for length in starts.get(c, ()):
-                phrase = text[i:i + length]
-                why = literals.get(phrase)
-                if why is not None:
-                    if why == "injection":
-                        return why, phrase
-                    if found is None or _RED_ORDER.index(why) < _RED_ORDER.index(found[0]):
-                        found = (why, phrase)
-                    break
-        for why, triggers, pattern in self.patterns:
-            if found is not None and _RED_ORDER.index(found[0]) <= _RED_ORDER.index(why):
-                break
-            if not any(c in text for c in triggers):
-                continue
-            hit = pattern.search(text)
+        """(why, phrase) of the most serious red flag in `text`, or None."""
+        todo = set(self.always)
+        by_char = self.by_char
+        for c in set(text):
+            more = by_char.get(c)
+            if more:
+                todo.update(more)
+        checks = self.checks
+        for n in sorted(todo):
+            hit = checks[n][2].search(text)
             if hit:
-                return why, hit.group(0)
-        return found
+                return checks[n][0], hit.group(0)
+        return None

@@ -40,7 +40,9 @@ OPTION_KINDS = ("size", "sugar", "ice")
 
 # --- results -----------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+# The per-sentence results are plain slotted dataclasses (a frozen one costs a setattr per field on every
+# parse); nothing mutates them after parse returns.
+@dataclass(slots=True)
 class ItemIntent:
     # (brand_id, canonical product name) pairs that could satisfy this item.
     candidates: tuple[Candidate, ...]
@@ -61,7 +63,7 @@ class ItemIntent:
                 "sugar": self.sugar, "ice": self.ice}
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Wish:
     """An "anything" request: what the recommendation must fit."""
 
@@ -80,7 +82,7 @@ class Wish:
                 "quantity": self.quantity, "size": self.size, "sugar": self.sugar, "ice": self.ice}
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Intent:
     items: tuple[ItemIntent, ...] = ()
     repeat_last: bool = False
@@ -121,7 +123,14 @@ class _Refuse(Exception):
 # A token is (kind, value, start, end) over the normalised text.
 Tok = tuple[str, object, int, int]
 _DIGITS = frozenset("0123456789")
-_OPTION_REWRITES = [(re.compile(p), r) for p, r in V.OPTION_REWRITES]
+# All option rewrites as one alternation (one scan of the sentence instead of one per rewrite); the group
+# that matched says which canonical phrase replaces it.
+_OPTION_REWRITE = re.compile("|".join(f"(?P<r{i}>{p})" for i, (p, _) in enumerate(V.OPTION_REWRITES)))
+_OPTION_CANONICAL = {f"r{i}": canonical for i, (_, canonical) in enumerate(V.OPTION_REWRITES)}
+
+
+def _rewrite_options(text: str) -> str:
+    return _OPTION_REWRITE.sub(lambda m: _OPTION_CANONICAL[m.lastgroup], text)  # type: ignore[index]
 _OPTION_ATTEMPT = re.compile(r"[0-9一二三四五六七八九十半多少去加不无微零]\s*分?\s*[糖甜冰]|[糖甜冰]\s*[多少半加去]|^[糖冰]$")
 _SIZE_AFTER_NUMBER = ("超大杯", "特大杯", "大杯", "中杯", "小杯")
 _ASCII_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyz")
@@ -294,8 +303,7 @@ class RuleParser:
             return _red_flag(*flag)
         clean = punctuate(folded)
         if "冰" in clean or "糖" in clean or "甜" in clean:
-            for pattern, canonical in _OPTION_REWRITES:
-                clean = pattern.sub(canonical, clean)
+            clean = _rewrite_options(clean)
         if not clean.strip(" ,"):
             return NotUnderstood("请告诉我想喝什么，例如“帮我点一杯杨枝甘露”")
         tokens = tokenize(clean, lex)
@@ -341,18 +349,23 @@ def _assemble(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Corr
     # -- checks on the raw token stream ---------------------------------------------------------
     glued: list[tuple[int, str]] = []
     negated: set[int] = set()
-    for t in tokens:
-        if t[0] == "qtybad":
-            raise _Refuse("quantity", f"{t[1]}，每单 1～{MAX_CUPS} 杯")
-        if t[0] == "offbrand":
-            raise _Refuse("off_menu", f"“{t[1]}”不在活动菜单上，可以试试下面这些")
-        if t[0] == "unk" and _OPTION_ATTEMPT.search(str(t[1])):
-            # An option we could not read ("二分糖", "冰多多"): asked back, never dropped. Other unread words
-            # with those characters ("冰箱里没饮料了", "糖分太高") are context.
-            raise _Refuse("no_product", f"没听懂“{t[1]}”，甜度请说全糖/七分糖/半糖/三分糖/微糖/无糖，"
-                                        "冰量请说正常冰/少冰/去冰/常温/温/热")
+    sig: list[Tok] = []  # the tokens that carry meaning, in order
     for idx, t in enumerate(tokens):
         kind = t[0]
+        if kind == "filler" or kind == "sweet":
+            continue
+        if kind == "unk":
+            if _OPTION_ATTEMPT.search(str(t[1])):
+                # An option we could not read ("二分糖", "冰多多"): asked back, never dropped. Other unread words
+                # with those characters ("冰箱里没饮料了", "糖分太高") are context.
+                raise _Refuse("no_product", f"没听懂“{t[1]}”，甜度请说全糖/七分糖/半糖/三分糖/微糖/无糖，"
+                                            "冰量请说正常冰/少冰/去冰/常温/温/热")
+            continue
+        sig.append(t)
+        if kind == "qtybad":
+            raise _Refuse("quantity", f"{t[1]}，每单 1～{MAX_CUPS} 杯")
+        if kind == "offbrand":
+            raise _Refuse("off_menu", f"“{t[1]}”不在活动菜单上，可以试试下面这些")
         if kind == "product":
             term: Term = t[1]  # type: ignore[assignment]
             # Parts of names must stand on their own: glued to unread characters or to another name they are
@@ -375,13 +388,13 @@ def _assemble(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Corr
                 if nxt[0] in ("product", "cat", "brand", "any", "repeat"):
                     negated.add(nxt[2])  # "不想喝奶茶，来杯果茶吧": 奶茶 is what is not wanted
                 break
-    sig = [t for t in tokens if t[0] not in ("filler", "unk", "sweet")]
-    has_product = any(t[0] == "product" for t in sig)
-    glued_at = {tokens[i][2]: words for i, words in glued}
-    for n, t in enumerate(sig):
-        if (t[0] == "offmenu" or t[2] in glued_at) and (not has_product or _asked_for(sig, n)):
-            raise _Refuse("off_menu", f"“{glued_at.get(t[2], t[1])}”不在活动菜单上，可以试试下面这些")
-    sig = [t for t in sig if t[0] != "offmenu" and t[2] not in glued_at]
+    if glued or any(t[0] == "offmenu" for t in sig):
+        has_product = any(t[0] == "product" for t in sig)
+        glued_at = {tokens[i][2]: words for i, words in glued}
+        for n, t in enumerate(sig):
+            if (t[0] == "offmenu" or t[2] in glued_at) and (not has_product or _asked_for(sig, n)):
+                raise _Refuse("off_menu", f"“{glued_at.get(t[2], t[1])}”不在活动菜单上，可以试试下面这些")
+        sig = [t for t in sig if t[0] != "offmenu" and t[2] not in glued_at]
     if negated:
         # What is not wanted is left out; what is left must still ask for something, or it is not an order.
         sig = [t for t in sig if t[2] not in negated and t[0] != "neg"]
