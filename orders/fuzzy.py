@@ -111,20 +111,28 @@ def corrections(text: str, unknown: set[int], lex: Lexicon) -> list[Correction]:
     if not unknown or not lex.fuzzy_terms:
         return []
     terms, by_char = lex.fuzzy_terms, lex.fuzzy_by_char
-    votes: dict[tuple[int, int], int] = {}
+    votes: dict[int, int] = {}  # key idx * 1024 + start: one int is cheaper to hash than a tuple
     n = len(text)
     # unread[i] = how many unread positions lie before i: a window covers one when the counts differ.
     unread = [0] * (n + 1)
+    count = 0
     for i in range(n):
-        unread[i + 1] = unread[i] + (i in unknown)
+        if i in unknown:
+            count += 1
+        unread[i + 1] = count
     for i, ch in enumerate(text):
-        for idx, k in by_char.get(ch, ()):
+        entries = by_char.get(ch)
+        if entries is None:
+            continue
+        for idx, k, length in entries:
             start = i - k
-            end = start + len(terms[idx][0])
+            end = start + length
             if start >= 0 and end <= n and unread[end] != unread[start]:
-                votes[(idx, start)] = votes.get((idx, start), 0) + 1
+                key = idx * 1024 + start
+                votes[key] = votes.get(key, 0) + 1
     found: list[Correction] = []
-    for (idx, start), count in votes.items():
+    for key, count in votes.items():
+        idx, start = divmod(key, 1024)
         term, kind, value = terms[idx]
         length = len(term)
         if count * 2 < length:

@@ -59,7 +59,8 @@ class Lexicon:
     products: dict[Candidate, ProductInfo]
     # Typo matching (orders.fuzzy): CJK terms with the product or brand they stand for.
     fuzzy_terms: list[tuple[str, str, object]] = field(default_factory=list)  # (text, kind, value)
-    fuzzy_by_char: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # char -> [(term index, position)]
+    # char -> [(term index, position in the term, term length)]
+    fuzzy_by_char: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
     red_flags: RedFlags | None = None
     version: object = None
     built_at: float = 0.0
@@ -247,11 +248,11 @@ def compile_lexicon() -> Lexicon:
             fuzzy_terms.append((w, kind, value))
         elif kind in ("ice", "sugar", "size") and len(w) >= 2 and all(map(_is_cjk, w)) and any(c in w for c in "冰糖杯"):
             fuzzy_terms.append((w, kind, value))  # "少兵" for 少冰
-    fuzzy_by_char: dict[str, list[tuple[int, int]]] = {}
+    fuzzy_by_char: dict[str, list[tuple[int, int, int]]] = {}
     for idx, (w, _, _) in enumerate(fuzzy_terms):
         for k, ch in enumerate(w):
             if _is_cjk(ch):
-                fuzzy_by_char.setdefault(ch, []).append((idx, k))
+                fuzzy_by_char.setdefault(ch, []).append((idx, k, len(w)))
 
     return Lexicon(
         words=words,
