@@ -51,7 +51,8 @@ from bench.server import PYTHON, ROOT, BenchConfig, Server, django_call, reset_d
 SLUG = "overload"
 QUEUE = "bench-overload"
 CENTER = (30.2741, 120.1551)
-SENTENCES = ["帮我点一杯奶茶", "来一杯喜茶多肉葡萄，少冰", "蜜雪冰城冰鲜柠檬水两杯", "霸王茶姬伯牙绝弦，无糖",
+# Concrete orders only: since issue 13 "帮我点一杯奶茶" is answered with a recommendation (200), never placed.
+SENTENCES = ["帮我点一杯珍珠奶茶", "来一杯喜茶多肉葡萄，少冰", "蜜雪冰城冰鲜柠檬水两杯", "霸王茶姬伯牙绝弦，无糖",
              "茶百道杨枝甘露一杯 三分糖", "奈雪的茶霸气橙子一杯，去冰"]
 
 

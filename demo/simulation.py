@@ -200,19 +200,26 @@ class Simulation:
         self.call("referral", "POST", f"/api/v1/campaigns/{self.campaign}/referrals", user=invitee,
                   body={"code": inviter.invite_code}, headers={"Idempotency-Key": f"ref-{invitee.device}"})
 
+    def chat(self, user: SimUser, name: str, body: dict, key: str) -> tuple[int, object]:
+        status, data = self.call(name, "POST", "/api/v1/orders/chat", user=user, body=body,
+                                 headers={"Idempotency-Key": key})
+        if status == 200 and isinstance(data, dict) and (data.get("recommendation") or {}).get("confirm_text"):
+            # "帮我点一杯奶茶" is answered with a recommendation; the user confirms it, as a person would.
+            status, data = self.call(name, "POST", "/api/v1/orders/chat", user=user, headers={"Idempotency-Key": f"{key}-ok"},
+                                     body={**body, "text": data["recommendation"]["confirm_text"]})
+        return status, data
+
     def order(self, user: SimUser, n: int) -> None:
         if not user.token:
             return
         lat = CENTER[0] + self.random.uniform(-0.01, 0.01)
         lng = CENTER[1] + self.random.uniform(-0.01, 0.01)
         body = {"text": SENTENCES[n % len(SENTENCES)], "lat": lat, "lng": lng, "campaign": self.campaign}
-        status, data = self.call("order", "POST", "/api/v1/orders/chat", user=user, body=body,
-                                 headers={"Idempotency-Key": f"order-{user.device}-{n}"})
+        status, data = self.chat(user, "order", body, f"order-{user.device}-{n}")
         if status == 409 and isinstance(data, dict) and data.get("code") == "no_voucher":
             # Out of cards: the app offers full price, as the seed's users did.
-            status, data = self.call("order_full_price", "POST", "/api/v1/orders/chat", user=user,
-                                     body={**body, "pay_full_price": True},
-                                     headers={"Idempotency-Key": f"order-full-{user.device}-{n}"})
+            status, data = self.chat(user, "order_full_price", {**body, "pay_full_price": True},
+                                     f"order-full-{user.device}-{n}")
         if status == 201 and isinstance(data, dict) and data.get("id") is not None:
             with self.lock:
                 self.orders_placed += 1

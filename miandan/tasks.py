@@ -35,7 +35,9 @@ Beat schedules refer to the task by its name::
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -114,6 +116,9 @@ def task(
 
 # --- sending tasks by name ----------------------------------------------------------------
 
+_DISCOVERY = threading.Lock()
+
+
 def _registered(name: str):
     """The task object registered under `name`, importing every app's tasks module once if needed."""
     from miandan.celery import app
@@ -122,8 +127,16 @@ def _registered(name: str):
     if found is None:
         # Celery's autodiscovery is lazy (it runs when a worker starts); a web process that never
         # imported a tasks module asks the loader once, which imports `<app>.tasks` for every app.
-        app.loader.import_default_modules()
-        found = app.tasks.get(name)
+        # One thread at a time: a second request thread arriving while the first is still importing
+        # found no task and dropped its message (seen under load: "no task registered").
+        with _DISCOVERY:
+            found = app.tasks.get(name)
+            if found is None:
+                app.loader.import_default_modules()
+                found = app.tasks.get(name)
+            if found is None:
+                importlib.import_module(f"{name.split('.', 1)[0]}.tasks")  # by convention, "<app>.<verb>"
+                found = app.tasks.get(name)
     return found
 
 

@@ -89,6 +89,16 @@ class OrderOutput(serializers.Serializer):
         return ItemOutput([_item(i) for i in order.items.all()], many=True).data
 
 
+class RecommendationOutput(serializers.Serializer):
+    reason = serializers.CharField(help_text="why this drink was chosen for an \"anything\" request (Chinese)")
+    confirm_text = serializers.CharField(help_text="a sentence that orders exactly this drink, to send back on confirm")
+
+
+class CorrectionOutput(serializers.Serializer):
+    typed = serializers.CharField(help_text="what the user typed (a typo or part of a name)")
+    product = serializers.CharField(help_text="the menu product it was read as")
+
+
 class PreviewOutput(serializers.Serializer):
     preview = serializers.BooleanField(default=True)
     store = NearbyStoreOutput()
@@ -98,6 +108,9 @@ class PreviewOutput(serializers.Serializer):
     amount_to_pay = serializers.DecimalField(**MONEY)
     voucher = serializers.CharField(allow_null=True)
     campaign = serializers.CharField(allow_null=True)
+    # Chat previews only (added fields): an "anything" request's choice and the typed words read as a product.
+    recommendation = RecommendationOutput(allow_null=True, required=False)
+    corrections = CorrectionOutput(many=True, required=False)
 
 
 def _preview(placement) -> dict:
@@ -112,6 +125,8 @@ def _preview(placement) -> dict:
         "total_price": q.total, "subsidy": placement.subsidy, "amount_to_pay": placement.amount_to_pay,
         "voucher": placement.voucher.code if placement.voucher else None,
         "campaign": placement.campaign.slug if placement.campaign else None,
+        "recommendation": placement.chat.get("recommendation"),
+        "corrections": placement.chat.get("corrections", []),
     }).data
 
 
@@ -153,7 +168,8 @@ class OrderChatApi(APIView):
     @extend_schema(
         request=InputSerializer,
         responses={201: OrderOutput, 200: PreviewOutput},
-        summary="Order with one sentence (201); with preview=true nothing is placed (200)",
+        summary="Order with one sentence (201); with preview=true nothing is placed (200). An \"anything\" request "
+                "(随便来一杯) is always a 200 preview with `recommendation`",
     )
     @idempotent
     def post(self, request):

@@ -9,8 +9,13 @@ class NotUnderstood(DomainError):
     detail = "没听懂这句话"
     status = 422
 
-    def __init__(self, detail: str | None = None, *, suggestions=SUGGESTIONS, **kwargs) -> None:
-        super().__init__(detail, extra={"suggestions": list(suggestions)}, **kwargs)
+    def __init__(self, detail: str | None = None, *, suggestions=SUGGESTIONS, why: str | None = None, **kwargs) -> None:
+        # `why` says which kind of refusal it is (other_intent, off_menu, quantity, contradiction, injection,
+        # no_product, ambiguous, two_brands, option_not_offered): for the app's wording and for analytics.
+        extra = {"suggestions": list(suggestions)}
+        if why:
+            extra["why"] = why
+        super().__init__(detail, extra=extra, **kwargs)
 
 
 class OptionNotOffered(InvalidInput):

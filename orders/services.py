@@ -35,7 +35,8 @@ from . import capacity, geo
 from .errors import CannotCancel, NoStoreAvailable, NotUnderstood, OptionNotOffered, OrderNotFound
 from .merchant import MerchantRejected, get_merchant
 from .models import Order, OrderEvent, OrderItem, Product, Store, StoreMinute
-from .parser import MAX_CUPS, Intent, Refusal, parse
+from .parser import MAX_CUPS, Intent, Refusal, Wish, parse
+from .recommend import Choice, NothingFits, confirm_text, recommend
 
 logger = logging.getLogger(__name__)
 ADVANCE_TASK = "orders.advance"  # enqueued by name: services never import tasks (tasks import services)
@@ -205,6 +206,7 @@ class Placement:
     voucher: Voucher | None
     campaign: Campaign | None
     order: Order | None = None
+    chat: dict = field(default_factory=dict)  # chat answers only: recommendation, corrections
 
 
 @dataclass
@@ -353,34 +355,85 @@ def _lines_from_intent(*, user, intent: Intent) -> tuple[tuple[Line, ...], int |
                           brand_id=i.brand_id if i.generic else None) for i in intent.items), None
     last = Order.objects.filter(user=user).exclude(status=S.CANCELLED).order_by("-id").first()
     if last is None:
-        raise NotUnderstood("您还没有下过单，说说想喝什么吧")
+        raise NotUnderstood("您还没有下过单，说说想喝什么吧", why="no_product")
     ov = intent.overrides
-    lines = tuple(Line(quantity=i.quantity, size=ov.get("size") or i.size or None,
+    items = list(last.items.all())
+    quantity = ov.get("quantity")
+    if quantity is not None and len(items) != 1:
+        raise NotUnderstood("上次点了好几款，“老样子”要几杯请分别说", suggestions=["老样子"], why="ambiguous")
+    lines = tuple(Line(quantity=quantity or i.quantity, size=ov.get("size") or i.size or None,
                        sugar=ov.get("sugar") or i.sugar or None, ice=ov.get("ice") or i.ice or None,
-                       product_id=i.product_id) for i in last.items.all())
+                       product_id=i.product_id) for i in items)
     return lines, last.store_id
+
+
+def _lines_from_wish(*, wish: Wish, lat: float, lng: float) -> tuple[list[Line], Choice]:
+    """An "anything" request: the recommended drink, as the one line to preview."""
+    try:
+        choice = recommend(wish=wish, lat=lat, lng=lng)
+    except NothingFits:
+        raise NotUnderstood("附近营业的门店没有完全符合要求的饮品，换个说法试试？",
+                            suggestions=["随便来一杯", "来杯热的奶茶", "来杯少冰的果茶"], why="option_not_offered") from None
+    if choice is None:
+        raise NoStoreAvailable("附近没有营业中的门店")
+    line = Line(quantity=choice.quantity, size=choice.size, sugar=choice.sugar, ice=choice.ice,
+                candidates=((choice.product.brand_id, choice.product.name),))
+    return [line], choice
+
+
+def _chat_notes(intent: Intent, choice: Choice | None, placement: Placement) -> dict:
+    """What the chat answer adds to a preview: why a drink was recommended, which typed words were corrected."""
+    notes: dict = {}
+    if choice is not None:
+        store = placement.quote.store
+        where = f"离您最近、现在营业的是{store.brand.name}（{store.name}" + (
+            f"，约 {placement.quote.distance_m} 米）" if placement.quote.distance_m is not None else "）")
+        because = "，".join(choice.because)
+        notes["recommendation"] = {
+            "reason": f"{where}，推荐{choice.product.name}" + (f"：{because}" if because else ""),
+            "confirm_text": confirm_text(choice),
+        }
+    if intent.corrections:
+        notes["corrections"] = [{"typed": typed, "product": product} for typed, product in intent.corrections]
+    return notes
 
 
 def order_chat(*, user, text: object, lat: float, lng: float, campaign_slug: str | None = None,
                pay_full_price: bool = False, preview: bool = False) -> Placement:
-    """One sentence -> an order (or, with `preview`, a quote). Refusals are 422 `not_understood` with suggestions."""
+    """One sentence -> an order (or, with `preview`, a quote). Refusals are 422 `not_understood` with suggestions.
+
+    An "anything" request is always answered with a quote (a recommendation the user confirms).
+    """
     intent = parse(text, user)
     if isinstance(intent, Refusal):
-        raise NotUnderstood(intent.detail, suggestions=intent.suggestions)
-    lines, last_store = _lines_from_intent(user=user, intent=intent)
-    if last_store is not None:
-        # "老样子": the same products, so the same brand; nearest store of that brand that sells them.
-        brand_id = Store.objects.filter(pk=last_store).values_list("brand_id", flat=True).first()
-        names = dict(Product.objects.filter(pk__in=[line.product_id for line in lines]).values_list("pk", "name"))
-        lines = tuple(Line(quantity=line.quantity, size=line.size, sugar=line.sugar, ice=line.ice,
-                           candidates=((brand_id, names[line.product_id]),)) for line in lines)
-    request = OrderRequest(lines=lines, lat=lat, lng=lng, campaign_slug=campaign_slug, pay_full_price=pay_full_price,
-                           source_text=str(text)[:200])
+        raise NotUnderstood(intent.detail, suggestions=intent.suggestions, why=intent.why)
+    choice = None
+    if intent.wish is not None:
+        # The campaign and its orders switch are checked before the recommendation, as placement does.
+        campaign = _campaign_for(user=user, slug=campaign_slug)
+        if campaign is not None:
+            paused = campaign_paused(campaign, "orders")
+            if paused is not None:
+                raise paused
+        lines, choice = _lines_from_wish(wish=intent.wish, lat=lat, lng=lng)
+        preview = True
+    else:
+        lines, last_store = _lines_from_intent(user=user, intent=intent)
+        if last_store is not None:
+            # "老样子": the same products, so the same brand; nearest store of that brand that sells them.
+            brand_id = Store.objects.filter(pk=last_store).values_list("brand_id", flat=True).first()
+            names = dict(Product.objects.filter(pk__in=[line.product_id for line in lines]).values_list("pk", "name"))
+            lines = tuple(Line(quantity=line.quantity, size=line.size, sugar=line.sugar, ice=line.ice,
+                               candidates=((brand_id, names[line.product_id]),)) for line in lines)
+    request = OrderRequest(lines=tuple(lines), lat=lat, lng=lng, campaign_slug=campaign_slug,
+                           pay_full_price=pay_full_price, source_text=str(text)[:200])
     try:
-        return order_quote(user=user, request=request) if preview else order_place(user=user, request=request)
+        placement = order_quote(user=user, request=request) if preview else order_place(user=user, request=request)
     except OptionNotOffered as exc:
         # In a chat the app shows the store's choices as buttons.
-        raise NotUnderstood(exc.hint, suggestions=[f"要{o}的" for o in exc.options]) from exc
+        raise NotUnderstood(exc.hint, suggestions=[f"要{o}的" for o in exc.options], why="option_not_offered") from exc
+    placement.chat = _chat_notes(intent, choice, placement)
+    return placement
 
 
 # --- the state machine -------------------------------------------------------------------

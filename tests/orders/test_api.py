@@ -382,3 +382,55 @@ def test_option_not_offered_is_400_on_the_plain_api_and_422_in_chat(card, auth_c
     assert chatted.status_code == 422 and chatted.json()["code"] == "not_understood"
     assert "要大杯的" in chatted.json()["suggestions"]
     assert nothing_written()
+
+
+# --- chat: issue 13 ----------------------------------------------------------------------------
+
+def test_chat_anything_is_always_a_preview_with_the_reason(card, auth_client):
+    r = chat(auth_client, "来杯热乎的奶茶，不要太甜")  # no preview flag: still nothing placed
+    assert r.status_code == 200, r.content
+    body = r.json()
+    assert body["preview"] is True and nothing_written()
+    item = body["items"][0]
+    assert item["ice"] == "热" and item["sugar"] not in (None, "全糖")
+    assert Product.objects.get(pk=item["product_id"]).category == "奶茶"
+    reason = body["recommendation"]["reason"]
+    assert body["store"]["name"] in reason and item["product"] in reason
+    # Sending the confirmation sentence back orders exactly that drink.
+    placed = chat(auth_client, body["recommendation"]["confirm_text"])
+    assert placed.status_code == 201, placed.content
+    got = placed.json()["items"][0]
+    assert (got["product_id"], got["sugar"], got["ice"]) == (item["product_id"], item["sugar"], item["ice"])
+
+
+def test_chat_anything_of_a_named_brand_and_category(card, auth_client):
+    body = chat(auth_client, "喜茶随便来杯果茶", preview=True).json()
+    assert body["store"]["brand"] == "喜茶"
+    assert Product.objects.get(pk=body["items"][0]["product_id"]).category == "果茶"
+
+
+def test_chat_anything_nothing_fits_is_asked_back(card, auth_client):
+    r = chat(auth_client, "随便来杯热的果茶")  # no fruit tea on the menu is made hot
+    assert r.status_code == 422 and r.json()["why"] == "option_not_offered" and r.json()["suggestions"]
+
+
+def test_chat_preview_names_the_corrected_product(card, auth_client):
+    body = chat(auth_client, "芝芝梅梅一杯，少冰", preview=True).json()
+    assert body["items"][0]["product"] == "芝芝莓莓" and body["items"][0]["ice"] == "少冰"
+    assert body["corrections"] == [{"typed": "芝芝梅梅", "product": "芝芝莓莓"}]
+    assert chat(auth_client, "芝芝莓莓一杯", preview=True).json()["corrections"] == []
+
+
+def test_chat_refusals_say_why(card, auth_client):
+    for text, why in [("帮我点一杯杨枝甘露，不用扣券", "injection"), ("来杯葡萄的", "ambiguous"), ("中杯多肉葡萄", "option_not_offered"),
+                      ("多肉葡萄和伯牙绝弦", "two_brands"), ("帮我取消刚才那单", "other_intent")]:
+        r = chat(auth_client, text)
+        assert r.status_code == 422 and r.json()["code"] == "not_understood", text
+        assert r.json()["why"] == why and r.json()["suggestions"], text
+    assert nothing_written()
+
+
+def test_chat_per_cup_options_place_separate_items(card, auth_client):
+    r = chat(auth_client, "两杯多肉葡萄，一杯少冰一杯去冰")
+    assert r.status_code == 201, r.content
+    assert [(i["product"], i["quantity"], i["ice"]) for i in r.json()["items"]] == [("多肉葡萄", 1, "少冰"), ("多肉葡萄", 1, "去冰")]
