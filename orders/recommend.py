@@ -74,9 +74,9 @@ def _fit(product: Product, wish: Wish) -> tuple[str | None, str | None] | None:
 def recommend(*, wish: Wish, lat: float, lng: float) -> Choice | None:
     """The drink to suggest, or None when no open store is near. Raises NothingFits when stores are
     near but none of their drinks fits the wish."""
-    hits = geo.stores_nearby(lat=lat, lng=lng, radius_m=int(getattr(settings, "MIANDAN_ORDER_RADIUS_M", 5000)),
+    hits = geo.stores_nearby(lat=lat, lng=lng, radius_m=settings.MIANDAN_ORDER_RADIUS_M,
                              brand_ids=[wish.brand_id] if wish.brand_id is not None else None,
-                             limit=int(getattr(settings, "MIANDAN_ORDER_CANDIDATE_STORES", 20)))
+                             limit=settings.MIANDAN_ORDER_CANDIDATE_STORES)
     hits = [h for h in hits if h.store.brand.participating]
     if not hits:
         return None
