@@ -15,8 +15,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from demo.catalog import BRANDS
 
+from demo.catalog import BRANDS
 from miandan.api.errors import DomainError
 from orders.parser import parse
 from orders.services import order_chat

@@ -5,8 +5,8 @@ import time
 from pathlib import Path
 
 import pytest
-from demo.catalog import catalog_load
 
+from demo.catalog import catalog_load
 from orders import lexicon as lexicon_module
 from orders.parser import MAX_LENGTH, Intent, Refusal, parse
 from orders.textnorm import normalise

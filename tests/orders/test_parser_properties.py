@@ -12,8 +12,8 @@ import opencc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from demo.catalog import catalog_load
 
+from demo.catalog import catalog_load
 from orders import lexicon as lexicon_module
 from orders.parser import Intent, Refusal, parse
 
