@@ -548,7 +548,9 @@ def _label(model, key: str) -> str:
 
 def _value(key: str, value) -> str:
     if isinstance(value, bool):
-        return "开启" if key in SWITCHES else ("是" if value else "否")
+        if key in SWITCHES:
+            return "开启" if value else "关闭"
+        return "是" if value else "否"
     if value is None or value == "":
         return "（空）"
     if isinstance(value, list):
