@@ -222,11 +222,12 @@ LEDGER_COLUMNS = [
     Column("id", "流水号", "int"),
     Column("created_at", "时间（北京时间）"),
     Column("kind", "类型"),
-    Column("amount", "金额", "money"),
-    Column("bucket", "预算桶 ID", "int"),
-    Column("voucher_id", "卡 ID", "int"),
-    Column("order_id", "订单 ID", "int"),
-    Column("actor_id", "操作人 ID", "int"),
+    Column("amount", "金额（元）", "money"),
+    Column("bucket", "预算桶"),
+    Column("voucher", "卡号"),
+    Column("holder", "持卡人"),
+    Column("order_id", "订单号", "int"),
+    Column("actor", "操作人"),
     Column("reason", "原因"),
 ]
 KIND_LABELS = dict(LedgerEntry.Kind.choices)
@@ -241,16 +242,24 @@ def ledger_export_queryset(*, campaign: Campaign, upto_id: int | None = None) ->
 
 
 def ledger_rows(*, campaign: Campaign, upto_id: int | None = None) -> Iterator[tuple]:
-    """Ledger rows as tuples in LEDGER_COLUMNS order, oldest first, streamed in chunks."""
+    """Ledger rows as tuples in LEDGER_COLUMNS order, oldest first, streamed in chunks.
+
+    Readable for finance: card codes and the holder's name instead of ids (one indexed lookup per row
+    through the card's primary key; the ledger keeps plain ids because campaign sits below vouchers).
+    """
+    card = Voucher.objects.filter(pk=OuterRef("voucher_id"))
     qs = (
         ledger_export_queryset(campaign=campaign, upto_id=upto_id)
         .order_by("id")
-        .values_list("id", "created_at", "kind", "amount", "bucket_id", "voucher_id", "order_id", "actor_id", "reason")
+        .annotate(card_code=Subquery(card.values("code")[:1]), holder=Subquery(card.values("user__username")[:1]))
+        .values_list("id", "created_at", "kind", "amount", "bucket__index", "card_code", "holder", "order_id",
+                     "actor__username", "reason")
     )
-    for pk, created, kind, amount, bucket, voucher, order, actor, reason in qs.iterator(chunk_size=CHUNK):
+    for pk, created, kind, amount, bucket, code, holder, order, actor, reason in qs.iterator(chunk_size=CHUNK):
         yield (
             pk, created.astimezone(SHANGHAI).strftime("%Y-%m-%d %H:%M:%S"), KIND_LABELS.get(kind, kind), amount,
-            bucket, voucher, order, actor, reason,
+            f"#{bucket}", code or "", holder or "", order, actor or ("系统" if kind == LedgerEntry.Kind.ADJUST else ""),
+            reason,
         )
 
 

@@ -126,12 +126,16 @@ def test_report_for_finance_by_session_and_by_staff_token(staff, live, who):
 
 def test_campaign_page_shows_report_buttons_only_to_finance(client, staff, live):
     page = _login(client, staff["finance"]).get(reverse("admin:campaign_campaign_change", args=[live.pk])).content.decode()
-    assert f"/api/v1/reports/campaigns/{live.slug}/budget?format=csv" in page
-    assert f"/api/v1/reports/campaigns/{live.slug}/budget?format=xlsx" in page
-    assert "后台导出完整流水" in page
+    report_url = reverse("admin:campaign_campaign_report", args=[live.pk])
+    assert report_url in page and "后台导出完整流水" in page
+    report = client.get(report_url).content.decode()
+    for group in ("day", "brand", "city"):
+        for fmt in ("csv", "xlsx"):
+            assert f"/api/v1/reports/campaigns/{live.slug}/budget?format={fmt}&amp;group_by={group}" in report
     client.logout()
     page = _login(client, staff["marketing"]).get(reverse("admin:campaign_campaign_change", args=[live.pk])).content.decode()
-    assert "/api/v1/reports/" not in page
+    assert "/api/v1/reports/" not in page and report_url not in page
+    assert client.get(report_url).status_code == 404
     assert "调整预算" in page and "实时看板" in page
 
 
