@@ -181,8 +181,9 @@ admin.site.register(Campaign, CampaignReportAdmin)
 class LedgerEntryReadableAdmin(LedgerEntryAdmin):
     """The ledger list with the card's code and holder instead of bare ids (campaign cannot read cards)."""
 
-    list_display = ["id", "created_at", "campaign", "bucket_index", "kind", "amount_col", "card_col", "holder_col",
-                    "order_col", "actor", "reason"]
+    # Fits 1366 px: the campaign is the filter on the right; the time is one compact cell.
+    list_display = ["id", "time_col", "bucket_index", "kind", "amount_col", "card_col", "holder_col", "order_col",
+                    "actor", "reason"]
     search_fields = ["=voucher_id", "=order_id", "reason"]
 
     def get_queryset(self, request):
@@ -198,6 +199,10 @@ class LedgerEntryReadableAdmin(LedgerEntryAdmin):
             ids = Voucher.objects.filter(code=term).values_list("pk", flat=True)[:1]
             queryset = queryset | self.get_queryset(request).filter(voucher_id__in=list(ids))
         return queryset, dupes
+
+    @admin.display(description="时间", ordering="created_at")
+    def time_col(self, obj):
+        return format_html('<span class="md-nowrap">{}</span>', timezone.localtime(obj.created_at).strftime("%Y-%m-%d %H:%M:%S"))
 
     @admin.display(description="卡号")
     def card_col(self, obj):
