@@ -200,3 +200,24 @@ def test_the_code_is_never_on_the_page_without_debug(live_server, settings):
         assert page.is_hidden("#demo-code") and page.inner_text("#demo-code-value") == ""
         shot(page, "campaign-11-code-not-shown.png")
         browser.close()
+
+
+def test_a_paused_feature_says_so_and_counts_down_to_a_retry(live_server, settings):
+    """Staff paused ordering: the page shows the pause text users are meant to read, with the automatic retry."""
+    from playwright.sync_api import sync_playwright
+
+    settings.DEBUG, settings.MIANDAN_SMS_BACKEND, settings.RATELIMIT_ENABLE = True, "console", False
+    CampaignFactory(slug="spring-tea", name="春节请你喝奶茶", orders_enabled=False)
+    with sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_context(**PHONE).new_page()
+        _login(page, live_server.url, ALICE)
+        page.fill("#chat-text", "帮我点一杯奶茶")
+        page.click("#chat-send")
+        page.wait_for_selector("#banner:not([hidden])")
+        text = page.inner_text("#banner")
+        assert "下单功能暂时暂停，请稍后再试" in text and "秒后自动重试" in text
+        seconds = int(page.inner_text("#banner b"))
+        assert 20 < seconds <= 30  # the server's Retry-After (30 s for a pause), counted down
+        shot(page, "campaign-12-paused.png")
+        browser.close()
