@@ -207,7 +207,11 @@
   function loadCards() {
     return call("GET", "/vouchers/?campaign=" + encodeURIComponent(config.slug) + "&page_size=100").then(function (r) {
       if (r.status !== 200) { return; }
-      state.cards = r.body.results;
+      // Usable cards first (then the one being used), spent ones last; within a group the API's order (expiring first).
+      var rank = { issued: 0, locked: 1, redeemed: 2, expired: 3, void: 4 };
+      state.cards = r.body.results.map(function (c, i) { return [c, i]; }).sort(function (a, b) {
+        return (rank[a[0].status] - rank[b[0].status]) || (a[1] - b[1]);
+      }).map(function (pair) { return pair[0]; });
       renderCards(r.body.count);
     });
   }
