@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -114,6 +115,9 @@ def task(
 
 # --- sending tasks by name ----------------------------------------------------------------
 
+_DISCOVERY = threading.Lock()
+
+
 def _registered(name: str):
     """The task object registered under `name`, importing every app's tasks module once if needed."""
     from miandan.celery import app
@@ -122,8 +126,14 @@ def _registered(name: str):
     if found is None:
         # Celery's autodiscovery is lazy (it runs when a worker starts); a web process that never
         # imported a tasks module asks the loader once, which imports `<app>.tasks` for every app.
-        app.loader.import_default_modules()
-        found = app.tasks.get(name)
+        # Under a lock: Celery's own guard makes a second, concurrent discovery return at once with
+        # nothing imported yet, so the first requests of a threaded process lost their tasks
+        # ("no task registered as 'orders.advance'": an order left in `placed` until the sweeper).
+        with _DISCOVERY:
+            found = app.tasks.get(name)
+            if found is None:
+                app.loader.import_default_modules()
+                found = app.tasks.get(name)
     return found
 
 
