@@ -25,11 +25,12 @@ demo: install ## run the platform with the demo campaign on http://127.0.0.1:800
 	$(PY) manage.py seed_demo
 	@echo ""
 	@echo "  Miandan demo:   http://$(HOST):$(PORT)/"
+	@echo "  Campaign page:  http://$(HOST):$(PORT)/c/spring-tea/   (demo phones 13800000001..20; the code shows on the page)"
 	@echo "  Admin:          http://$(HOST):$(PORT)/admin/   (admin, marketing, finance, support; password miandan-demo)"
 	@echo "  API docs:       http://$(HOST):$(PORT)/api/docs/"
 	@echo "  Health:         http://$(HOST):$(PORT)/healthz"
 	@echo ""
-	$(PY) manage.py runserver --insecure --noreload $(HOST):$(PORT)
+	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(PY) manage.py runserver --insecure --noreload $(HOST):$(PORT)
 
 test: install ## run the whole suite against PostgreSQL and Redis on 127.0.0.1
 	DATABASE_URL="$${DATABASE_URL:-$(TEST_DATABASE_URL)}" \

@@ -9,6 +9,7 @@ from miandan.api.guard import client_inet
 
 from .models import PHONE_REGEX
 from .services import auth_ip_check, login_with_otp, otp_request, token_revoke
+from .sms import code_shown_to_client
 
 phone_field = StrictRegexField(PHONE_REGEX, max_length=11, error_messages={"invalid": "请输入正确的 11 位手机号码"})
 
@@ -45,14 +46,30 @@ class OtpRequestApi(APIView):
     class InputSerializer(serializers.Serializer):
         phone = phone_field
 
-    @extend_schema(request=InputSerializer, responses={202: OpenApiResponse(description="验证码已发送")},
-                   summary="Send a one-time login code")
+    @extend_schema(
+        request=InputSerializer,
+        responses={202: OpenApiResponse(
+            inline_serializer("OtpSent", {
+                "detail": serializers.CharField(),
+                "expires_in": serializers.IntegerField(help_text="seconds"),
+                "debug_code": serializers.CharField(
+                    required=False,
+                    help_text="development only (DJANGO_DEBUG=1 with the console SMS backend): the code itself, so the "
+                              "demo can be tried without reading the server log; never present otherwise"),
+            }),
+            description="验证码已发送",
+        )},
+        summary="Send a one-time login code",
+    )
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         auth_ip_check(action="otp", ip=client_inet(request))
-        otp_request(phone=data.validated_data["phone"], ip=client_inet(request))
-        return Response({"detail": "验证码已发送", "expires_in": 300}, status=status.HTTP_202_ACCEPTED)
+        code = otp_request(phone=data.validated_data["phone"], ip=client_inet(request))
+        body = {"detail": "验证码已发送", "expires_in": 300}
+        if code_shown_to_client():
+            body["debug_code"] = code
+        return Response(body, status=status.HTTP_202_ACCEPTED)
 
 
 class TokenCreateApi(APIView):

@@ -57,8 +57,11 @@ def _hash_code(phone: str, code: str) -> str:
     return hmac.new(settings.SECRET_KEY.encode(), f"{phone}:{code}".encode(), hashlib.sha256).hexdigest()
 
 
-def otp_request(*, phone: str, ip: str | None = None) -> None:
-    """Create and send a code. The send happens after commit (no network inside a transaction)."""
+def otp_request(*, phone: str, ip: str | None = None) -> str:
+    """Create and send a code; returns it (callers must not show it: see sms.code_shown_to_client).
+
+    The send happens after commit (no network inside a transaction).
+    """
     backend = get_backend()
     now = timezone.now()
     fixed = settings.MIANDAN_SMS_BACKEND == "fixed"
@@ -74,6 +77,7 @@ def otp_request(*, phone: str, ip: str | None = None) -> None:
         OtpCode.objects.create(phone=phone, code_hash=_hash_code(phone, code), expires_at=now + OTP_LIFETIME,
                                request_ip=ip)
         transaction.on_commit(lambda: backend.send(phone, code))
+    return code
 
 
 def otp_verify(*, phone: str, code: str) -> None:

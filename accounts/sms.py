@@ -37,6 +37,15 @@ class FixedBackend(ConsoleBackend):
 BACKENDS = {"console": ConsoleBackend, "fixed": FixedBackend}
 
 
+def code_shown_to_client() -> bool:
+    """The demo's shortcut: the OTP answer carries the code (`debug_code`) so a newcomer can log in.
+
+    Only with DEBUG on *and* the console backend (the code would otherwise only be in the server log);
+    never with DEBUG off, never with a real SMS backend, never with the fixed (load test) one.
+    """
+    return bool(settings.DEBUG) and settings.MIANDAN_SMS_BACKEND == "console"
+
+
 def get_backend():
     name = settings.MIANDAN_SMS_BACKEND
     cls = BACKENDS.get(name) or import_string(name)

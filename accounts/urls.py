@@ -1,10 +1,10 @@
-from django.urls import path
+from miandan.api.routes import both_slashes
 
 from . import api
 
 urlpatterns = [
-    path("api/v1/auth/otp", api.OtpRequestApi.as_view(), name="auth-otp"),
-    path("api/v1/auth/token", api.TokenCreateApi.as_view(), name="auth-token"),
-    path("api/v1/me", api.MeApi.as_view(), name="me"),
-    path("api/v1/auth/logout", api.LogoutApi.as_view(), name="auth-logout"),
+    *both_slashes("api/v1/auth/otp", api.OtpRequestApi, name="auth-otp"),
+    *both_slashes("api/v1/auth/token", api.TokenCreateApi, name="auth-token"),
+    *both_slashes("api/v1/me", api.MeApi, name="me"),
+    *both_slashes("api/v1/auth/logout", api.LogoutApi, name="auth-logout"),
 ]

@@ -8,9 +8,11 @@ export buttons are added by `reports.admin` (reports sits above campaign and may
 
 from __future__ import annotations
 
+import datetime as dt
 from decimal import Decimal
 
 from django import forms
+from django.apps import apps
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
@@ -19,15 +21,18 @@ from django.db.models.functions import Coalesce
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
-from django.urls import path, reverse
-from django.utils.html import format_html
+from django.urls import NoReverseMatch, path, reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 
 from miandan.api.admin import ReadOnlyAdminMixin
 from miandan.api.errors import DomainError
+from miandan.display import duration_cn, money_html, signed_yuan
 
 from .errors import InvalidCampaign
+from .gate import PAUSED_RETRY_AFTER, PAUSED_TEXT
 from .models import AuditLog, BudgetBucket, Campaign, LedgerEntry
-from .selectors import budget_totals
+from .selectors import bucket_spread, budget_totals
 from .services import (
     CampaignSpec,
     audit,
@@ -41,7 +46,20 @@ from .services import (
 MONEY = DecimalField(max_digits=16, decimal_places=2)
 ZERO = Decimal("0.00")
 SWITCHES = {"claims_enabled": "领卡", "referrals_enabled": "邀请", "orders_enabled": "下单"}
+SWITCH_FEATURES = {"claims_enabled": "claims", "referrals_enabled": "referrals", "orders_enabled": "orders"}
+# What a user sees in the app and on the campaign page while a switch is off (the help of the switches page).
+SWITCH_EFFECT = {
+    "claims_enabled": "新用户点“领取免单卡”时",
+    "referrals_enabled": "用户接受好友邀请（输入邀请码或粘贴口令）时",
+    "orders_enabled": "用户一句话点单或下单时",
+}
+SWITCH_KEEPS = {
+    "claims_enabled": "已领的卡照常可用，邀请和下单不受影响。",
+    "referrals_enabled": "已发的卡照常可用；用户仍能看到自己的邀请码。",
+    "orders_enabled": "进行中的订单照常配送，卡不会丢失；用户仍能领卡和邀请。",
+}
 MONEY_FIELDS = ("total_budget", "face_value", "card_cap", "bucket_count")
+READ_ONLY_DISPLAY = {f: f"{f}_display" for f in MONEY_FIELDS}
 # validate_spec's error keys -> form fields.
 SPEC_FIELDS = {"budget": "total_budget", "face": "face_value", "cap": "card_cap", "ends_at": "ends_at",
                "bucket_count": "bucket_count", "min_app_version": "min_app_version", "slug": "slug"}
@@ -57,8 +75,40 @@ def _skip_constraint_messages(instance: Campaign) -> None:
     instance.validate_constraints = lambda *args, **kwargs: None
 
 
+class ValidityDaysField(forms.IntegerField):
+    """The card validity as whole days ("30"), not Django's "30 days, 0:00:00"."""
+
+    def __init__(self, **kwargs):
+        kwargs.pop("max_length", None)
+        super().__init__(min_value=1, max_value=3650, label="卡有效期（天）", help_text="每张卡自发放起有效的天数",
+                         error_messages={"min_value": "有效期至少 1 天", "max_value": "有效期最多 3650 天",
+                                         "invalid": "请输入整数天数", "required": "请填写有效期天数"}, **kwargs)
+
+    def prepare_value(self, value):
+        if isinstance(value, dt.timedelta):
+            return value.days
+        if isinstance(value, str) and " " in value:  # "30 00:00:00" from an old form
+            return value.split(" ", 1)[0]
+        return value
+
+    def to_python(self, value):
+        if isinstance(value, str) and " " in value.strip():
+            value = value.strip().split(" ", 1)[0]
+        days = super().to_python(value)
+        return None if days is None else dt.timedelta(days=days)
+
+    def validate(self, value):
+        forms.Field.validate(self, value)
+
+    def run_validators(self, value):
+        if value is not None:
+            super().run_validators(value.days)
+
+
 class CampaignAddForm(forms.ModelForm):
     """Validates what `campaign_create` will check, with messages staff can act on."""
+
+    card_validity = ValidityDaysField(initial=30)
 
     class Meta:
         model = Campaign
@@ -113,6 +163,8 @@ class CampaignAddForm(forms.ModelForm):
 
 
 class CampaignChangeForm(forms.ModelForm):
+    card_validity = ValidityDaysField()
+
     class Meta:
         model = Campaign
         fields = ["slug", "name", "status", "starts_at", "ends_at", "face_value", "card_cap", "min_app_version",
@@ -148,27 +200,6 @@ class SwitchesForm(forms.Form):
     orders_enabled = forms.BooleanField(label="允许下单", required=False)
 
 
-class BudgetBucketInline(admin.TabularInline):
-    model = BudgetBucket
-    fields = ["index", "allotment", "reserved", "spent", "free"]
-    readonly_fields = fields
-    can_delete = False
-    extra = 0
-    max_num = 0
-    show_change_link = False
-    verbose_name_plural = "预算桶（只读：预算只能通过“调整预算”修改）"
-
-    @admin.display(description="可用")
-    def free(self, obj: BudgetBucket) -> str:
-        return yuan(obj.available)
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-
 def _switch_action(field: str, value: bool):
     verb = "恢复" if value else "暂停"
 
@@ -184,11 +215,14 @@ def _switch_action(field: str, value: bool):
 
 @admin.register(Campaign)
 class CampaignAdmin(admin.ModelAdmin):
-    list_display = ["name", "slug", "status", "starts_at", "ends_at", "total_col", "reserved_col", "spent_col",
-                    "remaining_col", "used_col", "switches_col"]
+    # Fits 1366 px: name and slug share a cell, the window is one cell, money reads as 万/亿 (exact in the tooltip).
+    list_display = ["name_col", "status", "window_col", "total_col", "reserved_col", "spent_col", "remaining_col",
+                    "used_col", "switches_col"]
     list_filter = ["status", "claims_enabled", "referrals_enabled", "orders_enabled"]
     search_fields = ["name", "slug"]
-    inlines = [BudgetBucketInline]
+    # No bucket inline: 64 rows of counters say nothing at a glance. The change page shows the
+    # buckets summarised (totals, spread) with a link to the bucket list ("查看预算桶").
+    inlines: list = []
     actions = [*(_switch_action(f, v) for f in SWITCHES for v in (False, True)), "rebalance_buckets"]
     change_form_template = "admin/campaign/campaign/change_form.html"
     form = CampaignChangeForm
@@ -202,36 +236,46 @@ class CampaignAdmin(admin.ModelAdmin):
             spent_sum=Coalesce(Sum("buckets__spent"), Value(ZERO), output_field=MONEY),
         ).annotate(remaining_sum=F("total_budget") - F("reserved_sum") - F("spent_sum"))
 
-    @admin.display(description="总预算", ordering="total_budget")
+    @admin.display(description="活动", ordering="name")
+    def name_col(self, obj):
+        return format_html('{}<br><small class="md-muted">{}</small>', obj.name, obj.slug)
+
+    @admin.display(description="活动时间", ordering="starts_at")
+    def window_col(self, obj):
+        starts, ends = timezone.localtime(obj.starts_at), timezone.localtime(obj.ends_at)
+        return format_html('<span class="md-nowrap">{}</span><br><span class="md-nowrap">至 {}</span>',
+                           starts.strftime("%Y-%m-%d %H:%M"), ends.strftime("%Y-%m-%d %H:%M"))
+
+    @admin.display(description="总预算（元）", ordering="total_budget")
     def total_col(self, obj):
-        return yuan(obj.total_budget)
+        return money_html(obj.total_budget, short=True)
 
     @admin.display(description="已预留", ordering="reserved_sum")
     def reserved_col(self, obj):
-        return yuan(obj.reserved_sum)
+        return money_html(obj.reserved_sum, short=True)
 
     @admin.display(description="已花费", ordering="spent_sum")
     def spent_col(self, obj):
-        return yuan(obj.spent_sum)
+        return money_html(obj.spent_sum, short=True)
 
     @admin.display(description="剩余", ordering="remaining_sum")
     def remaining_col(self, obj):
-        return yuan(obj.remaining_sum)
+        return money_html(obj.remaining_sum, short=True)
 
     @admin.display(description="已用比例")
     def used_col(self, obj):
         pct = (obj.reserved_sum + obj.spent_sum) * 100 / obj.total_budget if obj.total_budget else Decimal(0)
         return format_html(
-            '<span title="{}%" style="display:inline-block;width:80px;height:8px;background:#eee;vertical-align:middle">'
-            '<span style="display:block;height:8px;width:{}px;background:#c0392b"></span></span> {}%',
-            f"{pct:.1f}", int(min(pct, 100) * Decimal("0.8")), f"{pct:.1f}",
+            '<span class="md-bar" title="{}%"><span style="width:{}%"></span></span> {}%',
+            f"{pct:.2f}", f"{min(pct, Decimal(100)):.1f}", f"{pct:.1f}",
         )
 
     @admin.display(description="开关")
     def switches_col(self, obj):
-        return format_html(
-            "{}",
-            " ".join(f"{label}{'✓' if getattr(obj, f) else '✗'}" for f, label in SWITCHES.items()),
+        return format_html_join(
+            " ", '<span class="md-switch {}" title="{}">{}</span>',
+            (("on" if getattr(obj, f) else "off", f"{label}{'开启' if getattr(obj, f) else '已暂停'}", label)
+             for f, label in SWITCHES.items()),
         )
 
     @admin.action(description="预算桶再平衡（均分各桶可用额度）", permissions=["change_budget"])
@@ -249,15 +293,29 @@ class CampaignAdmin(admin.ModelAdmin):
     def get_fields(self, request, obj=None):
         if obj is None:
             return CampaignAddForm.Meta.fields
-        return super().get_fields(request, obj)
+        # Read-only money reads with separators and 万/亿, not "3000000000.00".
+        return [READ_ONLY_DISPLAY.get(f, f) for f in super().get_fields(request, obj)]
 
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return []
-        return [*MONEY_FIELDS, *SWITCHES, "created_at", "updated_at"]
+        return [*READ_ONLY_DISPLAY.values(), *SWITCHES, "created_at", "updated_at"]
 
-    def get_inline_instances(self, request, obj=None):
-        return super().get_inline_instances(request, obj) if obj is not None else []
+    @admin.display(description="总预算（元）")
+    def total_budget_display(self, obj):
+        return money_html(obj.total_budget)
+
+    @admin.display(description="单张面额（元）")
+    def face_value_display(self, obj):
+        return money_html(obj.face_value)
+
+    @admin.display(description="每人最多卡数")
+    def card_cap_display(self, obj):
+        return f"{obj.card_cap} 张（每人最多可得 {obj.face_value * obj.card_cap:,.2f} 元）"
+
+    @admin.display(description="预算分桶数")
+    def bucket_count_display(self, obj):
+        return f"{obj.bucket_count} 个"
 
     def has_delete_permission(self, request, obj=None):
         return False  # the ledger references campaigns; end them instead
@@ -310,6 +368,12 @@ class CampaignAdmin(admin.ModelAdmin):
         if obj is not None:
             extra_context["object_buttons"] = self.object_buttons(request, obj)
             extra_context["budget"] = budget_totals(campaign_id=obj.pk)
+            extra_context["spread"] = bucket_spread(campaign=obj)
+            extra_context["committed"] = extra_context["budget"]["reserved"] + extra_context["budget"]["spent"]
+            extra_context["validity"] = duration_cn(obj.card_validity)
+            if request.user.has_perm("campaign.view_budgetbucket"):
+                extra_context["buckets_url"] = (reverse("admin:campaign_budgetbucket_changelist")
+                                                + f"?campaign__id__exact={obj.pk}")
         return super().change_view(request, object_id, form_url, extra_context)
 
     def get_urls(self):
@@ -326,22 +390,38 @@ class CampaignAdmin(admin.ModelAdmin):
         })
 
     def budget_view(self, request, pk: int):
+        """Two steps: the form (new total and reason), then "from X to Y (Δ)" to confirm; only the confirm writes."""
         campaign = get_object_or_404(Campaign, pk=pk)
         if not self.has_change_budget_permission(request, campaign):
             raise PermissionDenied
         form = BudgetChangeForm(request.POST or None, initial={"new_total": campaign.total_budget})
-        if request.method == "POST" and form.is_valid():
-            try:
-                campaign_budget_change(campaign=campaign, new_total=form.cleaned_data["new_total"],
-                                       actor=request.user, reason=form.cleaned_data["reason"])
-            except DomainError as exc:
-                form.add_error(None, exc.detail)
-            else:
-                self.message_user(request, f"总预算已调整为 {yuan(form.cleaned_data['new_total'])} 元", messages.SUCCESS)
-                return HttpResponseRedirect(reverse("admin:campaign_campaign_change", args=[campaign.pk]))
         totals = budget_totals(campaign_id=campaign.pk)
+        committed = totals["reserved"] + totals["spent"]
+        context = {"form": form, "totals": totals, "committed": committed}
+        if request.method == "POST" and form.is_valid():
+            new_total = form.cleaned_data["new_total"]
+            if new_total == campaign.total_budget:
+                form.add_error("new_total", "新的总预算与当前相同，无需调整")
+            elif new_total < committed:
+                form.add_error("new_total", f"预算不能低于已预留与已花费之和（{committed:,.2f} 元）")
+            elif request.POST.get("confirm") != "yes":
+                return self._page(request, campaign, f"确认调整预算：{campaign.name}",
+                                  "admin/campaign/campaign/budget_confirm.html", **context,
+                                  old_total=campaign.total_budget, new_total=new_total,
+                                  delta=new_total - campaign.total_budget,
+                                  available_after=new_total - committed, reason=form.cleaned_data["reason"])
+            else:
+                try:
+                    campaign_budget_change(campaign=campaign, new_total=new_total, actor=request.user,
+                                           reason=form.cleaned_data["reason"])
+                except DomainError as exc:
+                    form.add_error(None, exc.detail)
+                else:
+                    self.message_user(request, f"总预算已从 {yuan(campaign.total_budget)} 元调整为 {yuan(new_total)} 元"
+                                               f"（{signed_yuan(new_total - campaign.total_budget)} 元）", messages.SUCCESS)
+                    return HttpResponseRedirect(reverse("admin:campaign_campaign_change", args=[campaign.pk]))
         return self._page(request, campaign, f"调整预算：{campaign.name}", "admin/campaign/campaign/budget_change.html",
-                          form=form, totals=totals, committed=totals["reserved"] + totals["spent"])
+                          **context)
 
     def switches_view(self, request, pk: int):
         campaign = get_object_or_404(Campaign, pk=pk)
@@ -356,21 +436,55 @@ class CampaignAdmin(admin.ModelAdmin):
                 self.message_user(request, "开关已更新：" + "，".join(
                     f"{SWITCHES[f]}{'开启' if v else '关闭'}" for f, v in changed.items()), messages.SUCCESS)
             return HttpResponseRedirect(reverse("admin:campaign_campaign_change", args=[campaign.pk]))
+        effects = [
+            {"field": form[f], "label": SWITCHES[f], "on": initial[f], "when": SWITCH_EFFECT[f],
+             "text": PAUSED_TEXT[SWITCH_FEATURES[f]], "keeps": SWITCH_KEEPS[f]}
+            for f in SWITCHES
+        ]
         return self._page(request, campaign, f"功能开关：{campaign.name}", "admin/campaign/campaign/switches.html",
-                          form=form)
+                          form=form, effects=effects, retry_after=PAUSED_RETRY_AFTER)
 
 
 @admin.register(BudgetBucket)
 class BudgetBucketAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ["campaign", "index", "allotment", "reserved", "spent"]
+    list_display = ["campaign", "index_col", "allotment_col", "reserved_col", "spent_col", "free_col", "used_col"]
     list_filter = ["campaign"]
     list_select_related = ["campaign"]
+    ordering = ["campaign", "index"]
+    list_per_page = 100
+
+    @admin.display(description="桶", ordering="index")
+    def index_col(self, obj):
+        return f"#{obj.index}"
+
+    @admin.display(description="额度（元）", ordering="allotment")
+    def allotment_col(self, obj):
+        return money_html(obj.allotment)
+
+    @admin.display(description="已预留", ordering="reserved")
+    def reserved_col(self, obj):
+        return money_html(obj.reserved)
+
+    @admin.display(description="已花费", ordering="spent")
+    def spent_col(self, obj):
+        return money_html(obj.spent)
+
+    @admin.display(description="可用")
+    def free_col(self, obj):
+        return money_html(obj.available)
+
+    @admin.display(description="已用比例")
+    def used_col(self, obj):
+        pct = (obj.reserved + obj.spent) * 100 / obj.allotment if obj.allotment else Decimal(0)
+        return f"{pct:.1f}%"
 
 
 @admin.register(LedgerEntry)
 class LedgerEntryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ["id", "created_at", "campaign", "bucket_index", "kind", "amount", "voucher_id", "order_id", "actor",
-                    "reason"]
+    """reports.admin re-registers this with card codes and holders (campaign cannot read cards)."""
+
+    list_display = ["id", "created_at", "campaign", "bucket_index", "kind", "amount_col", "voucher_id", "order_id",
+                    "actor", "reason"]
     list_filter = ["kind", "campaign"]
     search_fields = ["=voucher_id", "=order_id", "reason"]
     list_select_related = ["campaign", "bucket", "actor"]
@@ -381,16 +495,114 @@ class LedgerEntryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     def bucket_index(self, obj):
         return f"#{obj.bucket.index}"
 
+    @admin.display(description="金额（元）", ordering="amount")
+    def amount_col(self, obj):
+        return money_html(obj.amount)
+
+
+# What staff read instead of the machine action names (services write `<entity>.<verb>`).
+ACTION_LABELS = {
+    "campaign.create": "创建活动",
+    "campaign.update": "修改活动",
+    "campaign.budget_change": "调整预算",
+    "campaign.budget_rebalance": "预算桶再平衡",
+    "campaign.switches": "切换功能开关",
+    "voucher.issue": "人工发卡",
+    "voucher.void": "作废免单卡",
+    "referral.approve": "通过邀请审核",
+    "referral.reject": "拒绝邀请审核",
+    "order.cancel": "取消订单",
+    "order.resend": "重新发送订单",
+}
+# Labels of keys that are not model fields (or read better in a sentence).
+KEY_LABELS = {"total_budget": "总预算", "available": "各桶可用", "code": "卡号", "status": "状态", "note": "审核说明"}
+
+
+class ActionFilter(admin.SimpleListFilter):
+    title = "动作"
+    parameter_name = "action"
+
+    def lookups(self, request, model_admin):
+        seen = AuditLog.objects.order_by().values_list("action", flat=True).distinct()
+        return [(a, ACTION_LABELS.get(a, a)) for a in sorted(seen)]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(action=self.value()) if self.value() else queryset
+
+
+def _model(object_type: str):
+    try:
+        return apps.get_model(object_type)
+    except (LookupError, ValueError):
+        return None
+
+
+def _label(model, key: str) -> str:
+    if key in KEY_LABELS:
+        return KEY_LABELS[key]
+    try:
+        return str(model._meta.get_field(key).verbose_name) if model is not None else key
+    except Exception:
+        return key
+
+
+def _value(key: str, value) -> str:
+    if isinstance(value, bool):
+        if key in SWITCHES:
+            return "开启" if value else "关闭"
+        return "是" if value else "否"
+    if value is None or value == "":
+        return "（空）"
+    if isinstance(value, list):
+        return "、".join(_value(key, v) for v in value[:8]) + ("…" if len(value) > 8 else "")
+    if key in {"total_budget", "face_value"}:
+        try:
+            return f"{Decimal(str(value)):,.2f} 元"
+        except Exception:
+            return str(value)
+    if key == "card_validity" and isinstance(value, str) and "day" in value:
+        return value.replace(" days, 0:00:00", " 天").replace(" day, 0:00:00", " 天")
+    return str(value)
+
 
 @admin.register(AuditLog)
 class AuditLogAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ["created_at", "actor", "action", "object_type", "object_id", "campaign", "reason", "change_summary"]
-    list_filter = ["action", "campaign"]
+    list_display = ["created_at", "actor_col", "action_col", "object_col", "campaign", "reason", "diff_col"]
+    list_filter = [ActionFilter, "campaign"]
     search_fields = ["action", "object_id", "reason", "actor__username"]
     list_select_related = ["actor", "campaign"]
-    fields = ["created_at", "actor", "action", "object_type", "object_id", "campaign", "before", "after", "reason"]
+    fields = ["created_at", "actor_col", "action_col", "object_col", "campaign", "diff_col", "reason"]
     readonly_fields = fields
 
+    @admin.display(description="操作人", ordering="actor__username")
+    def actor_col(self, obj):
+        return str(obj.actor) if obj.actor_id else "系统（命令行或自动任务）"
+
+    @admin.display(description="动作", ordering="action")
+    def action_col(self, obj):
+        return ACTION_LABELS.get(obj.action, obj.action)
+
+    @admin.display(description="对象")
+    def object_col(self, obj):
+        model = _model(obj.object_type)
+        name = str(model._meta.verbose_name) if model is not None else obj.object_type
+        app_label, _, model_name = obj.object_type.partition(".")
+        try:
+            url = reverse(f"admin:{app_label}_{model_name}_change", args=[obj.object_id])
+        except NoReverseMatch:
+            return f"{name} #{obj.object_id}"
+        return format_html('<a href="{}">{} #{}</a>', url, name, obj.object_id)
+
     @admin.display(description="变更")
-    def change_summary(self, obj):
-        return f"{obj.before or {}} → {obj.after or {}}"
+    def diff_col(self, obj):
+        before, after = obj.before or {}, obj.after or {}
+        keys = list(dict.fromkeys([*before, *after]))
+        if not keys:
+            return "-"
+        model = _model(obj.object_type)
+        rows = format_html_join(
+            "", '<tr><th>{}</th><td class="md-before">{}</td><td>→</td><td class="md-after">{}</td></tr>',
+            ((_label(model, k), _value(k, before.get(k)) if k in before else "—",
+              _value(k, after.get(k)) if k in after else "—") for k in keys),
+        )
+        return format_html('<table class="md-diff">{}</table>', rows)

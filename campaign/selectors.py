@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from django.db.models import Sum
+from django.db.models import Count, DecimalField, ExpressionWrapper, F, Max, Min, Q, Sum
 
 from .models import BudgetBucket, Campaign
 
@@ -27,6 +27,21 @@ def budget_totals(*, campaign_id: int) -> dict[str, Decimal]:
     totals = {k: (v if v is not None else ZERO) for k, v in agg.items()}
     totals["available"] = totals["allotment"] - totals["reserved"] - totals["spent"]
     return totals
+
+
+def bucket_spread(*, campaign: Campaign) -> dict:
+    """The buckets summarised for staff: totals, how evenly the free room is spread, how many are (nearly) empty."""
+    free = ExpressionWrapper(F("allotment") - F("reserved") - F("spent"),
+                             output_field=DecimalField(max_digits=16, decimal_places=2))
+    agg = BudgetBucket.objects.filter(campaign=campaign).annotate(free=free).aggregate(
+        count=Count("id"), allotment=Sum("allotment"), reserved=Sum("reserved"), spent=Sum("spent"),
+        free_min=Min("free"), free_max=Max("free"),
+        empty=Count("id", filter=Q(free__lt=campaign.face_value)),
+    )
+    out = {k: (v if v is not None else ZERO) for k, v in agg.items()}
+    out["available"] = out["allotment"] - out["reserved"] - out["spent"]
+    out["free_avg"] = (out["available"] / out["count"]).quantize(Decimal("0.01")) if out["count"] else ZERO
+    return out
 
 
 _CACHE: dict[str, tuple[float, Campaign | None]] = {}

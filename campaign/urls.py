@@ -1,8 +1,8 @@
-from django.urls import path
+from miandan.api.routes import both_slashes
 
 from . import api
 
 urlpatterns = [
-    path("api/v1/campaigns/", api.CampaignListApi.as_view(), name="campaign-list"),
-    path("api/v1/campaigns/<slug:slug>/", api.CampaignDetailApi.as_view(), name="campaign-detail"),
+    *both_slashes("api/v1/campaigns/", api.CampaignListApi, name="campaign-list"),
+    *both_slashes("api/v1/campaigns/<slug:slug>/", api.CampaignDetailApi, name="campaign-detail"),
 ]

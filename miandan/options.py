@@ -89,7 +89,7 @@ POLICIES: tuple[RoutePolicy, ...] = (
         shed=True, switch="orders", redis_down="open",
     ),
     RoutePolicy(
-        key="order-create", names=frozenset({"order-create"}), path=re.compile(r"^/api/v1/orders$"),
+        key="order-create", names=frozenset({"order-create"}), path=re.compile(r"^/api/v1/orders/?$"),
         methods=frozenset({"POST"}), limits=(("order_user", "user"), ("order_ip", "ip")),
         shed=True, switch="orders", redis_down="open",
     ),

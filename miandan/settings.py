@@ -62,6 +62,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI served by us: /api/docs/ works offline, pinned version
     "miandan.api",
     "accounts",
     "campaign",
@@ -70,12 +71,16 @@ INSTALLED_APPS = [
     "orders",
     "reports",
     "demo",  # top floor: demo data and simulation (imports every app; nothing imports it)
+    "web",  # the pages people see: home (/) and the campaign page (/c/<slug>/); they call the public API
 ]
 
 MIDDLEWARE = [
     "miandan.api.middleware.RequestIdMiddleware",
     "miandan.api.metrics.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Static files (admin, API docs, the campaign page's CSS/JS) from the process itself, so `make run` and the
+    # cluster need no separate file server; a dictionary lookup for any other path.
+    "miandan.staticfiles.StaticFilesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -228,6 +233,8 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# WhiteNoise (miandan/staticfiles.py) serves from the apps' static folders too, so the demo needs no collectstatic.
+WHITENOISE_USE_FINDERS = True
 MEDIA_ROOT = Path(env("MEDIA_ROOT", str(BASE_DIR / "media")))
 MEDIA_URL = "media/"
 
@@ -266,6 +273,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "免单 — giveaway campaigns: login, cards, referrals, one-sentence orders.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI and ReDoc from drf-spectacular-sidecar (static files of a pinned package), never a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "PREPROCESSING_HOOKS": ["miandan.api.schema.drop_slash_aliases"],
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums",
@@ -278,6 +289,8 @@ SPECTACULAR_SETTINGS = {
 MIANDAN_PUBLIC_BASE_URL = env("MIANDAN_PUBLIC_BASE_URL")
 # Deep link behind the landing page's "open the app" button ({code} is filled in); never shown inside WeChat.
 MIANDAN_APP_INVITE_LINK = env("MIANDAN_APP_INVITE_LINK", "qianwen://miandan/invite?code={code}")
+# The app's name as users know it: share text (口令), invite page, campaign page ("打开千问App").
+MIANDAN_APP_NAME = env("MIANDAN_APP_NAME", "千问")
 MIANDAN_SMS_BACKEND = env("MIANDAN_SMS_BACKEND", "console")
 MIANDAN_FIXED_OTP = env("MIANDAN_FIXED_OTP")
 MIANDAN_OTP_RESEND_SECONDS = env_int("MIANDAN_OTP_RESEND_SECONDS", 30)  # a phone gets a new code at most this often

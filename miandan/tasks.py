@@ -127,8 +127,9 @@ def _registered(name: str):
     if found is None:
         # Celery's autodiscovery is lazy (it runs when a worker starts); a web process that never
         # imported a tasks module asks the loader once, which imports `<app>.tasks` for every app.
-        # One thread at a time: a second request thread arriving while the first is still importing
-        # found no task and dropped its message (seen under load: "no task registered").
+        # Under a lock: Celery's own guard makes a second, concurrent discovery return at once with
+        # nothing imported yet, so the first requests of a threaded process lost their tasks
+        # ("no task registered as 'orders.advance'": an order left in `placed` until the sweeper).
         with _DISCOVERY:
             found = app.tasks.get(name)
             if found is None:

@@ -15,6 +15,7 @@ urlpatterns = [
     path("", include("referrals.urls")),
     path("", include("orders.urls")),
     path("", include("reports.urls")),
+    path("", include("web.urls")),
 ]
 
 handler400 = handlers.bad_request

@@ -255,3 +255,8 @@ class OrderCancelApi(APIView):
     def post(self, request, order_id: int):
         order = order_cancel(user=request.user, order_id=order_id)
         return Response(_order_out(order.pk, request.user))
+
+
+class OrdersApi(OrderListApi, OrderCreateApi):
+    """`/api/v1/orders` with or without the slash: GET lists the caller's orders, POST places one (api.md
+    spells them `GET /api/v1/orders/` and `POST /api/v1/orders`; a client that mixes them up must not meet a 405)."""

@@ -22,12 +22,16 @@ from miandan.api.errors import DomainError
 
 from .errors import ReferralNotPending
 from .models import InviteCode, PendingReferral, Referral
-from .selectors import referral_chain, top_inviters
+from .selectors import mask_phone, referral_chain, top_inviters
 from .services import REVIEW_REASONS, referral_approve, referral_reject
 
 
 def _who(user) -> str:
-    return (getattr(user, "phone", None) or getattr(user, "username", "")) if user is not None else "-"
+    """App users by masked phone (138****1234): reviewers judge patterns, they do not need the number."""
+    if user is None:
+        return "-"
+    phone = getattr(user, "phone", None)
+    return mask_phone(phone) if phone else getattr(user, "username", "")
 
 
 def chain_url(user_id: int, campaign_id: int | None = None) -> str:
@@ -82,12 +86,14 @@ class ReferralAdmin(admin.ModelAdmin):
     search_fields = ("inviter__phone", "invitee__phone", "invite_code__code", "device_id")
     list_select_related = ("campaign", "inviter", "invitee")
     actions = ("approve_selected", "reject_selected")
+    # No raw graph fields (root, the materialised path "/5/19/"): the chain is shown as people, masked.
     readonly_fields = (
-        "campaign", "invite_code", "inviter_link", "invitee_link", "root", "depth", "path", "status",
+        "campaign", "invite_code", "inviter_link", "invitee_link", "chain_col", "status",
         "inviter_outcome", "invitee_outcome", "inviter_voucher", "invitee_voucher", "reasons", "device_id", "ip",
         "reviewed_by", "reviewed_at", "review_note", "created_at",
     )
     fields = readonly_fields
+    change_form_template = "referrals/admin/referral_change_form.html"
     show_full_result_count = False
     list_per_page = 50
 
@@ -98,6 +104,14 @@ class ReferralAdmin(admin.ModelAdmin):
     @admin.display(description="受邀人", ordering="invitee__phone")
     def invitee_link(self, obj: Referral):
         return format_html('<a href="{}">{}</a>', chain_url(obj.invitee_id, obj.campaign_id), _who(obj.invitee))
+
+    @admin.display(description="邀请链")
+    def chain_col(self, obj: Referral):
+        ids = [int(part) for part in obj.path.strip("/").split("/") if part]
+        users = get_user_model().objects.in_bulk(ids)
+        links = [format_html('<a href="{}">{}</a>', chain_url(i, obj.campaign_id), _who(users.get(i))) for i in ids]
+        links.append(format_html("<strong>{}</strong>", _who(obj.invitee)))
+        return format_html("{}（第 {} 层）", format_html_join(" → ", "{}", ((link,) for link in links)), obj.depth)
 
     @admin.display(description="可疑原因")
     def reasons(self, obj: Referral) -> str:
@@ -114,6 +128,15 @@ class ReferralAdmin(admin.ModelAdmin):
 
     def has_review_permission(self, request) -> bool:
         return request.user.has_perm("referrals.review_referral")
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        # A held referral can be decided from its own page (the same confirm-with-a-note step as the bulk actions).
+        obj = self.get_object(request, object_id)
+        extra_context = dict(extra_context or {})
+        extra_context["can_review"] = (obj is not None and obj.status == Referral.Status.UNDER_REVIEW
+                                       and self.has_review_permission(request))
+        extra_context["action_checkbox_name"] = helpers.ACTION_CHECKBOX_NAME
+        return super().change_view(request, object_id, form_url, extra_context)
 
     # --- bulk review --------------------------------------------------------------------
 
@@ -140,6 +163,7 @@ class ReferralAdmin(admin.ModelAdmin):
         )
         for referral in pending:
             referral.reason_text = self.reasons(referral)
+            referral.inviter_name, referral.invitee_name = _who(referral.inviter), _who(referral.invitee)
         context = {
             **self.admin_site.each_context(request),
             "title": "批量通过邀请" if approve else "批量拒绝邀请",
@@ -205,7 +229,7 @@ class ReferralAdmin(admin.ModelAdmin):
                 " → ", '<a href="{}">{}</a>', ((chain_url(a.pk, chain.campaign.pk), _who(a)) for a in chain.ancestors)
             )
             chain.invitee_rows = [
-                (r, chain_url(r.invitee_id, chain.campaign.pk)) for r in chain.invitees
+                (r, chain_url(r.invitee_id, chain.campaign.pk), _who(r.invitee)) for r in chain.invitees
             ]
         context = {
             **self.admin_site.each_context(request),

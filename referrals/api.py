@@ -97,6 +97,7 @@ class ReferralsApi(APIView):
         # Blank and odd input is accepted here on purpose: the service answers 404 invalid_code for
         # anything that is not a known code, the same answer an attacker gets for a wrong guess.
         code = serializers.CharField(max_length=MAX_INPUT, allow_blank=True, trim_whitespace=False,
+                                     help_text="邀请码，或整段粘贴的口令 / 邀请链接（从中取出邀请码）",
                                      error_messages={"required": "请输入邀请码"})
 
     class AcceptOutputSerializer(serializers.Serializer):

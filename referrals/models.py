@@ -94,7 +94,8 @@ class Referral(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.inviter} -> {self.invitee}"
+        # Shown in admin titles and breadcrumbs: no phone numbers (the pages show them masked where needed).
+        return f"邀请 #{self.pk}"
 
 
 class PendingReferral(Referral):

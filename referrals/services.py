@@ -30,7 +30,7 @@ from vouchers.errors import CardLimitReached
 from vouchers.models import Voucher
 from vouchers.services import voucher_issue_in_tx
 
-from .codes import new_invite_code, normalize_code
+from .codes import extract_code, new_invite_code
 from .errors import (
     AlreadyReferred,
     InvalidCode,
@@ -203,7 +203,7 @@ def referral_accept(*, user, campaign: Campaign, code: object, device_id: str = 
     Refusals in contract order: invalid_code, self_referral, referral_cycle, already_referred.
     """
     campaign_require_open(campaign=campaign, feature="referrals")
-    normalized = normalize_code(code)
+    normalized = extract_code(code)  # a bare code, or the whole 口令 / link the user pasted
     if normalized is None:
         raise InvalidCode()
     invite = InviteCode.objects.select_related("user").filter(code=normalized, campaign=campaign).first()

@@ -52,7 +52,7 @@ def yuan(amount: Decimal) -> str:
 def share_text(*, campaign: Campaign, code: str) -> str:
     """The 口令: readable on its own, survives being pasted anywhere, no URL in it."""
     return (
-        f"【{campaign.name}】好友请你喝奶茶！复制这段话打开千问App，输入邀请码 {code}，"
+        f"【{campaign.name}】好友请你喝奶茶！复制这段话打开{settings.MIANDAN_APP_NAME}App，输入邀请码 {code}，"
         f"我们各得一张{yuan(campaign.face_value)}元免单卡"
     )
 

@@ -6,6 +6,7 @@ return plain Django responses (HTML, PNG, SVG), whatever the client's Accept hea
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
@@ -88,7 +89,8 @@ class InviteLandingView(_PublicView):
     def get(self, request, code: str) -> HttpResponse:
         invite = invite_code_get(code=code)
         if invite is None:
-            response = render(request._request, "referrals/not_found.html", {"code": code[:32]}, status=404)
+            response = render(request._request, "referrals/not_found.html",
+                              {"code": code[:32], "app_name": settings.MIANDAN_APP_NAME}, status=404)
             patch_cache_control(response, private=True, max_age=60)
             return response
         campaign = invite.campaign
@@ -100,6 +102,9 @@ class InviteLandingView(_PublicView):
             # Same-origin path: the page may be served from a host other than the public base URL.
             "qr_svg_url": reverse("invite-qr-svg", args=[invite.code]),
             "app_link": sharing.app_link(invite.code),
+            "app_name": settings.MIANDAN_APP_NAME,
+            # No app installed: the campaign page (web) takes the same code in the browser.
+            "web_url": f"{reverse('web-campaign', args=[campaign.slug])}?code={invite.code}",
             "wechat": is_wechat(request),
             "live": campaign_is_live(campaign) and campaign.referrals_enabled,
         }

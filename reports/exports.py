@@ -15,6 +15,7 @@ from typing import IO
 from openpyxl import Workbook
 from openpyxl.cell import WriteOnlyCell
 from openpyxl.styles import Font
+from openpyxl.utils import get_column_letter
 
 from orders.models import Order
 from vouchers.models import Voucher
@@ -23,6 +24,10 @@ from .selectors import LEDGER_COLUMNS, SHANGHAI, SUMMARY_LABELS, BudgetReport
 
 BOM = "\ufeff"
 MONEY_FORMAT = "#,##0.00"
+INT_FORMAT = "#,##0"
+# Column widths (Excel characters; a CJK character counts about two) so no figure shows as ####.
+WIDTHS = {"money": 20, "int": 12, "str": 16}
+WIDE = {"created_at": 21, "reason": 30, "voucher": 16, "holder": 16, "day": 12, "brand": 14, "city": 10}
 SOURCE_LABELS = dict(Voucher.Source.choices)
 CARD_STATE_LABELS = dict(Voucher.Status.choices)
 ORDER_STATE_LABELS = dict(Order.Status.choices)
@@ -99,9 +104,18 @@ def _cell(ws, value, kind: str = "str", bold: bool = False) -> WriteOnlyCell:
     cell = WriteOnlyCell(ws, value=value)
     if kind == "money" and value is not None:
         cell.number_format = MONEY_FORMAT
+    elif kind == "int" and isinstance(value, int):
+        cell.number_format = INT_FORMAT
     if bold:
         cell.font = Font(bold=True)
     return cell
+
+
+def _widths(ws, columns) -> None:
+    """Write-only sheets take column widths before the first row."""
+    for i, col in enumerate(columns, start=1):
+        label = len(col.label) * 2 + 2  # the header, in CJK characters
+        ws.column_dimensions[get_column_letter(i)].width = max(WIDE.get(col.key, WIDTHS[col.kind]), label)
 
 
 def budget_report_xlsx(report: BudgetReport, fileobj: IO[bytes]) -> None:
@@ -109,7 +123,7 @@ def budget_report_xlsx(report: BudgetReport, fileobj: IO[bytes]) -> None:
     wb = Workbook(write_only=True)
     ws = wb.create_sheet("汇总")
     ws.column_dimensions["A"].width = 24
-    ws.column_dimensions["B"].width = 22
+    ws.column_dimensions["B"].width = 24  # 3,000,000,000.00 fits
     for line in _header_lines(report):
         ws.append([_cell(ws, line[0], bold=True), *line[1:]])
     for title, items in report_sections(report):
@@ -121,6 +135,7 @@ def budget_report_xlsx(report: BudgetReport, fileobj: IO[bytes]) -> None:
     for line in _reconciliation_lines(report):
         ws.append([_cell(ws, line[0], bold=True), line[1]])
     rows = wb.create_sheet("明细")
+    _widths(rows, report.columns)
     rows.append([_cell(rows, col.label, bold=True) for col in report.columns])
     for row in report.rows():
         rows.append([_cell(rows, row[col.key], col.kind) for col in report.columns])
@@ -158,8 +173,10 @@ def ledger_csv(rows: Iterable[tuple], fileobj: IO[str], progress: Progress | Non
 def ledger_xlsx(rows: Iterable[tuple], fileobj: IO[bytes], progress: Progress | None = None) -> None:
     wb = Workbook(write_only=True)
     ws = wb.create_sheet("预算流水")
+    _widths(ws, LEDGER_COLUMNS)
     ws.append([_cell(ws, col.label, bold=True) for col in LEDGER_COLUMNS])
     kinds = [col.kind for col in LEDGER_COLUMNS]
     for row in _counted(rows, progress):
+        # Only money cells carry a style: a styled cell costs ~3x a plain one in openpyxl (measured: bench/export.py).
         ws.append([_cell(ws, v, k) if k == "money" else v for v, k in zip(row, kinds, strict=True)])
     wb.save(fileobj)

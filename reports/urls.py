@@ -1,7 +1,7 @@
-from django.urls import path
+from miandan.api.routes import both_slashes
 
 from . import api
 
 urlpatterns = [
-    path("api/v1/reports/campaigns/<slug:slug>/budget", api.BudgetReportApi.as_view(), name="report-budget"),
+    *both_slashes("api/v1/reports/campaigns/<slug:slug>/budget", api.BudgetReportApi, name="report-budget"),
 ]

@@ -64,7 +64,8 @@ class ReconcileReport:
         return {
             "campaign": self.campaign,
             "result": "PASS" if self.ok else "FAIL",
-            "totals": {k: str(v) for k, v in self.totals.items()},
+            # Money always with two decimals (a database may sum 3000000000.00 to "3000000000"); the card count is a count.
+            "totals": {k: (str(int(v)) if k == "cards" else f"{Decimal(v):.2f}") for k, v in self.totals.items()},
             "differences": list(self.differences),
         }
 

@@ -1,9 +1,9 @@
-from django.urls import path
+from miandan.api.routes import both_slashes
 
 from . import api
 
 urlpatterns = [
-    path("api/v1/campaigns/<slug:slug>/join", api.CampaignJoinApi.as_view(), name="campaign-join"),
-    path("api/v1/vouchers/", api.VoucherListApi.as_view(), name="voucher-list"),
-    path("api/v1/vouchers/<str:code>/", api.VoucherDetailApi.as_view(), name="voucher-detail"),
+    *both_slashes("api/v1/campaigns/<slug:slug>/join", api.CampaignJoinApi, name="campaign-join"),
+    *both_slashes("api/v1/vouchers/", api.VoucherListApi, name="voucher-list"),
+    *both_slashes("api/v1/vouchers/<str:code>/", api.VoucherDetailApi, name="voucher-detail"),
 ]

@@ -90,7 +90,8 @@ def idempotent(method):
             raise InvalidInput(
                 "Idempotency-Key 格式不正确", extra={"fields": {"Idempotency-Key": ["1 到 255 个可见 ASCII 字符"]}}
             )
-        scope = f"{request.method} {request.path}"[:128]
+        # Both spellings of a path are one endpoint (miandan.api.routes): a retry may add or drop the slash.
+        scope = f"{request.method} {request.path.rstrip('/')}"[:128]
         fingerprint = _fingerprint(request)
         existing = _claim(request.user, scope, key, fingerprint)
         if existing is not None:

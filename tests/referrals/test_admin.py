@@ -107,7 +107,8 @@ def test_chain_and_top_inviters(campaign):
     page = client.get(f"{CHANGELIST}chain/{b.pk}/", {"campaign": campaign.pk})
     html = page.content.decode()
     assert page.status_code == 200
-    assert a.phone in html and c.phone in html and d.phone in html
+    masked = [f"{u.phone[:3]}****{u.phone[-4:]}" for u in (a, c, d)]
+    assert all(m in html for m in masked) and not any(u.phone in html for u in (a, b, c, d))
     assert page.context["chains"][0].subtree_size == 2
     root = client.get(f"{CHANGELIST}chain/{a.pk}/")
     assert root.context["chains"][0].subtree_size == 3
@@ -127,3 +128,25 @@ def test_invite_code_list_counts_invitees(campaign):
     page = staff_client("view_invitecode").get("/admin/referrals/invitecode/", {"o": "-3"})  # by invitees, desc
     assert page.status_code == 200
     assert [code._invitees for code in page.context["cl"].result_list] == [2, 0]
+
+
+def test_review_detail_has_approve_and_reject_masks_phones_and_hides_internal_paths(held):
+    referral = held[0]
+    url = f"{CHANGELIST}{referral.pk}/change/"
+    reviewer = staff_client("view_referral", "review_referral")
+    html = reviewer.get(url).content.decode()
+    assert 'id="approve"' in html and 'id="reject"' in html
+    for user in (referral.inviter, referral.invitee):
+        assert user.phone not in html and f"{user.phone[:3]}****{user.phone[-4:]}" in html
+    assert f"readonly\">{referral.path}" not in html and "邀请链" in html and "第 1 层" in html
+    # The button leads to the confirm-with-a-note page, then decides.
+    confirm = reviewer.post(CHANGELIST, {"action": "approve_selected", "_selected_action": [referral.pk], "index": "0"})
+    assert confirm.status_code == 200 and "审核说明" in confirm.content.decode()
+    assert referral.invitee.phone not in confirm.content.decode()
+    reviewer.post(CHANGELIST, {"action": "approve_selected", "_selected_action": [referral.pk], "index": "0",
+                               "confirm": "yes", "note": "同一家人，放行"})
+    referral.refresh_from_db()
+    assert referral.status == "accepted"
+    assert 'id="approve"' not in reviewer.get(url).content.decode()  # decided: no buttons any more
+    # Someone who may look but not review never sees the buttons.
+    assert 'id="approve"' not in staff_client("view_referral").get(f"{CHANGELIST}{held[1].pk}/change/").content.decode()

@@ -55,4 +55,4 @@ def test_ledger_export_runs_on_a_worker_and_downloads(client, celery_worker, set
         ws = openpyxl.load_workbook(io.BytesIO(body), read_only=True)["预算流水"]
         rows = list(ws.iter_rows(values_only=True))
         assert len(rows) == job.rows_total + 1
-        assert rows[0][:4] == ("流水号", "时间（北京时间）", "类型", "金额")
+        assert rows[0][:7] == ("流水号", "时间（北京时间）", "类型", "金额（元）", "预算桶", "卡号", "持卡人")

@@ -126,12 +126,16 @@ def test_report_for_finance_by_session_and_by_staff_token(staff, live, who):
 
 def test_campaign_page_shows_report_buttons_only_to_finance(client, staff, live):
     page = _login(client, staff["finance"]).get(reverse("admin:campaign_campaign_change", args=[live.pk])).content.decode()
-    assert f"/api/v1/reports/campaigns/{live.slug}/budget?format=csv" in page
-    assert f"/api/v1/reports/campaigns/{live.slug}/budget?format=xlsx" in page
-    assert "后台导出完整流水" in page
+    report_url = reverse("admin:campaign_campaign_report", args=[live.pk])
+    assert report_url in page and "后台导出完整流水" in page
+    report = client.get(report_url).content.decode()
+    for group in ("day", "brand", "city"):
+        for fmt in ("csv", "xlsx"):
+            assert f"/api/v1/reports/campaigns/{live.slug}/budget?format={fmt}&amp;group_by={group}" in report
     client.logout()
     page = _login(client, staff["marketing"]).get(reverse("admin:campaign_campaign_change", args=[live.pk])).content.decode()
-    assert "/api/v1/reports/" not in page
+    assert "/api/v1/reports/" not in page and report_url not in page
+    assert client.get(report_url).status_code == 404
     assert "调整预算" in page and "实时看板" in page
 
 
@@ -196,7 +200,7 @@ def test_money_fields_are_read_only_on_the_change_form(client, staff, live):
         "slug": live.slug, "name": "改名了", "status": "live",
         "starts_at_0": starts.strftime("%Y-%m-%d"), "starts_at_1": starts.strftime("%H:%M:%S"),
         "ends_at_0": ends.strftime("%Y-%m-%d"), "ends_at_1": ends.strftime("%H:%M:%S"),
-        "min_app_version": "1.0.0", "card_validity": "30 00:00:00",
+        "min_app_version": "1.0.0", "card_validity": "30",
         "referral_inviter_hourly_limit": "20", "referral_inviter_daily_limit": "100",
         "referral_device_max_accounts": "1", "referral_ip_burst_limit": "5",
         "total_budget": "999999.00", "face_value": "1.00", "claims_enabled": "",
@@ -231,8 +235,17 @@ def test_budget_page_lowering_below_committed_is_refused_with_message(client, st
 
 def test_budget_page_raise_writes_ledger_audit_and_buckets(client, staff, live):
     _login(client, staff["marketing"])
-    response = client.post(reverse("admin:campaign_campaign_budget", args=[live.pk]),
-                           {"new_total": "600.00", "reason": "追加预算"})
+    url = reverse("admin:campaign_campaign_budget", args=[live.pk])
+    # Step 1 only shows what would change: from, to, the difference, the reason. Nothing is written yet.
+    response = client.post(url, {"new_total": "600.00", "reason": "追加预算"})
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert 'id="budget-confirm"' in page and "500.00" in page and "600.00" in page and "+100.00" in page
+    assert "追加预算" in page
+    live.refresh_from_db()
+    assert live.total_budget == Decimal("500.00") and not AuditLog.objects.filter(action="campaign.budget_change").exists()
+    # Step 2 confirms.
+    response = client.post(url, {"new_total": "600.00", "reason": "追加预算", "confirm": "yes"})
     assert response.status_code == 302
     live.refresh_from_db()
     assert live.total_budget == Decimal("600.00")

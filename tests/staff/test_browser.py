@@ -73,7 +73,7 @@ def test_marketing_watches_dashboard_and_finance_downloads_csv(live_server, scen
     page.goto(f"{live_server.url}/admin/campaign/campaign/{campaign.pk}/change/")
     page.click("text=实时看板")
     page.wait_for_selector("#md-reserved")
-    assert page.inner_text("#md-total") == "1000.00"
+    assert page.inner_text("#md-total") == "1,000.00"
     assert page.inner_text("#md-reserved") == "50.00"
     assert page.inner_text("#md-spent") == "18.00"
     assert page.inner_text("#md-remaining") == "932.00"
@@ -87,7 +87,7 @@ def test_marketing_watches_dashboard_and_finance_downloads_csv(live_server, scen
     assert shot.stat().st_size > 10_000
     # Marketing has no report button and the report itself does not exist for them.
     page.goto(f"{live_server.url}/admin/campaign/campaign/{campaign.pk}/change/")
-    assert page.locator("text=下载报表 CSV").count() == 0
+    assert page.locator("text=预算报表").count() == 0
     response = page.request.get(f"{live_server.url}/api/v1/reports/campaigns/{campaign.slug}/budget")
     assert response.status == 404
     context.close()
@@ -96,12 +96,15 @@ def test_marketing_watches_dashboard_and_finance_downloads_csv(live_server, scen
     page = context.new_page()
     _login(page, live_server.url, scene["finance"].username)
     page.goto(f"{live_server.url}/admin/campaign/campaign/{campaign.pk}/change/")
+    page.screenshot(path=str(ARTIFACTS / "staff-campaign-finance.png"), full_page=True)
+    page.click("text=预算报表")
+    page.wait_for_selector("#rec-status")
     with page.expect_download() as info:
-        page.click("text=下载报表 CSV")
+        page.click("#dl-1-csv")  # by day, CSV
     download = info.value
     target = ARTIFACTS / "staff-budget-report.csv"
     download.save_as(str(target))
-    page.screenshot(path=str(ARTIFACTS / "staff-campaign-finance.png"), full_page=True)
+    page.goto(f"{live_server.url}/admin/campaign/campaign/{campaign.pk}/change/")
     # The full ledger goes through a background job: the button queues it and lands on the job list.
     page.click("text=后台导出完整流水（CSV）")
     page.wait_for_url("**/admin/reports/exportjob/")
