@@ -22,7 +22,7 @@ from campaign.selectors import budget_totals
 from orders.models import Order
 from referrals.models import InviteCode, Referral
 from vouchers.models import Voucher
-from vouchers.selectors import ReconcileReport, reconcile
+from vouchers.selectors import ReconcileReport, read_snapshot, reconcile
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 ZERO = Decimal("0.00")
@@ -98,10 +98,11 @@ class BudgetReport:
     orders_by_state: dict[str, int]
     reconciliation: ReconcileReport
     columns: list[Column] = field(default_factory=list)
+    grouped: list[dict] = field(default_factory=list)
 
     def rows(self) -> Iterator[dict]:
-        """Grouped rows, computed by the database and streamed in chunks (call once per export)."""
-        return report_rows(campaign=self.campaign, group_by=self.group_by)
+        """Grouped rows (one per day, brand or city: a few hundred at most), read in the report's snapshot."""
+        return iter(self.grouped)
 
 
 def campaign_orders(*, campaign: Campaign) -> QuerySet[Order]:
@@ -117,9 +118,19 @@ def _counts(qs: QuerySet, key: str, choices) -> dict[str, int]:
 
 
 def budget_report(*, campaign: Campaign, group_by: str = "day") -> BudgetReport:
-    """Every figure finance checks, from the bucket counters, the ledger and the card states."""
+    """Every figure finance checks, from the bucket counters, the ledger and the card states.
+
+    All of it, the reconciliation and the grouped rows included, is read in one read-only REPEATABLE READ
+    snapshot, so the summary, the rows and the proof agree with each other even during live traffic.
+    """
     if group_by not in GROUP_BY:
         raise ValueError(group_by)
+    with read_snapshot():
+        campaign = Campaign.objects.get(pk=campaign.pk)
+        return _budget_report(campaign=campaign, group_by=group_by)
+
+
+def _budget_report(*, campaign: Campaign, group_by: str) -> BudgetReport:
     buckets = budget_totals(campaign_id=campaign.pk)
     ledger = {k: ZERO for k in LedgerEntry.Kind.values}
     for row in LedgerEntry.objects.filter(campaign=campaign).order_by().values("kind").annotate(t=Sum("amount")):
@@ -149,6 +160,7 @@ def budget_report(*, campaign: Campaign, group_by: str = "day") -> BudgetReport:
         orders_by_state=_counts(campaign_orders(campaign=campaign), "status", Order.Status),
         reconciliation=reconcile(campaign=campaign),
         columns=GROUP_COLUMNS[group_by],
+        grouped=list(report_rows(campaign=campaign, group_by=group_by)),
     )
 
 
@@ -310,6 +322,12 @@ def _burn(campaign: Campaign, now: dt.datetime) -> tuple[list[tuple[dt.datetime,
 
 
 def dashboard(*, campaign: Campaign, now: dt.datetime | None = None, minutes: int = 60) -> Dashboard:
+    """The live picture, read in one snapshot (totals, card states and the burn line agree with each other)."""
+    with read_snapshot():
+        return _dashboard(campaign=Campaign.objects.get(pk=campaign.pk), now=now, minutes=minutes)
+
+
+def _dashboard(*, campaign: Campaign, now: dt.datetime | None, minutes: int) -> Dashboard:
     now = now or timezone.now()
     totals = budget_totals(campaign_id=campaign.pk)
     committed = totals["reserved"] + totals["spent"]
