@@ -86,6 +86,12 @@ class Referral(models.Model):
             models.Index(fields=["campaign", "inviter", "created_at"], name="referral_inviter_recent"),
             # The IP-burst abuse rule reads "this IP in this campaign, last 10 minutes" on every accept.
             models.Index(fields=["campaign", "ip", "created_at"], name="referral_ip_recent"),
+            # Admin filters on the rare values (the review queue, refusals) without scanning a million accepted rows.
+            models.Index(fields=["status", "id"], name="referral_not_accepted", condition=~Q(status="accepted")),
+            models.Index(fields=["inviter_outcome", "id"], name="referral_inviter_unpaid",
+                         condition=~Q(inviter_outcome="issued")),
+            models.Index(fields=["invitee_outcome", "id"], name="referral_invitee_unpaid",
+                         condition=~Q(invitee_outcome="issued")),
         ]
         constraints = [
             models.UniqueConstraint(fields=["campaign", "invitee"], name="referral_one_per_invitee"),
