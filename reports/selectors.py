@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from zoneinfo import ZoneInfo
 
-from django.db.models import Count, DecimalField, OuterRef, Q, QuerySet, Subquery, Sum, Value
-from django.db.models.functions import Coalesce, TruncDate, TruncDay, TruncHour, TruncMinute
+from django.db import connection
+from django.db.models import Count, DecimalField, Exists, OuterRef, Q, QuerySet, Sum
+from django.db.models.functions import TruncDate, TruncDay, TruncHour, TruncMinute
 from django.utils import timezone
 
 from campaign.models import Campaign, LedgerEntry
@@ -22,7 +23,9 @@ from campaign.selectors import budget_totals
 from orders.models import Order
 from referrals.models import InviteCode, Referral
 from vouchers.models import Voucher
-from vouchers.selectors import ReconcileReport, read_snapshot, reconcile
+from vouchers.selectors import ReconcileReport, cents_sql, read_snapshot, reconcile
+
+from .models import LedgerMinute, LedgerRollup
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 ZERO = Decimal("0.00")
@@ -106,8 +109,39 @@ class BudgetReport:
 
 
 def campaign_orders(*, campaign: Campaign) -> QuerySet[Order]:
-    """Orders that belong to the campaign: tagged with it, or paid with one of its cards."""
-    return Order.objects.filter(Q(campaign=campaign) | Q(voucher__campaign=campaign))
+    """Orders that belong to the campaign: tagged with it, or paid with one of its cards.
+
+    Placement tags every order that locks a card with that card's campaign, so the second half only
+    looks at untagged orders, card by card (EXISTS on the card's primary key): no join of every order to
+    every card, and the campaign filter stays an index condition.
+    """
+    its_card = Voucher.objects.filter(pk=OuterRef("voucher_id"), campaign=campaign)
+    return Order.objects.filter(Q(campaign=campaign) | Q(campaign__isnull=True, voucher__isnull=False) & Exists(its_card))
+
+
+LEDGER_SUMS = ("reserve", "spend", "release", "adjust")
+
+
+def ledger_bins(*, campaign: Campaign, trunc) -> list[dict]:
+    """Ledger sums and row counts per time bin (`trunc` in Shanghai time), oldest first, exact.
+
+    Rows up to the rollup watermark come from LedgerMinute (a few thousand rows), the rows after it
+    from the ledger itself through its primary key; call inside one snapshot to get one moment's picture.
+    """
+    upto = LedgerRollup.objects.filter(campaign=campaign).values_list("upto_id", flat=True).first() or 0
+    sums = {k: Sum(k) for k in LEDGER_SUMS}
+    rolled = (LedgerMinute.objects.filter(campaign=campaign).order_by()
+              .annotate(t=trunc("minute", tzinfo=SHANGHAI)).values("t").annotate(entries=Sum("entries"), **sums))
+    live = (LedgerEntry.objects.filter(campaign=campaign, pk__gt=upto).order_by()
+            .annotate(t=trunc("created_at", tzinfo=SHANGHAI)).values("t")
+            .annotate(entries=Count("id"), **{k: Sum("amount", filter=Q(kind=k)) for k in LEDGER_SUMS}))
+    bins: dict = {}
+    for row in [*rolled, *live]:
+        acc = bins.setdefault(row["t"], {"t": row["t"], "entries": 0, **{k: ZERO for k in LEDGER_SUMS}})
+        acc["entries"] += row["entries"] or 0
+        for k in LEDGER_SUMS:
+            acc[k] += row[k] or ZERO
+    return [bins[t] for t in sorted(bins)]
 
 
 def _counts(qs: QuerySet, key: str, choices) -> dict[str, int]:
@@ -132,18 +166,22 @@ def budget_report(*, campaign: Campaign, group_by: str = "day") -> BudgetReport:
 
 def _budget_report(*, campaign: Campaign, group_by: str) -> BudgetReport:
     buckets = budget_totals(campaign_id=campaign.pk)
-    ledger = {k: ZERO for k in LedgerEntry.Kind.values}
-    for row in LedgerEntry.objects.filter(campaign=campaign).order_by().values("kind").annotate(t=Sum("amount")):
-        ledger[row["kind"]] = row["t"]
-    cards = Voucher.objects.filter(campaign=campaign)
-    cards_by_state = _counts(cards, "status", Voucher.Status)
+    # Ledger totals by kind from the per-day sums (the rollup plus the live rows after it), not another scan.
+    days = ledger_bins(campaign=campaign, trunc=TruncDate)
+    ledger = {k: sum((d[k] for d in days), ZERO) for k in LEDGER_SUMS}
+    # Cards by state and by source in one pass over the campaign's cards.
+    cards_by_state = {value: 0 for value in Voucher.Status.values}
+    cards_by_source = {value: 0 for value in Voucher.Source.values}
+    for row in Voucher.objects.filter(campaign=campaign).order_by().values("status", "source").annotate(n=Count("id")):
+        cards_by_state[row["status"]] = cards_by_state.get(row["status"], 0) + row["n"]
+        cards_by_source[row["source"]] = cards_by_source.get(row["source"], 0) + row["n"]
     redeemed = cards_by_state[Voucher.Status.REDEEMED]
-    subsidy = money(ledger[LedgerEntry.Kind.SPEND])
+    subsidy = money(ledger["spend"])
     summary: dict[str, Decimal | int] = {
         "total_budget": money(campaign.total_budget),
         "reserved": money(buckets["reserved"]),
         "spent": money(buckets["spent"]),
-        "released": money(ledger[LedgerEntry.Kind.RELEASE]),
+        "released": money(ledger["release"]),
         "remaining": money(campaign.total_budget - buckets["reserved"] - buckets["spent"]),
         "cards_issued": sum(cards_by_state.values()),
         "redeemed_cards": redeemed,
@@ -155,76 +193,56 @@ def _budget_report(*, campaign: Campaign, group_by: str) -> BudgetReport:
         group_by=group_by,
         generated_at=timezone.now(),
         summary=summary,
-        cards_by_source=_counts(cards, "source", Voucher.Source),
+        cards_by_source=cards_by_source,
         cards_by_state=cards_by_state,
         orders_by_state=_counts(campaign_orders(campaign=campaign), "status", Order.Status),
         reconciliation=reconcile(campaign=campaign),
         columns=GROUP_COLUMNS[group_by],
-        grouped=list(report_rows(campaign=campaign, group_by=group_by)),
+        grouped=_day_rows(days) if group_by == "day" else list(report_rows(campaign=campaign, group_by=group_by)),
     )
 
 
-def _order_subsidy(campaign: Campaign) -> Subquery:
-    # The ledger is the proof of money spent, so per-order subsidy comes from its spend rows.
-    spend = (
-        LedgerEntry.objects.filter(campaign_id=campaign.pk, kind=LedgerEntry.Kind.SPEND, order_id=OuterRef("pk"))
-        .order_by()
-        .values("order_id")
-        .annotate(s=Sum("amount"))
-        .values("s")[:1]
-    )
-    return Subquery(spend, output_field=MONEY_FIELD)
+def _day_rows(days: list[dict]) -> list[dict]:
+    return [
+        {"day": row["t"].isoformat(), "reserved": money(row["reserve"]), "spent": money(row["spend"]),
+         "released": money(row["release"]), "adjusted": money(row["adjust"]), "entries": row["entries"]}
+        for row in days
+    ]
 
 
 def report_rows(*, campaign: Campaign, group_by: str) -> Iterator[dict]:
     if group_by == "day":
-        qs = (
-            LedgerEntry.objects.filter(campaign=campaign)
-            .order_by()
-            .annotate(day=TruncDate("created_at", tzinfo=SHANGHAI))
-            .values("day")
-            .annotate(
-                reserved=Sum("amount", filter=Q(kind=LedgerEntry.Kind.RESERVE)),
-                spent=Sum("amount", filter=Q(kind=LedgerEntry.Kind.SPEND)),
-                released=Sum("amount", filter=Q(kind=LedgerEntry.Kind.RELEASE)),
-                adjusted=Sum("amount", filter=Q(kind=LedgerEntry.Kind.ADJUST)),
-                entries=Count("id"),
-            )
-            .order_by("day")
-        )
-        for row in qs.iterator(chunk_size=CHUNK):
-            yield {
-                "day": row["day"].isoformat(),
-                "reserved": money(row["reserved"]),
-                "spent": money(row["spent"]),
-                "released": money(row["released"]),
-                "adjusted": money(row["adjusted"]),
-                "entries": row["entries"],
-            }
+        yield from _day_rows(ledger_bins(campaign=campaign, trunc=TruncDate))
         return
-    key = {"brand": "store__brand__name", "city": "store__city"}[group_by]
-    qs = (
-        campaign_orders(campaign=campaign)
-        .order_by()
-        .annotate(ledger_subsidy=Coalesce(_order_subsidy(campaign), Value(ZERO), output_field=MONEY_FIELD))
-        .values(key)
-        .annotate(
-            orders=Count("id", distinct=True),
-            completed_orders=Count("id", filter=Q(status=Order.Status.COMPLETED), distinct=True),
-            subsidised_orders=Count("id", filter=Q(ledger_subsidy__gt=0), distinct=True),
-            subsidy=Sum("ledger_subsidy"),
-        )
-        .order_by(key)
-    )
-    for row in qs.iterator(chunk_size=CHUNK):
-        subsidy = money(row["subsidy"])
+    key = {"brand": "b.name", "city": "st.city"}[group_by]
+    vendor = connection.vendor
+    # Per-order subsidy from the ledger's spend rows (the proof of money spent), summed once per order in
+    # one pass and joined, instead of a correlated subquery per order.
+    sql = f"""
+        SELECT {key}, COUNT(*), COUNT(CASE WHEN o.status = 'completed' THEN 1 END),
+               COUNT(CASE WHEN s.c > 0 THEN 1 END), COALESCE(SUM(s.c), 0)
+        FROM orders_order o
+        JOIN orders_store st ON st.id = o.store_id
+        JOIN orders_brand b ON b.id = st.brand_id
+        LEFT JOIN (SELECT order_id, SUM({cents_sql("amount", vendor)}) AS c FROM campaign_ledgerentry
+                   WHERE campaign_id = %s AND kind = 'spend' AND order_id IS NOT NULL GROUP BY order_id) s
+               ON s.order_id = o.id
+        WHERE o.campaign_id = %s OR (o.campaign_id IS NULL AND o.voucher_id IS NOT NULL AND EXISTS (
+              SELECT 1 FROM vouchers_voucher v WHERE v.id = o.voucher_id AND v.campaign_id = %s))
+        GROUP BY {key} ORDER BY {key}
+    """
+    with connection.cursor() as cur:
+        cur.execute(sql, [campaign.pk] * 3)
+        rows = cur.fetchall()
+    for name, orders, completed, subsidised, cents in rows:
+        subsidy = money(Decimal(int(cents)) / 100)
         yield {
-            group_by: row[key],
-            "orders": row["orders"],
-            "completed_orders": row["completed_orders"],
-            "subsidised_orders": row["subsidised_orders"],
+            group_by: name,
+            "orders": orders,
+            "completed_orders": completed,
+            "subsidised_orders": subsidised,
             "subsidy": subsidy,
-            "average_subsidy": average(subsidy, row["subsidised_orders"]),
+            "average_subsidy": average(subsidy, subsidised),
         }
 
 
@@ -297,21 +315,9 @@ def _burn(campaign: Campaign, now: dt.datetime) -> tuple[list[tuple[dt.datetime,
         unit, trunc = "hour", TruncHour
     else:
         unit, trunc = "day", TruncDay
-    qs = (
-        LedgerEntry.objects.filter(campaign=campaign)
-        .order_by()
-        .annotate(t=trunc("created_at", tzinfo=SHANGHAI))
-        .values("t")
-        .annotate(
-            reserve=Sum("amount", filter=Q(kind=LedgerEntry.Kind.RESERVE)),
-            release=Sum("amount", filter=Q(kind=LedgerEntry.Kind.RELEASE)),
-            spend=Sum("amount", filter=Q(kind=LedgerEntry.Kind.SPEND)),
-        )
-        .order_by("t")
-    )
     step = {"minute": dt.timedelta(minutes=1), "hour": dt.timedelta(hours=1), "day": dt.timedelta(days=1)}[unit]
     points, committed, spent = [], ZERO, ZERO
-    for row in qs.iterator(chunk_size=CHUNK):
+    for row in ledger_bins(campaign=campaign, trunc=trunc):
         if not points:
             points.append((row["t"] - step, ZERO, ZERO))  # the line starts from nothing spent
         # reserved + spent == sum(reserve) - sum(release): spend only moves money from reserved to spent.
@@ -349,7 +355,7 @@ def _dashboard(*, campaign: Campaign, now: dt.datetime | None, minutes: int) -> 
     top_stores = list(
         orders.order_by()
         .values("store_id", "store__name", "store__brand__name", "store__city")
-        .annotate(orders=Count("id", distinct=True))
+        .annotate(orders=Count("id"))
         .order_by("-orders", "store_id")[:10]
     )
     referrals = Referral.objects.filter(campaign=campaign)

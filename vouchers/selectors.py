@@ -102,7 +102,7 @@ def read_snapshot(using: str = "default") -> Iterator[None]:
         yield
 
 
-def _cents(column: str, vendor: str) -> str:
+def cents_sql(column: str, vendor: str) -> str:
     # Compare money as integer cents: exact on PostgreSQL and on SQLite (which stores decimals as REAL).
     if vendor == "postgresql":
         return f"(({column}) * 100)::bigint"
@@ -115,7 +115,8 @@ def _card_ledger_sql(vendor: str) -> str:
     Per card: one reserve of the face value; a closed card released all of it; a redeemed card spent its
     subsidy and released the rest; an open card has nothing but its reservation.
     """
-    amount, face, subsidy = _cents("amount", vendor), _cents("face_value", vendor), _cents("COALESCE(subsidy, 0)", vendor)
+    amount, face = cents_sql("amount", vendor), cents_sql("face_value", vendor)
+    subsidy = cents_sql("COALESCE(subsidy, 0)", vendor)
     return f"""
     WITH l AS (
         SELECT voucher_id AS vid,
