@@ -443,10 +443,13 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "measure":
         from bench.scale_measure import measure
 
-        result = measure(cfg, repeat=args.repeat, only=[g for g in args.only.split(",") if g])
+        def save(result: dict) -> None:  # after every group too, so a long run keeps what it measured
+            if args.json:
+                Path(args.json).write_text(json.dumps(result, indent=1, default=str))
+
+        result = measure(cfg, repeat=args.repeat, only=[g for g in args.only.split(",") if g], partial=save)
+        save(result)
         text = json.dumps(result, indent=1, default=str)
-        if args.json:
-            Path(args.json).write_text(text)
         print(text)
     else:
         drop(cfg)

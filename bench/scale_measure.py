@@ -19,9 +19,11 @@ SLUG = "seed-scale"
 GROUPS = ["sizes", "reconcile", "report", "dashboard", "admin", "queries", "user_lists", "export"]
 
 
-def measure(cfg: BenchConfig, *, repeat: int = 3, only: list[str] | None = None) -> dict:
+def measure(cfg: BenchConfig, *, repeat: int = 3, only: list[str] | None = None, partial=None) -> dict:
     out: dict = {"database": cfg.database_url}
     for group in only or GROUPS:
+        if partial is not None:
+            partial(out)
         if group == "export":
             out["export"] = [django_call(cfg, "bench.scale_measure:child_export", {"fmt": fmt}) for fmt in ("csv",)]
         elif group == "report":
@@ -142,7 +144,7 @@ def child_dashboard(repeat: int) -> list[dict]:
     campaign = _campaign()
     warm = _warm_rollup()
     client = _staff_client()
-    rows = [{"ledger rollup catch-up": warm}] if warm else []
+    rows = []
     for url in (f"/admin/campaign/campaign/{campaign.pk}/dashboard/", f"/admin/campaign/campaign/{campaign.pk}/dashboard.json"):
         times = []
         for i in range(repeat + 1):
@@ -155,6 +157,8 @@ def child_dashboard(repeat: int) -> list[dict]:
     t = time.perf_counter()
     client.get(rows[0]["url"])
     rows.append({"url": rows[0]["url"] + " (cached)", "status": 200, "ms": round((time.perf_counter() - t) * 1000, 1)})
+    if warm:
+        rows.append({"ledger rollup catch-up (every row, once)": warm})
     return rows
 
 

@@ -14,9 +14,9 @@ from campaign.models import Campaign
 from miandan.api.errors import InvalidInput
 from miandan.tasks import enqueue_on_commit
 
-from .exports import budget_report_csv, budget_report_xlsx, ledger_csv, ledger_xlsx
+from .exports import budget_report_csv, budget_report_xlsx, ledger_csv, ledger_csv_copy, ledger_xlsx
 from .models import ExportJob, LedgerRollup
-from .selectors import GROUP_BY, budget_report, ledger_export_queryset, ledger_rows
+from .selectors import GROUP_BY, budget_report, ledger_copy_sql, ledger_export_queryset, ledger_rows
 
 
 @transaction.atomic(durable=True)
@@ -62,7 +62,10 @@ def export_job_run(*, job_id: int) -> ExportJob | None:
                 ExportJob.objects.filter(pk=job.pk).update(rows_done=n)
 
             rows = ledger_rows(campaign=job.campaign, upto_id=upto)
-            if job.format == ExportJob.Format.CSV:
+            if job.format == ExportJob.Format.CSV and connection.vendor == "postgresql":
+                with open(partial, "w", encoding="utf-8", newline="") as fh:
+                    ledger_csv_copy(ledger_copy_sql(campaign=job.campaign, upto_id=upto), fh, progress)
+            elif job.format == ExportJob.Format.CSV:
                 with open(partial, "w", encoding="utf-8", newline="") as fh:
                     ledger_csv(rows, fh, progress)
             else:
