@@ -435,6 +435,9 @@ def main(argv: list[str] | None = None) -> int:
     p_measure.add_argument("--json", default=None, help="also write the results here")
     p_measure.add_argument("--repeat", type=int, default=3, help="runs per page; the median is reported")
     p_measure.add_argument("--only", default="", help="comma-separated measure groups")
+    p_measure.add_argument("--reports", default="json:day,csv:day,xlsx:day,csv:brand,csv:city",
+                           help="budget report format:group_by pairs to time")
+    p_measure.add_argument("--exports", default="csv", help="ledger export formats to time (csv,xlsx)")
     sub.add_parser("drop", help="drop the database")
     args = parser.parse_args(argv)
     cfg = bench_config(args.database_url)
@@ -447,7 +450,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 Path(args.json).write_text(json.dumps(result, indent=1, default=str))
 
-        result = measure(cfg, repeat=args.repeat, only=[g for g in args.only.split(",") if g], partial=save)
+        reports = [tuple(pair.split(":")) for pair in args.reports.split(",") if pair]
+        exports = [fmt for fmt in args.exports.split(",") if fmt]
+        result = measure(cfg, repeat=args.repeat, only=[g for g in args.only.split(",") if g], partial=save,
+                         reports=reports, exports=exports)
         save(result)
         text = json.dumps(result, indent=1, default=str)
         print(text)

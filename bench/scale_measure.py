@@ -19,17 +19,21 @@ SLUG = "seed-scale"
 GROUPS = ["sizes", "reconcile", "report", "dashboard", "admin", "queries", "user_lists", "export"]
 
 
-def measure(cfg: BenchConfig, *, repeat: int = 3, only: list[str] | None = None, partial=None) -> dict:
+REPORTS = (("json", "day"), ("csv", "day"), ("xlsx", "day"), ("csv", "brand"), ("csv", "city"))
+
+
+def measure(cfg: BenchConfig, *, repeat: int = 3, only: list[str] | None = None, partial=None,
+            reports=REPORTS, exports=("csv",)) -> dict:
     out: dict = {"database": cfg.database_url}
     for group in only or GROUPS:
         if partial is not None:
             partial(out)
         if group == "export":
-            out["export"] = [django_call(cfg, "bench.scale_measure:child_export", {"fmt": fmt}) for fmt in ("csv",)]
+            out["export"] = [django_call(cfg, "bench.scale_measure:child_export", {"fmt": fmt}) for fmt in exports]
         elif group == "report":
             out["report"] = [
                 django_call(cfg, "bench.scale_measure:child_report", {"fmt": fmt, "group_by": g})
-                for fmt, g in (("json", "day"), ("csv", "day"), ("xlsx", "day"), ("csv", "brand"), ("csv", "city"))
+                for fmt, g in reports
             ]
         else:
             out[group] = django_call(cfg, f"bench.scale_measure:child_{group}", {"repeat": repeat}
