@@ -131,7 +131,8 @@ class LedgerEntry(models.Model):
     # Adjust entries may be negative (budget lowered, or moved out of a bucket when rebalancing).
     amount = models.DecimalField("金额", **MONEY)
     # Plain ids: `campaign` sits below `vouchers` and `orders` and must not import them.
-    voucher_id = models.BigIntegerField("卡 ID", null=True, blank=True, db_index=True)
+    # Indexed by ledger_card_rows (voucher_id, then kind, amount, campaign: a covering index).
+    voucher_id = models.BigIntegerField("卡 ID", null=True, blank=True)
     order_id = models.BigIntegerField("订单 ID", null=True, blank=True, db_index=True)
     # Indexed only where set (ledger_staff_rows): almost every row is written by the system.
     actor = models.ForeignKey(
@@ -146,6 +147,9 @@ class LedgerEntry(models.Model):
         verbose_name_plural = "预算流水"
         ordering = ["-id"]
         indexes = [
+            # A card's rows, and reconcile's per-card proof as an index-only scan in card order (merged with the
+            # cards' primary key) instead of hashing millions of rows read from the wide heap.
+            models.Index(fields=["voucher_id", "kind", "amount", "campaign"], name="ledger_card_rows"),
             # The admin's kind filter, newest first, without scanning millions of other kinds.
             models.Index(fields=["kind", "-id"], name="ledger_kind_recent"),
             # Rows a person made (budget changes, voids, staff cards): the FK's index and the admin's reason search.

@@ -381,11 +381,11 @@ def _dashboard(*, campaign: Campaign, now: dt.datetime | None, minutes: int) -> 
     referrals = Referral.objects.filter(campaign=campaign)
     ref = referrals.aggregate(
         total=Count("*"),
-        accepted=Count("*", filter=Q(status=Referral.Status.ACCEPTED)),
-        review=Count("*", filter=Q(status=Referral.Status.UNDER_REVIEW)),
-        rejected=Count("*", filter=Q(status=Referral.Status.REJECTED)),
-        inviter_paid=Count("*", filter=Q(inviter_outcome=Referral.Outcome.ISSUED)),
-        invitee_paid=Count("*", filter=Q(invitee_outcome=Referral.Outcome.ISSUED)),
+        accepted=Count("status", filter=Q(status=Referral.Status.ACCEPTED)),
+        review=Count("status", filter=Q(status=Referral.Status.UNDER_REVIEW)),
+        rejected=Count("status", filter=Q(status=Referral.Status.REJECTED)),
+        inviter_paid=Count("status", filter=Q(inviter_outcome=Referral.Outcome.ISSUED)),
+        invitee_paid=Count("status", filter=Q(invitee_outcome=Referral.Outcome.ISSUED)),
     )
     funnel = [
         ("邀请码", InviteCode.objects.filter(campaign=campaign).count()),

@@ -233,8 +233,17 @@ def _reconcile(*, campaign: Campaign, using: str) -> ReconcileReport:
     bad: list[str] = []
     total_bad = 0
     with conn.cursor() as cur:
+        if conn.vendor == "postgresql":
+            # Two ordered streams merged (ledger_card_rows index-only, cards by primary key): constant memory
+            # whatever the size. Left to itself the planner hashes millions of cards and groups, spilling to disk.
+            cur.execute("SET LOCAL enable_hashagg = off")
+            cur.execute("SET LOCAL enable_hashjoin = off")
         cur.execute(_card_ledger_sql(conn.vendor), {"cid": campaign.pk})
-        for vid, status, face, sub, ledger_vid, reserve, reserves, spend, rel, want_rel, count in cur.fetchall():
+        rows = cur.fetchall()
+        if conn.vendor == "postgresql":
+            cur.execute("SET LOCAL enable_hashagg TO DEFAULT")
+            cur.execute("SET LOCAL enable_hashjoin TO DEFAULT")
+        for vid, status, face, sub, ledger_vid, reserve, reserves, spend, rel, want_rel, count in rows:
             total_bad = count
             if status is None:
                 bad.append(f"流水引用了不存在的卡 #{vid}")
