@@ -87,6 +87,7 @@ def _get(client, url: str, repeat: int) -> dict:
     slow = max(captured, key=lambda q: float(q["time"]), default={"time": "0", "sql": ""})
     return {"url": url, "status": status, "ms": round(statistics.median(times), 1), "max_ms": round(max(times), 1),
             "bytes": len(body), "queries": len(captured),
+            "sql_ms": round(sum(float(q["time"]) for q in captured) * 1000, 1),  # database time of the first run
             "slowest_query_ms": round(float(slow["time"]) * 1000, 1), "slowest_query": slow["sql"][:300]}
 
 

@@ -37,10 +37,10 @@ def estimated_count(qs: QuerySet) -> int | None:
         return None
     if not qs.query.where:
         with conn.cursor() as cur:
-            # reltuples is -1 before the first VACUUM/ANALYZE of a new table.
             cur.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [qs.model._meta.db_table])
             row = cur.fetchone()
-        return int(row[0]) if row and row[0] >= 0 else None
+        if row and row[0] >= 0:  # -1 before the table's first VACUUM/ANALYZE: ask the planner instead
+            return int(row[0])
     plan = json.loads(qs.order_by().explain(format="json"))
     return int(plan[0]["Plan"]["Plan Rows"])
 
@@ -85,17 +85,40 @@ def _next(value: dt.datetime, kind: str) -> dt.datetime:
 class RangeDatesMixin:
     """`datetimes()` / `dates()` for the admin's date hierarchy from MIN/MAX instead of DISTINCT over all rows.
 
-    Every period between the first and the last row is offered; an empty day in between leads to an empty
-    list, which is cheaper than proving it empty for each day.
+    The bounds are those of the whole table (two probes of the field's index), clamped to the period the
+    staff member drilled into; filters and searches do not narrow them, because MIN/MAX under a rare filter
+    makes PostgreSQL walk the date index until it meets a matching row. Every period between the bounds is
+    offered; one with no matching rows leads to an empty list, which is cheaper than proving it empty.
     """
 
-    def _range(self, field_name: str, kind: str, order: str, tzinfo, aware: bool) -> list:
-        bounds = self.aggregate(first=Min(field_name), last=Max(field_name))
-        if bounds["first"] is None:
-            return []
+    _dh_field: str | None = None
+    _dh_window: tuple[dt.datetime, dt.datetime] | None = None  # the drilled-into period, [start, end)
+
+    def _bounds(self, field_name: str):
+        bounds = self.model._default_manager.aggregate(first=Min(field_name), last=Max(field_name))
         first, last = bounds["first"], bounds["last"]
+        if first is None or self._dh_window is None or field_name != self._dh_field:
+            return first, last
+        start, end = self._dh_window
+        first, last = max(first, start), min(last, end - dt.timedelta(microseconds=1))
+        return (first, last) if first <= last else (None, None)
+
+    def aggregate(self, *args, **kwargs):
+        # The date hierarchy's own "first and last" question (Min/Max of its field only): answered from the bounds.
+        fields = {getattr(e.source_expressions[0], "name", None) for e in kwargs.values()
+                  if isinstance(e, (Min, Max)) and len(e.source_expressions) == 1}
+        if self._dh_field and not args and kwargs and fields == {self._dh_field} and all(
+                isinstance(e, (Min, Max)) for e in kwargs.values()):
+            first, last = self._bounds(self._dh_field)
+            return {k: (first if isinstance(e, Min) else last) for k, e in kwargs.items()}
+        return super().aggregate(*args, **kwargs)
+
+    def _range(self, field_name: str, kind: str, order: str, tzinfo, aware: bool) -> list:
+        first, last = self._bounds(field_name)
+        if first is None:
+            return []
+        tz = tzinfo or timezone.get_current_timezone()
         if aware:
-            tz = tzinfo or timezone.get_current_timezone()
             first, last = timezone.localtime(first, tz).replace(tzinfo=None), timezone.localtime(last, tz).replace(tzinfo=None)
         else:
             first = dt.datetime.combine(first, dt.time())
@@ -117,17 +140,31 @@ class RangeDatesMixin:
         return self._range(field_name, kind, order, None, aware=False)
 
 
-_RANGE_CLASSES: dict[type, type] = {}
+def _window(params, field: str) -> tuple[dt.datetime, dt.datetime] | None:
+    """The period the date hierarchy's year/month/day parameters select, in the current time zone."""
+    try:
+        year = int(params.get(f"{field}__year", ""))
+    except ValueError:
+        return None
+    try:
+        month = int(params.get(f"{field}__month", "0") or 0)
+        day = int(params.get(f"{field}__day", "0") or 0)
+        start = dt.datetime(year, month or 1, day or 1)
+    except ValueError:
+        return None
+    end = _next(start, "day" if day else "month" if month else "year")
+    tz = timezone.get_current_timezone()
+    return timezone.make_aware(start, tz), timezone.make_aware(end, tz)
 
 
-def with_range_dates(qs: QuerySet) -> QuerySet:
-    """The same queryset, whose clones (filters, search, paging) answer dates from MIN/MAX."""
+def with_range_dates(qs: QuerySet, field: str | None = None, params=None) -> QuerySet:
+    """The same queryset, whose clones (filters, search, paging) answer the date hierarchy from MIN/MAX."""
     base = type(qs)
     if issubclass(base, RangeDatesMixin):
-        return qs
-    cls = _RANGE_CLASSES.get(base)
-    if cls is None:
-        cls = _RANGE_CLASSES[base] = type(f"RangeDates{base.__name__}", (RangeDatesMixin, base), {})
+        base = base.__mro__[2]
+    window = _window(params or {}, field) if field else None
+    # A class per call carries this request's field and period through every clone the changelist makes.
+    cls = type(f"RangeDates{base.__name__}", (RangeDatesMixin, base), {"_dh_field": field, "_dh_window": window})
     clone = qs._chain()
     clone.__class__ = cls
     return clone
@@ -153,7 +190,7 @@ class LargeTableAdminMixin:
     show_full_result_count = False
 
     def get_queryset(self, request):
-        return with_range_dates(super().get_queryset(request))
+        return with_range_dates(super().get_queryset(request), self.date_hierarchy, request.GET)
 
     def search_q(self, request, term: str) -> Q | None:  # pragma: no cover - every subclass defines it
         raise NotImplementedError
