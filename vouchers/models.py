@@ -62,8 +62,10 @@ class Voucher(models.Model):
         permissions = [("void_voucher", "可作废免单卡"), ("issue_voucher", "可人工发卡")]
         indexes = [
             models.Index(fields=["user", "campaign", "status"], name="voucher_owner_status"),
-            # The expiry batch (issued, oldest expiry first, then id) and the admin's status filter, in index order.
-            models.Index(fields=["status", "expires_at", "id"], name="voucher_status_expiry_id"),
+            models.Index(fields=["status", "expires_at"], name="voucher_status_expiry"),
+            # The expiry batch: issued cards, oldest expiry first, in index order (1 ms at 0.5 M cards; with
+            # full rows selected PostgreSQL otherwise walks the expires_at index past every expired card).
+            models.Index(fields=["expires_at", "id"], name="voucher_issued_expiry", condition=Q(status="issued")),
             # Counts by state and source for the dashboard and the report: an index-only scan, not the wide heap.
             models.Index(fields=["campaign", "status", "source"], name="voucher_campaign_state"),
             # Admin at millions of cards: the date hierarchy's MIN/MAX and the dashboard's last hour; the
