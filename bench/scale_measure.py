@@ -151,15 +151,25 @@ def child_dashboard(repeat: int) -> list[dict]:
     warm = _warm_rollup()
     client = _staff_client()
     rows = []
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
     for url in (f"/admin/campaign/campaign/{campaign.pk}/dashboard/", f"/admin/campaign/campaign/{campaign.pk}/dashboard.json"):
-        times = []
-        for i in range(repeat + 1):
+        times, sql_ms, slowest = [], [], []
+        for _ in range(repeat + 1):
             cache.delete(f"reports:dashboard:{campaign.pk}")  # time the computation, not the shared cache
-            t = time.perf_counter()
-            resp = client.get(url)
-            if i:
+            connection.queries_log.clear()
+            with CaptureQueriesContext(connection) as ctx:
+                t = time.perf_counter()
+                resp = client.get(url)
                 times.append((time.perf_counter() - t) * 1000)
-        rows.append({"url": url, "status": resp.status_code, "ms_uncached": round(statistics.median(times), 1)})
+            captured = list(ctx.captured_queries)
+            sql_ms.append(sum(float(q["time"]) for q in captured) * 1000)
+            slowest = max(captured, key=lambda q: float(q["time"]), default={"time": "0", "sql": ""})
+        times, sql_ms = times[1:], sql_ms[1:]  # the first run warms caches
+        rows.append({"url": url, "status": resp.status_code, "ms_uncached": round(statistics.median(times), 1),
+                     "sql_ms": round(statistics.median(sql_ms), 1), "queries": len(captured),
+                     "slowest_query_ms": round(float(slowest["time"]) * 1000, 1), "slowest_query": slowest["sql"][:300]})
     t = time.perf_counter()
     client.get(rows[0]["url"])
     rows.append({"url": rows[0]["url"] + " (cached)", "status": 200, "ms": round((time.perf_counter() - t) * 1000, 1)})

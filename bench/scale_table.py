@@ -39,6 +39,8 @@ def rows(run: dict) -> dict[str, object]:
             key = "dashboard (cached, ms)" if "cached" in r["url"] else (
                 "dashboard JSON, uncached (ms)" if r["url"].endswith(".json") else "dashboard page, uncached (ms)")
             out[key] = r.get("ms_uncached", r.get("ms"))
+            if "sql_ms" in r:
+                out[key.replace(" (ms)", ", ms").replace(", ms)", ")") + " — SQL only (ms)"] = r["sql_ms"]
         else:
             out["ledger rollup catch-up, every row once (s)"] = next(iter(r.values()))["s"]
     for r in run.get("admin", []):
