@@ -40,7 +40,7 @@ def rows(run: dict) -> dict[str, object]:
                 "dashboard JSON, uncached (ms)" if r["url"].endswith(".json") else "dashboard page, uncached (ms)")
             out[key] = r.get("ms_uncached", r.get("ms"))
             if "sql_ms" in r:
-                out[key.replace(" (ms)", ", ms").replace(", ms)", ")") + " — SQL only (ms)"] = r["sql_ms"]
+                out[key.replace(" (ms)", "") + " — SQL only (ms)"] = r["sql_ms"]
         else:
             out["ledger rollup catch-up, every row once (s)"] = next(iter(r.values()))["s"]
     for r in run.get("admin", []):
