@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('campaign', '0003_scale_indexes'),
+        ('campaign', '0002_ledger_append_only'),
         ('reports', '0002_staff_group_permissions'),
     ]
 
