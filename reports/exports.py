@@ -167,19 +167,25 @@ def ledger_csv_copy(copy_sql: str, fileobj: IO[str], progress: Progress | None =
     fileobj.write(BOM)
     csv.writer(fileobj, lineterminator="\n").writerow([col.label for col in LEDGER_COLUMNS])
     lines = reported = 0
-    # Its own connection: the job's progress is written on Django's while the COPY streams on this one.
-    raw = connection.get_new_connection(connection.get_connection_params())
+    # Normally on its own connection, so the job's progress is written on Django's while the COPY streams.
+    # Called inside a transaction (eager tasks, tests) it must see that transaction's rows: then it uses
+    # Django's connection and reports progress once, at the end.
+    shared = connection.in_atomic_block
+    if shared:
+        connection.ensure_connection()
+    raw = connection.connection if shared else connection.get_new_connection(connection.get_connection_params())
     try:
         with raw.cursor() as cur, cur.copy(copy_sql) as copy:
             for block in copy:
                 text = bytes(block).decode("utf-8")
                 fileobj.write(text)
                 lines += text.count("\n")
-                if progress is not None and lines - reported >= PROGRESS_EVERY:
+                if progress is not None and not shared and lines - reported >= PROGRESS_EVERY:
                     progress(lines)
                     reported = lines
     finally:
-        raw.close()
+        if not shared:
+            raw.close()
     if progress is not None:
         progress(lines)
     return lines

@@ -36,3 +36,22 @@ def test_copy_export_equals_the_python_export_row_for_row():
     assert a == b
     assert len(a) == LedgerEntry.objects.filter(campaign=campaign, pk__lte=upto).count() + 1
     assert any(row[3].startswith("-") for row in a[1:]) and any("第二行" in row[8] for row in a[1:])
+
+
+def test_copy_export_inside_a_transaction_sees_that_transactions_rows():
+    """An eager export job inside the caller's transaction (the demo, a test) exports its uncommitted rows too."""
+    if connection.vendor != "postgresql":
+        pytest.skip("COPY is PostgreSQL's")
+    from django.db import transaction
+
+    campaign = CampaignFactory(total_budget=Decimal("1000.00"))
+    bucket = campaign.buckets.order_by("index").first()
+    with transaction.atomic():
+        row = LedgerEntry.objects.create(campaign=campaign, bucket=bucket, kind="adjust", amount=Decimal("5.00"),
+                                         reason="未提交的调整")
+        out, seen = io.StringIO(), []
+        ledger_csv_copy(ledger_copy_sql(campaign=campaign, upto_id=row.pk), out, seen.append)
+        rows = list(csv.reader(io.StringIO(out.getvalue())))
+        assert rows[-1][8] == "未提交的调整"
+        assert len(rows) - 1 == LedgerEntry.objects.filter(campaign=campaign).count() == seen[-1]
+        transaction.set_rollback(True)
