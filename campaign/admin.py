@@ -163,6 +163,10 @@ class BudgetBucketInline(admin.TabularInline):
     def free(self, obj: BudgetBucket) -> str:
         return yuan(obj.available)
 
+    def get_queryset(self, request):
+        # Each row's title names its campaign: one join instead of a query per bucket (64 by default).
+        return super().get_queryset(request).select_related("campaign")
+
     def has_add_permission(self, request, obj=None):
         return False
 
