@@ -58,7 +58,8 @@ def rows(run: dict) -> dict[str, object]:
     for r in run.get("user_lists", []):
         out[f"`{r['url']}` for the {r['who']} (ms)"] = r["ms"]
     for r in run.get("export", []):
-        out[f"{r['export']} export of {r['rows']:,} rows (s)"] = r["s"]
+        out[f"{r['export']} export: rows"] = f"{r['rows']:,}"
+        out[f"{r['export']} export: time (s)"] = r["s"]
         out[f"{r['export']} export: peak RSS (MB)"] = r["peak_rss_mb"]
     return out
 

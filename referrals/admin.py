@@ -18,7 +18,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from campaign.models import Campaign
-from miandan.api.admin_scale import LargeTableAdminMixin, digits, ids_or_none
+from miandan.api.admin_scale import LargeTableAdminMixin, digits, ids_or_none, phone_prefix
 from miandan.api.errors import DomainError
 
 from .errors import ReferralNotPending
@@ -49,6 +49,8 @@ class InviteCodeAdmin(LargeTableAdminMixin, admin.ModelAdmin):
 
     def search_q(self, request, term: str) -> Q | None:
         if digits(term):
+            if not phone_prefix(term):
+                return None
             users = ids_or_none(get_user_model().objects.filter(phone__startswith=term).values_list("pk", flat=True))
             return Q(user_id__in=users) if users else None
         staff = ids_or_none(get_user_model().objects.filter(username=term).values_list("pk", flat=True))
@@ -104,6 +106,8 @@ class ReferralAdmin(LargeTableAdminMixin, admin.ModelAdmin):
     def search_q(self, request, term: str) -> Q | None:
         # Phones resolved to user ids first: then both sides are FK indexes PostgreSQL can OR together.
         if digits(term):
+            if not phone_prefix(term):
+                return None
             users = ids_or_none(get_user_model().objects.filter(phone__startswith=term).values_list("pk", flat=True))
             return Q(inviter_id__in=users) | Q(invitee_id__in=users) if users else None
         codes = ids_or_none(InviteCode.objects.filter(code=term.upper()).values_list("pk", flat=True))

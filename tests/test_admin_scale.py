@@ -40,6 +40,7 @@ def test_card_search_by_code_in_lower_case_and_by_phone_prefix(staff_client):
     assert card.pk in [c.pk for c in staff_client.get(url, {"q": phone}).context["cl"].result_list]
     assert other.pk not in [c.pk for c in staff_client.get(url, {"q": phone}).context["cl"].result_list]
     assert _rows(staff_client.get(url, {"q": phone[:5]})) == 2  # both test phones start alike
+    assert _rows(staff_client.get(url, {"q": phone[:3]})) == 0  # too short a prefix: it would match millions
     assert _rows(staff_client.get(url, {"q": "NOSUCHCODE"})) == 0
 
 

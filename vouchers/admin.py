@@ -19,7 +19,7 @@ from django.urls import path, reverse
 from accounts.models import User
 from campaign.models import Campaign
 from miandan.api.admin import ReadOnlyAdminMixin
-from miandan.api.admin_scale import LargeTableAdminMixin, digits, ids_or_none
+from miandan.api.admin_scale import LargeTableAdminMixin, digits, ids_or_none, phone_prefix
 from miandan.api.errors import DomainError
 
 from .models import Voucher
@@ -75,6 +75,8 @@ class VoucherAdmin(LargeTableAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     def search_q(self, request, term: str) -> Q | None:
         # Indexed lookups only (LargeTableAdminMixin): the code's unique index, the phone's prefix index.
         if digits(term):
+            if not phone_prefix(term):
+                return None
             users = ids_or_none(User.objects.filter(phone__startswith=term).values_list("pk", flat=True))
             return Q(user_id__in=users) if users else None
         return Q(code=term.upper())

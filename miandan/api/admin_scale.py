@@ -170,8 +170,15 @@ def with_range_dates(qs: QuerySet, field: str | None = None, params=None) -> Que
     return clone
 
 
+PHONE_PREFIX_MIN = 4  # "1", "13" or "138" is a prefix of millions of phones: such a term searches ids only
+
+
 def digits(term: str) -> bool:
     return term.isascii() and term.isdigit()
+
+
+def phone_prefix(term: str) -> bool:
+    return digits(term) and PHONE_PREFIX_MIN <= len(term) <= 11
 
 
 def ids_or_none(values, limit: int = 1000) -> list[int]:
