@@ -310,6 +310,8 @@ MIANDAN_ORDER_CANDIDATE_STORES = env_int("MIANDAN_ORDER_CANDIDATE_STORES", 20)  
 MIANDAN_ORDER_STUCK_SECONDS = env_int("MIANDAN_ORDER_STUCK_SECONDS", 60)
 MIANDAN_ORDER_ACCEPT_DEADLINE_SECONDS = env_int("MIANDAN_ORDER_ACCEPT_DEADLINE_SECONDS", 600)
 CELERY_BEAT_SCHEDULE["orders-sweep"] = {"task": "orders.sweep", "schedule": 30.0}
+# Reports: sum new ledger rows into per-minute rows (the live dashboard's burn line reads those).
+CELERY_BEAT_SCHEDULE["reports-ledger-rollup"] = {"task": "reports.ledger_rollup", "schedule": 30.0}
 
 LOGGING = {
     "version": 1,

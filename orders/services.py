@@ -17,7 +17,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from campaign.errors import CampaignNotFound, CampaignNotLive
@@ -519,20 +519,30 @@ def order_advance(*, order_id: int, max_steps: int = 8) -> str | None:
     return status
 
 
+def sweep_queries(now) -> tuple[QuerySet, QuerySet]:
+    """The sweeper's two scans: orders past the accept deadline, orders stuck in a state (ids, oldest first).
+
+    Oldest first along the partial indexes order_unaccepted_age / order_active_since, which hold only
+    orders in flight: a batch is an index range whatever the number of finished orders.
+    """
+    deadline = now - dt.timedelta(seconds=settings.MIANDAN_ORDER_ACCEPT_DEADLINE_SECONDS)
+    stuck_before = now - dt.timedelta(seconds=settings.MIANDAN_ORDER_STUCK_SECONDS)
+    overdue = Order.objects.filter(status__in=CANCELLABLE, created_at__lt=deadline).order_by("created_at")
+    stuck = Order.objects.filter(status__in=ACTIVE, state_changed_at__lt=stuck_before).order_by("state_changed_at")
+    return overdue.values_list("pk", flat=True), stuck.values_list("pk", flat=True)
+
+
 def order_sweep(*, now=None, limit: int = 500) -> dict:
     """Beat job: fail orders no store accepted in time, re-send orders stuck in a state, trim counters."""
     now = now or timezone.now()
-    deadline = now - dt.timedelta(seconds=settings.MIANDAN_ORDER_ACCEPT_DEADLINE_SECONDS)
-    stuck_before = now - dt.timedelta(seconds=settings.MIANDAN_ORDER_STUCK_SECONDS)
+    overdue, stuck = sweep_queries(now)
     failed = 0
-    for order_id in Order.objects.filter(status__in=CANCELLABLE, created_at__lt=deadline).values_list("pk", flat=True)[:limit]:
+    for order_id in overdue[:limit]:
         if order_transition(order_id=order_id, from_statuses=CANCELLABLE, to_status=S.FAILED,
                             note="门店超时未接单", failure_reason="门店超时未接单"):
             failed += 1
     resent = 0
-    for order_id in Order.objects.filter(status__in=ACTIVE, state_changed_at__lt=stuck_before).values_list(
-        "pk", flat=True
-    )[:limit]:
+    for order_id in stuck[:limit]:
         if not enqueue(ADVANCE_TASK, order_id):
             break  # broker down: the next sweep tries again
         resent += 1

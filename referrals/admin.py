@@ -10,7 +10,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, OuterRef, Subquery
+from django.db.models import Count, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -18,6 +18,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from campaign.models import Campaign
+from miandan.api.admin_scale import LargeTableAdminMixin, digits, ids_or_none, phone_prefix
 from miandan.api.errors import DomainError
 
 from .errors import ReferralNotPending
@@ -40,14 +41,24 @@ def chain_url(user_id: int, campaign_id: int | None = None) -> str:
 
 
 @admin.register(InviteCode)
-class InviteCodeAdmin(admin.ModelAdmin):
+class InviteCodeAdmin(LargeTableAdminMixin, admin.ModelAdmin):
     list_display = ("code", "owner", "campaign", "invitee_count", "created_at")
     list_filter = ("campaign",)
     search_fields = ("code", "user__phone", "user__username")
     list_select_related = ("user", "campaign")
     readonly_fields = ("code", "user", "campaign", "created_at")
     ordering = ("-id",)
+    search_help_text = "邀请码，或邀请人手机号（可只输前几位）"
     show_full_result_count = False
+
+    def search_q(self, request, term: str) -> Q | None:
+        if digits(term):
+            if not phone_prefix(term):
+                return None
+            users = ids_or_none(get_user_model().objects.filter(phone__startswith=term).values_list("pk", flat=True))
+            return Q(user_id__in=users) if users else None
+        staff = ids_or_none(get_user_model().objects.filter(username=term).values_list("pk", flat=True))
+        return Q(code=term.upper()) | Q(user_id__in=staff)
 
     def get_queryset(self, request):
         # A correlated count per listed row (FK index), not a GROUP BY over the whole join: the list
@@ -78,7 +89,7 @@ class InviteCodeAdmin(admin.ModelAdmin):
 
 
 @admin.register(Referral)
-class ReferralAdmin(admin.ModelAdmin):
+class ReferralAdmin(LargeTableAdminMixin, admin.ModelAdmin):
     change_list_template = "referrals/admin/referral_change_list.html"
     list_display = ("id", "campaign", "inviter_link", "invitee_link", "status", "inviter_outcome", "invitee_outcome",
                     "depth", "reasons", "created_at")
@@ -94,8 +105,19 @@ class ReferralAdmin(admin.ModelAdmin):
     )
     fields = readonly_fields
     change_form_template = "referrals/admin/referral_change_form.html"
+    search_help_text = "手机号（邀请人或受邀人，可只输前几位）、邀请码或设备号"
     show_full_result_count = False
     list_per_page = 50
+
+    def search_q(self, request, term: str) -> Q | None:
+        # Phones resolved to user ids first: then both sides are FK indexes PostgreSQL can OR together.
+        if digits(term):
+            if not phone_prefix(term):
+                return None
+            users = ids_or_none(get_user_model().objects.filter(phone__startswith=term).values_list("pk", flat=True))
+            return Q(inviter_id__in=users) | Q(invitee_id__in=users) if users else None
+        codes = ids_or_none(InviteCode.objects.filter(code=term.upper()).values_list("pk", flat=True))
+        return Q(invite_code_id__in=codes) | Q(device_id=term)
 
     @admin.display(description="邀请人", ordering="inviter__phone")
     def inviter_link(self, obj: Referral):

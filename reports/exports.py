@@ -170,6 +170,42 @@ def ledger_csv(rows: Iterable[tuple], fileobj: IO[str], progress: Progress | Non
         writer.writerow(["" if v is None else v for v in out])
 
 
+def ledger_csv_copy(copy_sql: str, fileobj: IO[str], progress: Progress | None = None) -> int:
+    """The same CSV as `ledger_csv`, formatted by PostgreSQL (COPY ... TO STDOUT) and streamed to the file.
+
+    ~10x faster than formatting each row in Python. Lines end in \\n (COPY's CSV), which Excel reads alike.
+    Progress counts newlines (a reason with a line break in it counts twice; the final figure comes from
+    the job's row total).
+    """
+    from django.db import connection
+
+    fileobj.write(BOM)
+    csv.writer(fileobj, lineterminator="\n").writerow([col.label for col in LEDGER_COLUMNS])
+    lines = reported = 0
+    # Normally on its own connection, so the job's progress is written on Django's while the COPY streams.
+    # Called inside a transaction (eager tasks, tests) it must see that transaction's rows: then it uses
+    # Django's connection and reports progress once, at the end.
+    shared = connection.in_atomic_block
+    if shared:
+        connection.ensure_connection()
+    raw = connection.connection if shared else connection.get_new_connection(connection.get_connection_params())
+    try:
+        with raw.cursor() as cur, cur.copy(copy_sql) as copy:
+            for block in copy:
+                text = bytes(block).decode("utf-8")
+                fileobj.write(text)
+                lines += text.count("\n")
+                if progress is not None and not shared and lines - reported >= PROGRESS_EVERY:
+                    progress(lines)
+                    reported = lines
+    finally:
+        if not shared:
+            raw.close()
+    if progress is not None:
+        progress(lines)
+    return lines
+
+
 def ledger_xlsx(rows: Iterable[tuple], fileobj: IO[bytes], progress: Progress | None = None) -> None:
     wb = Workbook(write_only=True)
     ws = wb.create_sheet("预算流水")

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Max
 from django.utils import timezone
 
@@ -14,9 +14,9 @@ from campaign.models import Campaign
 from miandan.api.errors import InvalidInput
 from miandan.tasks import enqueue_on_commit
 
-from .exports import budget_report_csv, budget_report_xlsx, ledger_csv, ledger_xlsx
-from .models import ExportJob
-from .selectors import GROUP_BY, budget_report, ledger_export_queryset, ledger_rows
+from .exports import budget_report_csv, budget_report_xlsx, ledger_csv, ledger_csv_copy, ledger_xlsx
+from .models import ExportJob, LedgerRollup
+from .selectors import GROUP_BY, budget_report, ledger_copy_sql, ledger_export_queryset, ledger_rows
 
 
 @transaction.atomic(durable=True)
@@ -62,7 +62,10 @@ def export_job_run(*, job_id: int) -> ExportJob | None:
                 ExportJob.objects.filter(pk=job.pk).update(rows_done=n)
 
             rows = ledger_rows(campaign=job.campaign, upto_id=upto)
-            if job.format == ExportJob.Format.CSV:
+            if job.format == ExportJob.Format.CSV and connection.vendor == "postgresql":
+                with open(partial, "w", encoding="utf-8", newline="") as fh:
+                    ledger_csv_copy(ledger_copy_sql(campaign=job.campaign, upto_id=upto), fh, progress)
+            elif job.format == ExportJob.Format.CSV:
                 with open(partial, "w", encoding="utf-8", newline="") as fh:
                     ledger_csv(rows, fh, progress)
             else:
@@ -90,3 +93,63 @@ def export_job_run(*, job_id: int) -> ExportJob | None:
     )
     job.refresh_from_db()
     return job
+
+
+# --- the ledger rollup (dashboard burn line, report days) -------------------------------
+
+_ROLLUP_SQL = """
+INSERT INTO reports_ledgerminute (campaign_id, minute, reserve, spend, release, adjust, entries)
+SELECT campaign_id, date_trunc('minute', created_at),
+       COALESCE(SUM(amount) FILTER (WHERE kind = 'reserve'), 0), COALESCE(SUM(amount) FILTER (WHERE kind = 'spend'), 0),
+       COALESCE(SUM(amount) FILTER (WHERE kind = 'release'), 0), COALESCE(SUM(amount) FILTER (WHERE kind = 'adjust'), 0),
+       COUNT(*)
+FROM campaign_ledgerentry
+WHERE campaign_id = %s AND id > %s AND id <= %s
+GROUP BY campaign_id, date_trunc('minute', created_at)
+ON CONFLICT (campaign_id, minute) DO UPDATE SET
+    reserve = reports_ledgerminute.reserve + EXCLUDED.reserve, spend = reports_ledgerminute.spend + EXCLUDED.spend,
+    release = reports_ledgerminute.release + EXCLUDED.release, adjust = reports_ledgerminute.adjust + EXCLUDED.adjust,
+    entries = reports_ledgerminute.entries + EXCLUDED.entries
+"""
+
+# A transaction that began before `at` may still commit ledger rows with ids at or below what was seen
+# then (ids come from a sequence in allocation order, commits come in any order). Sessions whose activity
+# this role may not see (state NULL) count as open: never sum a row that could still appear below the mark.
+_OLDER_TRANSACTIONS_OPEN = """
+SELECT EXISTS (
+    SELECT 1 FROM pg_stat_activity
+    WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+      AND (xact_start < %s OR state IS NULL)
+)
+"""
+
+
+@transaction.atomic(durable=True)
+def ledger_rollup_advance(*, campaign: Campaign) -> int:
+    """Move the campaign's ledger watermark forward where that is provably safe; returns the watermark.
+
+    Two steps, a call apart: (1) note the largest ledger id visible now and the time just after; (2) once
+    no transaction that began before that time is still open, every row up to that id has committed (or
+    never will), so their sums go into LedgerMinute and the watermark moves there, in one transaction.
+    Exact by construction: the dashboard adds the live rows above the watermark. PostgreSQL only (on
+    SQLite the watermark stays 0 and every read is live). Concurrent callers skip instead of queueing.
+    """
+    if connection.vendor != "postgresql":
+        return 0
+    LedgerRollup.objects.bulk_create([LedgerRollup(campaign=campaign)], ignore_conflicts=True)
+    state = LedgerRollup.objects.select_for_update(skip_locked=True).filter(campaign=campaign).first()
+    if state is None:
+        return LedgerRollup.objects.get(campaign=campaign).upto_id  # another caller is advancing it
+    with connection.cursor() as cur:
+        if state.candidate_id > state.upto_id and state.candidate_at is not None:
+            cur.execute(_OLDER_TRANSACTIONS_OPEN, [state.candidate_at])
+            if not cur.fetchone()[0]:
+                cur.execute(_ROLLUP_SQL, [campaign.pk, state.upto_id, state.candidate_id])
+                state.upto_id = state.candidate_id
+        if state.candidate_id <= state.upto_id:
+            cur.execute("SELECT max(id) FROM campaign_ledgerentry WHERE campaign_id = %s", [campaign.pk])
+            newest = cur.fetchone()[0] or 0
+            cur.execute("SELECT clock_timestamp()")  # after the read: whoever holds a smaller id began before
+            state.candidate_id, state.candidate_at = max(newest, state.upto_id), cur.fetchone()[0]
+    state.save(update_fields=["upto_id", "candidate_id", "candidate_at"])
+    return state.upto_id

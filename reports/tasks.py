@@ -7,3 +7,12 @@ from . import services
 @task(name="reports.export_job_run", soft_time_limit=1800, time_limit=1900, max_retries=2)
 def export_job_run_task(job_id: int) -> None:
     services.export_job_run(job_id=job_id)
+
+
+@task(name="reports.ledger_rollup", soft_time_limit=600, time_limit=660)
+def ledger_rollup_task() -> None:
+    """Keep every live campaign's ledger rollup close to the present (the dashboard reads it)."""
+    from campaign.models import Campaign
+
+    for campaign in Campaign.objects.exclude(status=Campaign.Status.DRAFT):
+        services.ledger_rollup_advance(campaign=campaign)

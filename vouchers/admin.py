@@ -11,6 +11,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
+from django.db.models import Q
 from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -18,6 +19,7 @@ from django.urls import path, reverse
 from accounts.models import User
 from campaign.models import Campaign
 from miandan.api.admin import ReadOnlyAdminMixin
+from miandan.api.admin_scale import LargeTableAdminMixin, digits, ids_or_none, phone_prefix
 from miandan.api.errors import DomainError
 
 from .models import Voucher
@@ -55,7 +57,7 @@ class IssueForm(forms.Form):
 
 
 @admin.register(Voucher)
-class VoucherAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class VoucherAdmin(LargeTableAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("code", "user", "campaign", "source", "status", "face_value", "subsidy", "expires_at")
     list_filter = ("campaign", "status", "source")
     search_fields = ("=code", "user__phone")  # "=code" is iexact: staff may type codes in lower case
@@ -67,7 +69,17 @@ class VoucherAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "issued_at", "expires_at", "locked_at", "redeemed_at", "closed_at", "void_reason",
     )
     actions = ["void"]
+    search_help_text = "卡号（完整），或手机号（可只输前几位）"
     show_full_result_count = False  # the card table is the biggest in the system
+
+    def search_q(self, request, term: str) -> Q | None:
+        # Indexed lookups only (LargeTableAdminMixin): the code's unique index, the phone's prefix index.
+        if digits(term):
+            if not phone_prefix(term):
+                return None
+            users = ids_or_none(User.objects.filter(phone__startswith=term).values_list("pk", flat=True))
+            return Q(user_id__in=users) if users else None
+        return Q(code=term.upper())
     change_list_template = "admin/vouchers/voucher/change_list.html"
 
     # --- void ------------------------------------------------------------------------

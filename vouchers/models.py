@@ -30,9 +30,14 @@ class Voucher(models.Model):
         VOID = "void", "已作废"
 
     code = models.CharField("卡号", max_length=16, unique=True)
-    campaign = models.ForeignKey(Campaign, on_delete=models.PROTECT, related_name="vouchers", verbose_name="活动")
+    # No single-column indexes on campaign/user: (campaign, user, slot) and (user, campaign, status) lead with
+    # them, and each index costs every card insert on the hot join path.
+    campaign = models.ForeignKey(
+        Campaign, on_delete=models.PROTECT, related_name="vouchers", verbose_name="活动", db_index=False
+    )
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="vouchers", verbose_name="持有人"
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="vouchers", verbose_name="持有人",
+        db_index=False,
     )
     bucket = models.ForeignKey(BudgetBucket, on_delete=models.PROTECT, related_name="vouchers", verbose_name="预算桶")
     slot = models.PositiveSmallIntegerField("卡位")
@@ -58,6 +63,15 @@ class Voucher(models.Model):
         indexes = [
             models.Index(fields=["user", "campaign", "status"], name="voucher_owner_status"),
             models.Index(fields=["status", "expires_at"], name="voucher_status_expiry"),
+            # The expiry batch: issued cards, oldest expiry first, in index order (1 ms at 0.5 M cards; with
+            # full rows selected PostgreSQL otherwise walks the expires_at index past every expired card).
+            models.Index(fields=["expires_at", "id"], name="voucher_issued_expiry", condition=Q(status="issued")),
+            # Counts by state and source for the dashboard and the report: an index-only scan, not the wide heap.
+            models.Index(fields=["campaign", "status", "source"], name="voucher_campaign_state"),
+            # Admin at millions of cards: the date hierarchy's MIN/MAX and the dashboard's last hour; the
+            # source filter (a rare source such as staff would otherwise scan the table).
+            models.Index(fields=["issued_at"], name="voucher_issued_at"),
+            models.Index(fields=["source", "expires_at"], name="voucher_source_expiry"),
         ]
         constraints = [
             models.UniqueConstraint(fields=["campaign", "user", "slot"], name="voucher_unique_slot"),

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from django.db.models import Case, Count, DecimalField, Q, QuerySet, Sum, Value, When
+from django.db import connections, transaction
+from django.db.models import Case, Count, DecimalField, QuerySet, Sum, Value, When
 from django.utils import timezone
 
 from campaign.models import BudgetBucket, Campaign, LedgerEntry
@@ -55,6 +59,7 @@ class ReconcileReport:
     campaign: str
     totals: dict[str, Decimal] = field(default_factory=dict)
     differences: list[str] = field(default_factory=list)
+    as_of: dt.datetime | None = None  # the snapshot's moment (PostgreSQL: its transaction start)
 
     @property
     def ok(self) -> bool:
@@ -74,21 +79,112 @@ def _money(value) -> Decimal:
     return value if value is not None else ZERO
 
 
-def reconcile(*, campaign: Campaign) -> ReconcileReport:
-    """Prove ledger sums == bucket counters == card states, per bucket and per card."""
+@contextmanager
+def read_snapshot(using: str = "default") -> Iterator[None]:
+    """Run the reads inside in one consistent snapshot: a read-only REPEATABLE READ transaction.
+
+    Reconciliation compares three things that live traffic moves together (bucket counters, ledger rows,
+    card states); read at different moments they disagree by whatever committed in between. In one
+    snapshot every query sees the same committed state. Transaction-scoped only (SET TRANSACTION, SET
+    LOCAL), so it is safe behind PgBouncer in transaction pooling mode. Inside an existing transaction
+    (an outer snapshot, or a test's) the reads simply join it: SET TRANSACTION must be its first statement.
+    """
+    conn = connections[using]
+    if conn.in_atomic_block:
+        yield
+        return
+    with transaction.atomic(using=using):
+        if conn.vendor == "postgresql":
+            with conn.cursor() as cur:
+                cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                # The per-card check hashes millions of ids; more sort/hash memory for this one transaction
+                # keeps it off disk. Server-side memory, bounded per query node.
+                cur.execute("SET LOCAL work_mem = '64MB'")
+        yield
+
+
+def cents_sql(column: str, vendor: str) -> str:
+    # Compare money as integer cents: exact on PostgreSQL and on SQLite (which stores decimals as REAL).
+    if vendor == "postgresql":
+        return f"(({column}) * 100)::bigint"
+    return f"CAST(ROUND(({column}) * 100) AS INTEGER)"
+
+
+def _card_ledger_sql(vendor: str) -> str:
+    """Cards FULL JOIN their ledger sums, only the rows that disagree, in the database (nothing per card in Python).
+
+    Per card: one reserve of the face value; a closed card released all of it; a redeemed card spent its
+    subsidy and released the rest; an open card has nothing but its reservation.
+    """
+    amount, face = cents_sql("amount", vendor), cents_sql("face_value", vendor)
+    subsidy = cents_sql("COALESCE(subsidy, 0)", vendor)
+    return f"""
+    WITH l AS (
+        SELECT voucher_id AS vid,
+               COALESCE(SUM(CASE WHEN kind = 'reserve' THEN c END), 0) AS reserve,
+               COUNT(CASE WHEN kind = 'reserve' THEN 1 END) AS reserves,
+               COALESCE(SUM(CASE WHEN kind = 'spend' THEN c END), 0) AS spend,
+               COALESCE(SUM(CASE WHEN kind = 'release' THEN c END), 0) AS rel
+        FROM (SELECT voucher_id, kind, {amount} AS c FROM campaign_ledgerentry
+              WHERE campaign_id = %(cid)s AND voucher_id IS NOT NULL) AS x
+        GROUP BY voucher_id
+    ), v AS (
+        SELECT id, status, {face} AS face,
+               CASE WHEN status = 'redeemed' THEN {subsidy} ELSE 0 END AS sub
+        FROM vouchers_voucher WHERE campaign_id = %(cid)s
+    ), d AS (
+        SELECT v.id AS card, v.status, v.face, v.sub, l.vid, l.reserve, l.reserves, l.spend, l.rel,
+               CASE WHEN v.status = 'redeemed' THEN v.face - v.sub
+                    WHEN v.status IN ('expired', 'void') THEN v.face ELSE 0 END AS want_rel
+        FROM v FULL JOIN l ON l.vid = v.id
+    )
+    SELECT COALESCE(card, vid) AS id, status, face, sub, vid, reserve, reserves, spend, rel, want_rel,
+           COUNT(*) OVER () AS bad
+    FROM d
+    WHERE card IS NULL OR vid IS NULL OR reserves <> 1 OR reserve <> face OR spend <> sub OR rel <> want_rel
+    ORDER BY 1
+    LIMIT 50
+    """
+
+
+def _yuan(cents) -> Decimal:
+    return (Decimal(int(cents or 0)) / 100).quantize(Decimal("0.01"))
+
+
+def reconcile(*, campaign: Campaign, using: str = "default") -> ReconcileReport:
+    """Prove ledger sums == bucket counters == card states, per bucket and per card, in one snapshot.
+
+    Memory is bounded whatever the campaign's size: per-bucket sums come back as one row per bucket, and
+    the per-card proof runs in the database, which returns only the cards that disagree (at most 50, with
+    their total count). On PostgreSQL every query reads the same read-only REPEATABLE READ snapshot, so a
+    reconcile run during live traffic never reports a difference that is only a race between its queries.
+    """
+    with read_snapshot(using):
+        return _reconcile(campaign=campaign, using=using)
+
+
+def _reconcile(*, campaign: Campaign, using: str) -> ReconcileReport:
     report = ReconcileReport(campaign=campaign.slug)
     diffs = report.differences
+    conn = connections[using]
+    campaign = Campaign.objects.using(using).get(pk=campaign.pk)  # its budget as of this snapshot
+    if conn.vendor == "postgresql":
+        with conn.cursor() as cur:
+            cur.execute("SELECT now()")
+            report.as_of = cur.fetchone()[0]
 
     ledger: dict[int, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
-    for row in LedgerEntry.objects.filter(campaign=campaign).values("bucket_id", "kind").annotate(t=Sum("amount")):
+    for row in (LedgerEntry.objects.using(using).filter(campaign=campaign).order_by()
+                .values("bucket_id", "kind").annotate(t=Sum("amount"))):
         ledger[row["bucket_id"]][row["kind"]] = row["t"]
 
     money = DecimalField(max_digits=16, decimal_places=2)
     cards = {
         row["bucket_id"]: row
-        for row in Voucher.objects.filter(campaign=campaign)
+        for row in Voucher.objects.using(using).filter(campaign=campaign).order_by()
         .values("bucket_id")
         .annotate(
+            n=Count("id"),
             open_face=Sum(Case(When(status__in=OPEN, then="face_value"), default=Value(ZERO), output_field=money)),
             subsidy=Sum(Case(When(status=Voucher.Status.REDEEMED, then="subsidy"), default=Value(ZERO),
                              output_field=money)),
@@ -96,7 +192,8 @@ def reconcile(*, campaign: Campaign) -> ReconcileReport:
     }
 
     totals = defaultdict(Decimal)
-    for bucket in BudgetBucket.objects.filter(campaign=campaign).order_by("index"):
+    buckets = list(BudgetBucket.objects.using(using).filter(campaign=campaign).order_by("index"))
+    for bucket in buckets:
         led = ledger.get(bucket.pk, {})
         adjust, reserve = led.get("adjust", ZERO), led.get("reserve", ZERO)
         spend, release = led.get("spend", ZERO), led.get("release", ZERO)
@@ -123,56 +220,45 @@ def reconcile(*, campaign: Campaign) -> ReconcileReport:
         totals["ledger_reserve"] += reserve
         totals["ledger_spend"] += spend
         totals["ledger_release"] += release
-    orphan = set(ledger) - set(BudgetBucket.objects.filter(campaign=campaign).values_list("pk", flat=True))
+    orphan = set(ledger) - {b.pk for b in buckets}
     if orphan:
         diffs.append(f"流水引用了不属于本活动的预算桶：{sorted(orphan)}")
+    stray_cards = set(cards) - {b.pk for b in buckets}
+    if stray_cards:
+        diffs.append(f"卡引用了不属于本活动的预算桶：{sorted(stray_cards)}")
     if totals["allotment"] != campaign.total_budget:
         diffs.append(f"总预算 {campaign.total_budget} ≠ 各桶额度合计 {totals['allotment']}")
     totals["total_budget"] = campaign.total_budget
     totals["remaining"] = totals["allotment"] - totals["reserved"] - totals["spent"]
 
-    # Per card: one reserve of the face value; a closed card released all of it; a redeemed card
-    # spent its subsidy and released the rest; an open card has nothing but its reservation.
-    per_card = (
-        LedgerEntry.objects.filter(campaign=campaign, voucher_id__isnull=False)
-        .values("voucher_id")
-        .annotate(
-            reserve=Sum("amount", filter=Q(kind="reserve")),
-            reserves=Count("id", filter=Q(kind="reserve")),
-            spend=Sum("amount", filter=Q(kind="spend")),
-            release=Sum("amount", filter=Q(kind="release")),
-        )
-    )
-    seen = 0
-    states = dict(Voucher.objects.filter(campaign=campaign).values_list("pk", "status"))
-    faces = dict(Voucher.objects.filter(campaign=campaign).values_list("pk", "face_value"))
-    subsidies = dict(
-        Voucher.objects.filter(campaign=campaign, status=Voucher.Status.REDEEMED).values_list("pk", "subsidy")
-    )
     bad: list[str] = []
-    for row in per_card.iterator(chunk_size=5000):
-        vid = row["voucher_id"]
-        seen += 1
-        status = states.get(vid)
-        if status is None:
-            bad.append(f"流水引用了不存在的卡 #{vid}")
-            continue
-        face = faces[vid]
-        reserve, spend, release = _money(row["reserve"]), _money(row["spend"]), _money(row["release"])
-        expected = {
-            "reserve": face,
-            "spend": subsidies.get(vid, ZERO) if status == Voucher.Status.REDEEMED else ZERO,
-            "release": (face - subsidies.get(vid, ZERO)) if status == Voucher.Status.REDEEMED
-            else (face if status in CLOSED else ZERO),
-        }
-        actual = {"reserve": reserve, "spend": spend, "release": release}
-        if row["reserves"] != 1 or actual != expected:
-            bad.append(f"卡 #{vid}（{status}）: 流水 {actual} ≠ 应有 {expected}")
-    if seen != len(states):
-        bad.append(f"{len(states) - seen} 张卡没有预留流水")
-    if bad:
-        diffs.append(f"{len(bad)} 处卡与流水不一致")
-        diffs.extend(bad[:50])
+    total_bad = 0
+    with conn.cursor() as cur:
+        if conn.vendor == "postgresql":
+            # Two ordered streams merged (ledger_card_rows index-only, cards by primary key): constant memory
+            # whatever the size. Left to itself the planner hashes millions of cards and groups, spilling to disk.
+            cur.execute("SET LOCAL enable_hashagg = off")
+            cur.execute("SET LOCAL enable_hashjoin = off")
+        cur.execute(_card_ledger_sql(conn.vendor), {"cid": campaign.pk})
+        rows = cur.fetchall()
+        if conn.vendor == "postgresql":
+            cur.execute("SET LOCAL enable_hashagg TO DEFAULT")
+            cur.execute("SET LOCAL enable_hashjoin TO DEFAULT")
+        for vid, status, face, sub, ledger_vid, reserve, reserves, spend, rel, want_rel, count in rows:
+            total_bad = count
+            if status is None:
+                bad.append(f"流水引用了不存在的卡 #{vid}")
+                continue
+            if ledger_vid is None:
+                bad.append(f"卡 #{vid}（{status}）: 没有预留流水")
+                continue
+            actual = {"reserve": _yuan(reserve), "spend": _yuan(spend), "release": _yuan(rel)}
+            expected = {"reserve": _yuan(face), "spend": _yuan(sub), "release": _yuan(want_rel)}
+            extra = f"（预留流水 {reserves} 笔）" if reserves != 1 else ""
+            bad.append(f"卡 #{vid}（{status}）: 流水 {actual} ≠ 应有 {expected}{extra}")
+    if total_bad:
+        diffs.append(f"{total_bad} 处卡与流水不一致")
+        diffs.extend(bad)
     report.totals = dict(totals)
-    report.totals["cards"] = Decimal(len(states))
+    report.totals["cards"] = Decimal(sum(row["n"] for row in cards.values()))
     return report

@@ -347,6 +347,11 @@ def _close_cards(cards: list[Voucher], *, status: str, actor=None, reason: str) 
     transaction.on_commit(lambda: [admission.clear_exhausted(cid) for cid in campaign_ids])
 
 
+# Oldest expiry first: the order of the (status, expires_at) index, so a batch reads `limit` index entries
+# instead of every expired card (ORDER BY id made PostgreSQL walk the primary key or sort them all).
+EXPIRY_ORDER = ("expires_at", "id")
+
+
 @retry_on_conflict()
 @transaction.atomic(durable=True)
 def voucher_expire_batch(*, limit: int = 1000, now=None) -> int:
@@ -355,7 +360,7 @@ def voucher_expire_batch(*, limit: int = 1000, now=None) -> int:
     cards = list(
         Voucher.objects.select_for_update(skip_locked=True)
         .filter(status=Voucher.Status.ISSUED, expires_at__lte=now)
-        .order_by("id")[:limit]
+        .order_by(*EXPIRY_ORDER)[:limit]
     )
     if cards:
         _close_cards(cards, status=Voucher.Status.EXPIRED, reason="卡已过期，预留退回")

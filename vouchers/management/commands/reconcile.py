@@ -15,6 +15,8 @@ class Command(BaseCommand):
         if campaign is None:
             raise CommandError(f"活动不存在：{slug}")
         report = reconcile(campaign=campaign)
+        if report.as_of is not None:
+            self.stdout.write(f"{'snapshot':>16}: {report.as_of.isoformat()} (one read-only REPEATABLE READ transaction)")
         for name, value in report.totals.items():
             self.stdout.write(f"{name:>16}: {value}")
         if report.ok:
