@@ -217,9 +217,14 @@ def campaign_join(*, user, campaign: Campaign, app_version: object) -> tuple[Vou
         elif state.count >= campaign.card_cap:
             raise CardLimitReached()
     if exhausted:
-        existing = _welcome_card(campaign, user)
-        if existing is not None:
-            return existing, False
+        # Answered without PostgreSQL when Redis knows the user (no welcome card: refused); otherwise one
+        # read of the user's cards, remembered for the next try.
+        if state is None:
+            cards = list(Voucher.objects.filter(campaign=campaign, user=user).values_list("source", "code"))
+            welcome = next((code for source, code in cards if source == Voucher.Source.WELCOME), "")
+            admission.remember_user_if_absent(campaign.pk, user.pk, count=len(cards), welcome_code=welcome)
+            if welcome:
+                return Voucher.objects.get(code=welcome), False
         raise BudgetExhausted()
     try:
         voucher, created, cards, welcome = _join_db(user=user, campaign=campaign, app_version=str(app_version).strip())
