@@ -54,9 +54,10 @@ class BenchConfig:
     redis_url: str = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
     redis_prefix: str = os.environ.get("BENCH_REDIS_PREFIX", "bench")
     celery_queue: str = os.environ.get("BENCH_CELERY_QUEUE", "bench")
-    workers: int = int(os.environ.get("BENCH_WORKERS", "4"))
-    threads: int = int(os.environ.get("BENCH_THREADS", "4"))
-    worker_class: str = os.environ.get("BENCH_WORKER_CLASS", "gthread")
+    # 0 / "": what gunicorn.conf.py says (the production shape); set them to compare other shapes.
+    workers: int = int(os.environ.get("BENCH_WORKERS", "0"))
+    threads: int = int(os.environ.get("BENCH_THREADS", "0"))
+    worker_class: str = os.environ.get("BENCH_WORKER_CLASS", "")
     fixed_otp: str = "246810"
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -156,10 +157,14 @@ class Server:
 
     def command(self) -> list[str]:
         cfg = self.cfg
-        cmd = [GUNICORN, self.app, "-b", f"127.0.0.1:{self.port}", "-w", str(cfg.workers),
-               "--worker-class", cfg.worker_class, "--keep-alive", "75", "--backlog", "2048",
-               "--log-level", "warning", "--graceful-timeout", "5"]
-        if cfg.worker_class == "gthread":
+        # The production command: gunicorn reads ./gunicorn.conf.py (cwd is the repository root); only what a
+        # comparison asks for is overridden.
+        cmd = [GUNICORN, self.app, "-b", f"127.0.0.1:{self.port}", "--log-level", "warning", "--graceful-timeout", "5"]
+        if cfg.workers:
+            cmd += ["-w", str(cfg.workers)]
+        if cfg.worker_class:
+            cmd += ["--worker-class", cfg.worker_class]
+        if cfg.threads and cfg.worker_class in ("", "gthread"):
             cmd += ["--threads", str(cfg.threads)]
         return cmd
 

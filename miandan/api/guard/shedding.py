@@ -102,10 +102,14 @@ class AdaptiveLimiter:
         latency = max(0.0, now - ticket.start)
         with self._lock:
             binding = self._held_back or self.inflight >= math.floor(self.limit)
+            self._held_back = False
             self.inflight -= 1
             if sample:
-                self._held_back = False
                 self._learn(key, latency, now, binding)
+            elif binding and self.latency <= self.tolerance:
+                # A cheap answer (409 from Redis, 400) while writes were held back: no latency lesson, but the
+                # limit was binding and the writes that did work are not slow, so there is room.
+                self.limit = min(float(self.max_limit), self.limit + 1.0 / self.limit)
             limit = self.limit
         metrics.SHED_INFLIGHT.dec()
         metrics.SHED_LIMIT.set(limit)
