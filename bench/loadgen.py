@@ -280,7 +280,26 @@ def run_wrk(plan: dict, *, url: str, connections: int, duration: float, warmup: 
         "status": {str(k): v for k, v in sorted(result["status"].items(), key=lambda kv: int(kv[0]))},
         "transport_errors": errors,
         "exhausted_connections": result["wraps"],
+        "server_timing_ms": _timing_percentiles(result.get("server_timing_20ths_ms") or {}),
     }
+
+
+def _timing_percentiles(buckets: dict) -> dict:
+    """p50/p99/max of Server-Timing durations reported in 0.05 ms buckets (the shed answers' own server time)."""
+    pairs = sorted((int(k), v) for k, v in buckets.items())
+    total = sum(v for _, v in pairs)
+    if not total:
+        return {"n": 0}
+    out, seen = {"n": total}, 0
+    marks = {"p50": 0.5, "p99": 0.99}
+    for b, v in pairs:
+        seen += v
+        for name, q in list(marks.items()):
+            if seen >= q * total:
+                out[name] = round((b + 1) / 20, 2)  # upper edge of the bucket
+                del marks[name]
+    out["max"] = round((pairs[-1][0] + 1) / 20, 2)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

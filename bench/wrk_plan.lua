@@ -45,6 +45,7 @@ function init(args)
   f:close()
   pos = offset + id
   statuses = {}
+  timing = {}  -- Server-Timing dur of answers that carry one (shed answers), in 0.05 ms buckets
   wraps = 0
 end
 
@@ -72,23 +73,33 @@ end
 
 function response(status, hdrs, body)
   statuses[status] = (statuses[status] or 0) + 1
+  local st = hdrs["Server-Timing"]
+  if st ~= nil then
+    local d = tonumber(st:match("dur=([%d%.]+)"))
+    if d ~= nil then
+      local b = math.floor(d * 20)
+      timing[b] = (timing[b] or 0) + 1
+    end
+  end
 end
 
 function done(summary, latency, requests)
-  local agg, wrapped = {}, 0
+  local agg, tagg, wrapped = {}, {}, 0
   for _, t in ipairs(threads) do
     local s = t:get("statuses")
     for k, v in pairs(s) do agg[k] = (agg[k] or 0) + v end
+    for k, v in pairs(t:get("timing")) do tagg[k] = (tagg[k] or 0) + v end
     wrapped = wrapped + t:get("wraps")
   end
-  local parts = {}
+  local parts, tparts = {}, {}
   for k, v in pairs(agg) do table.insert(parts, string.format('"%d": %d', k, v)) end
+  for k, v in pairs(tagg) do table.insert(tparts, string.format('"%d": %d', k, v)) end
   local e = summary.errors
   io.write(string.format(
-    'WRKJSON {"requests": %d, "duration_us": %d, "status": {%s}, "wraps": %d, ' ..
+    'WRKJSON {"requests": %d, "duration_us": %d, "status": {%s}, "server_timing_20ths_ms": {%s}, "wraps": %d, ' ..
     '"errors": {"connect": %d, "read": %d, "write": %d, "timeout": %d}, ' ..
     '"latency_us": {"mean": %.1f, "p50": %d, "p90": %d, "p99": %d, "max": %d}}\n',
-    summary.requests, summary.duration, table.concat(parts, ", "), wrapped,
+    summary.requests, summary.duration, table.concat(parts, ", "), table.concat(tparts, ", "), wrapped,
     e.connect, e.read, e.write, e.timeout,
     latency.mean, latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
 end
