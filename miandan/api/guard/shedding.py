@@ -7,10 +7,11 @@ The model (docs/operations.md, "The admission model"):
   queues behind admitted work, and the threads the limit does not hand out stay free for refusals,
   reads and health checks.
 - The limit follows capacity, not a fixed latency: each admitted write that did its work (201) reports
-  its latency; its route's no-load latency is the minimum over the last two windows (`window` seconds
-  each). While the smoothed ratio latency / baseline stays within `tolerance` and the limit is what
-  holds writes back, the limit rises by 1/limit per completion (about +1 per round of writes); above
-  it, the limit is multiplied by tolerance / ratio (at least 0.5), at most once per latency interval.
+  its latency; its route's no-load latency is the lowest its smoothed latency (EWMA over ~5 writes) was
+  over the last two windows (`window` seconds each). While smoothed latency / no-load latency stays
+  within `tolerance` and the limit is what holds writes back, the limit rises by 1/limit per completion
+  (about +1 per round of writes); above it, the limit is multiplied by tolerance / ratio (at least 0.5),
+  at most once per latency interval.
   So it rises until the cores are busy (more concurrency then only adds latency) and falls on a
   latency spike.
 - A queue signal (time spent before Django, from a trusted proxy's X-Request-Start): while most of the
@@ -66,10 +67,11 @@ class AdaptiveLimiter:
         self.clock = clock
         self.inflight = 0
         self.shed = 0
-        self.latency = 0.0  # smoothed latency of admitted writes over their route's no-load latency (EWMA)
+        self.latency = 0.0  # the last write's route: smoothed latency over its no-load latency
         self.queue = 0.0  # share of the last 20 trusted queue samples above the target
         self._late_ring: deque[bool] = deque(maxlen=20)
-        self._windows: dict[str, list[float]] = {}  # route -> [window start, min this window, min last window]
+        # route -> [window start, min of the smoothed latency this window, min last window, smoothed latency]
+        self._windows: dict[str, list[float]] = {}
         self._held_back = False  # a write was refused since the last completion: the limit is binding
         self._last_decrease = -math.inf
         self._lock = threading.Lock()
@@ -121,16 +123,18 @@ class AdaptiveLimiter:
 
     def _learn(self, key: str, latency: float, now: float, binding: bool) -> None:
         window = self._windows.get(key)
+        # The route's smoothed latency (EWMA over ~5 writes): one lucky or unlucky write barely moves it.
+        smooth = latency if window is None else 0.8 * window[3] + 0.2 * latency
         if window is None or now - window[0] >= self.window:
-            # Two windows: the baseline forgets a minimum after one to two windows (a slower path,
-            # a bigger database), so it can rise, but never while one fast sample is recent.
-            self._windows[key] = window = [now, latency, window[1] if window else math.inf]
+            # Two windows: the baseline forgets a minimum after one to two windows (a slower path, a bigger
+            # database), so it can rise, but never while a calm spell is recent.
+            self._windows[key] = window = [now, smooth, window[1] if window else math.inf, smooth]
         else:
-            window[1] = min(window[1], latency)
-        ratio = latency / max(min(window[1], window[2]), 1e-6)
-        self.latency = ratio if self.latency == 0.0 else 0.8 * self.latency + 0.2 * ratio
+            window[1] = min(window[1], smooth)
+            window[3] = smooth
+        self.latency = smooth / max(min(window[1], window[2]), 1e-6)
         if self.latency > self.tolerance:
-            if now - self._last_decrease >= latency:  # one cut per round of writes
+            if now - self._last_decrease >= smooth:  # one cut per round of writes
                 self.limit = max(float(self.min_limit), self.limit * max(0.5, self.tolerance / self.latency))
                 self._last_decrease = now
         elif binding:
