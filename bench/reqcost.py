@@ -43,9 +43,12 @@ def run(*, n: int = 200, cprofile: str = "", shapes: str = "") -> dict:
     settings.ALLOWED_HOSTS = ["*"]
     settings.MIANDAN_PROXY_COUNT = 1
     settings.RATELIMIT_ENABLE = True
+    settings.MIANDAN_RATELIMITS = {"order_user": "1000/m", "join_user": "1000/m"}  # the same 50 users repeat here
     me, capped, exhausted = _tokens("13", 50), _tokens("17", 50), _tokens("18", 50)
     fresh = _tokens("15", n)
+    orderers = _tokens("14", 50)
     join = {"app_version": "1.0.0"}
+    order = {"text": "来一杯喜茶多肉葡萄，少冰", "lat": 30.2741, "lng": 120.1551, "campaign": "bench", "pay_full_price": True}
     all_shapes = {
         "healthz": ("get", "/healthz", None, None),
         "campaign": ("get", "/api/v1/campaigns/bench/", None, me),
@@ -54,6 +57,7 @@ def run(*, n: int = 200, cprofile: str = "", shapes: str = "") -> dict:
         "join-capped": ("post", "/api/v1/campaigns/bench/join", join, capped),
         "join-exhausted": ("post", "/api/v1/campaigns/bench-empty/join", join, exhausted),
         "join-fresh": ("post", "/api/v1/campaigns/bench/join", join, fresh),
+        "order-chat": ("post", "/api/v1/orders/chat", order, orderers),
     }
     wanted = [s for s in (shapes.split(",") if shapes else all_shapes) if s in all_shapes]
     redis_calls = {"n": 0}

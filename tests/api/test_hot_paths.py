@@ -122,3 +122,18 @@ def test_my_cards_first_page_is_one_query(settings, auth_client, campaign):
     assert full["count"] == 21 and len(full["results"]) == 20 and full["next"]
     second = auth_client.get(full["next"]).json()
     assert second["count"] == 21 and len(second["results"]) == 1
+
+
+def test_a_fresh_join_is_the_lock_and_one_statement(settings, auth_client, make_auth_client, campaign, guard_off):
+    """Slot lock, then count + reserve + card + ledger (+ the user's first app version) in one statement."""
+    make_auth_client().post(f"/api/v1/campaigns/{campaign.slug}/join", {"app_version": "1.0.0"}, format="json")
+    auth_client.get("/api/v1/me")  # token copied to Redis (without Redis it is one more query)
+    with CaptureQueriesContext(connection) as queries:
+        joined = auth_client.post(f"/api/v1/campaigns/{campaign.slug}/join", {"app_version": "1.0.0"}, format="json")
+    assert joined.status_code == 201
+    statements = [q["sql"] for q in queries  # transaction control is not a statement (the test runs in savepoints)
+                  if q["sql"] not in ("BEGIN", "COMMIT") and "SAVEPOINT" not in q["sql"]]
+    assert len(statements) <= (2 if settings.REDIS_URL else 3), statements
+    assert reconcile(campaign=campaign).ok
+    assert auth_client.post(f"/api/v1/campaigns/{campaign.slug}/join", {"app_version": "1.0.0"},
+                            format="json").json()["code"] == joined.json()["code"]
