@@ -43,6 +43,10 @@ if not settings.configured:
         }},
         USE_TZ=True,
         TIME_ZONE="Asia/Shanghai",
+        # A 500 of the floor must say why in the server log (bench-gunicorn-<port>.log).
+        LOGGING={"version": 1, "disable_existing_loggers": False,
+                 "handlers": {"console": {"class": "logging.StreamHandler"}},
+                 "loggers": {"django.request": {"handlers": ["console"], "level": "ERROR"}}},
         REST_FRAMEWORK={
             "DEFAULT_AUTHENTICATION_CLASSES": [], "DEFAULT_PERMISSION_CLASSES": [], "UNAUTHENTICATED_USER": None,
             "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],

@@ -197,7 +197,7 @@ MIANDAN_SHED_MIN_LIMIT = env_int("MIANDAN_SHED_MIN_LIMIT", 0)
 MIANDAN_SHED_MAX_LIMIT = env_int("MIANDAN_SHED_MAX_LIMIT", 0)
 MIANDAN_SHED_INITIAL_LIMIT = env_int("MIANDAN_SHED_INITIAL_LIMIT", 0)
 # The limit rises while write latency stays within this multiple of the learned no-load latency.
-MIANDAN_SHED_TOLERANCE = env_float("MIANDAN_SHED_TOLERANCE", 2.0)
+MIANDAN_SHED_TOLERANCE = env_float("MIANDAN_SHED_TOLERANCE", 4.0)
 # Base of Retry-After on a shed answer; each answer says base..2 x base seconds at random (jitter).
 MIANDAN_SHED_RETRY_AFTER = env_int("MIANDAN_SHED_RETRY_AFTER", 1)
 # Behind a trusted proxy (MIANDAN_PROXY_COUNT > 0) only, from its X-Request-Start: a write that waited longer

@@ -137,3 +137,15 @@ def test_a_fresh_join_is_the_lock_and_one_statement(settings, auth_client, make_
     assert reconcile(campaign=campaign).ok
     assert auth_client.post(f"/api/v1/campaigns/{campaign.slug}/join", {"app_version": "1.0.0"},
                             format="json").json()["code"] == joined.json()["code"]
+
+
+def test_business_refusals_are_counted_not_logged(auth_client, guard_off, caplog):
+    campaign = CampaignFactory(total_budget=Decimal("0.00"), bucket_count=1)
+    with caplog.at_level("WARNING", logger="django.request"):
+        refused = auth_client.post(f"/api/v1/campaigns/{campaign.slug}/join", {"app_version": "1.0.0"}, format="json")
+        missing = auth_client.get("/api/v1/no-such-thing")
+    assert refused.status_code == 409 and refused.json()["code"] == "budget_exhausted"
+    assert missing.status_code == 404
+    logged = [r.getMessage() for r in caplog.records if r.name == "django.request"]
+    assert not [m for m in logged if "/join" in m], logged  # the 409 is a business answer
+    assert [m for m in logged if "no-such-thing" in m], logged  # a wrong URL is still logged
