@@ -7,8 +7,10 @@ Why this shape (measured, BENCHMARKS.md; docs/operations.md "The server shape" a
   refusals, core reads and health checks always find a free thread. A sync worker serves one request at
   a time, and every excess request waits in the kernel's listen backlog where no Python code sees it.
 - 2 workers per core: one process's GIL does not cap a core, and PostgreSQL's share of the CPU is used.
-- 12 threads per worker: up to 10 campaign writes in flight per worker (40 on 2 cores, above the 32
-  connections of the nominal benchmark, so nothing is refused before the cores are busy), two kept free.
+- 8 threads per worker: up to 7 campaign writes in flight per worker, one thread always free for refusals,
+  reads and health checks. Every thread may hold a PostgreSQL connection (CONN_MAX_AGE), so one machine holds
+  up to workers x threads = 32 of them on 2 cores: PostgreSQL's max_connections (100 here, shared) or PgBouncer
+  bound this shape (measured: 12 threads ran this box out of connections beside the benchmark's floor server).
 """
 
 import os
@@ -17,7 +19,7 @@ _cores = os.cpu_count() or 1
 
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", 2 * _cores))
-threads = int(os.environ.get("WEB_THREADS", 12))
+threads = int(os.environ.get("WEB_THREADS", 8))
 worker_connections = 1000  # open keep-alive connections per worker (gthread)
 backlog = 2048  # the kernel queue of not-yet-accepted connections during a burst
 # Each worker listens on its own SO_REUSEPORT socket, so the kernel spreads new connections over the workers.

@@ -192,7 +192,7 @@ MIANDAN_PROXY_COUNT = env_int("MIANDAN_PROXY_COUNT", 0)
 MIANDAN_AUTH_IP_FLOOR = env_bool("MIANDAN_AUTH_IP_FLOOR", True)
 MIANDAN_SHED_ENABLED = env_bool("MIANDAN_SHED_ENABLED", True)
 # Per-process concurrency limit of campaign writes (miandan/api/guard/shedding.py). 0 = from the server shape:
-# floor ceil(cores / gunicorn workers), ceiling the worker's threads minus two, start at 2.
+# floor ceil(cores / gunicorn workers), ceiling the worker's threads minus one, start at 2.
 MIANDAN_SHED_MIN_LIMIT = env_int("MIANDAN_SHED_MIN_LIMIT", 0)
 MIANDAN_SHED_MAX_LIMIT = env_int("MIANDAN_SHED_MAX_LIMIT", 0)
 MIANDAN_SHED_INITIAL_LIMIT = env_int("MIANDAN_SHED_INITIAL_LIMIT", 0)

@@ -341,12 +341,12 @@ def test_gunicorn_threads_cap_applies_to_the_limiter(settings, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["/venv/bin/gunicorn", "miandan.wsgi", "--threads", "4"])
     monkeypatch.delenv("GUNICORN_CMD_ARGS", raising=False)
     monkeypatch.delenv("MIANDAN_SERVER_THREADS", raising=False)
-    settings.MIANDAN_SHED_MAX_LIMIT = 0  # auto: the worker's threads minus the two kept for refusals and reads
+    settings.MIANDAN_SHED_MAX_LIMIT = 0  # auto: the worker's threads minus the one kept for refusals and reads
     settings.MIANDAN_SHED_MIN_LIMIT = 1
     limiter = get_limiter()
-    assert limiter.max_limit == 2
-    assert limiter.snapshot()["limit"] <= 2
+    assert limiter.max_limit == 3
+    assert limiter.snapshot()["limit"] <= 3
     # What gunicorn.conf.py's post_fork hook records wins over the command line.
     monkeypatch.setenv("MIANDAN_SERVER_THREADS", "8")
     settings.MIANDAN_SHED_MAX_LIMIT = 0
-    assert get_limiter().max_limit == 6
+    assert get_limiter().max_limit == 7

@@ -18,7 +18,7 @@ The model (docs/operations.md, "The admission model"):
   last 20 writes queued longer than the target, the limit is cut by 20 % (at most every 50 ms). A
   single request never moves the limit: it can at most be shed itself (too late to be worth starting).
 - Floor: never below what the cores can run (ceil(cores / gunicorn workers), at least 1); ceiling: the
-  worker's threads minus two (two stay free for refusals and reads), or MIANDAN_SHED_MAX_LIMIT.
+  worker's threads minus one (one stays free for refusals and reads), or MIANDAN_SHED_MAX_LIMIT.
 
 Shed requests cost no I/O at all: the limiter is a counter under a lock.
 """
@@ -215,7 +215,7 @@ def limits_for_this_process() -> tuple[int, int, float]:
     if settings.MIANDAN_SHED_MAX_LIMIT:
         ceiling = settings.MIANDAN_SHED_MAX_LIMIT
     elif threads is not None:
-        ceiling = threads - 2  # two threads always free for refusals, reads and health checks
+        ceiling = threads - 1  # one thread always free for refusals, reads and health checks
     else:
         ceiling = 16  # not under gunicorn (runserver, tests)
     ceiling = max(floor, ceiling)
