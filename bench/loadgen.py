@@ -248,7 +248,7 @@ def _wrk_once(plan: dict, *, url: str, connections: int, duration: float, thread
 
 
 def run_wrk(plan: dict, *, url: str, connections: int, duration: float, warmup: float = 0.0, threads: int = 2,
-            timeout: float = 10.0) -> dict:
+            timeout: float = 10.0, start: int = 0) -> dict:
     """The same report as `run`, measured by wrk (C, a fraction of the CPU the Python generator needs).
 
     Closed loop, keep-alive, `connections` connections over `threads` wrk threads. A warm-up run comes first
@@ -257,11 +257,11 @@ def run_wrk(plan: dict, *, url: str, connections: int, duration: float, warmup: 
     if WRK is None:
         raise RuntimeError("wrk is not installed (apt-get install wrk), or use --loadgen python")
     threads = max(1, min(threads, connections))
-    offset = 0
+    offset = start  # a "once" plan run again continues past the items its earlier runs used
     if warmup > 0:
-        warm = _wrk_once(plan, url=url, connections=connections, duration=warmup, threads=threads, offset=0,
+        warm = _wrk_once(plan, url=url, connections=connections, duration=warmup, threads=threads, offset=offset,
                          timeout=timeout)
-        offset = threads * math.ceil(warm["requests"] * 1.2 / threads) + threads
+        offset += threads * math.ceil(warm["requests"] * 1.2 / threads) + threads
     result = _wrk_once(plan, url=url, connections=connections, duration=duration, threads=threads, offset=offset,
                        timeout=timeout)
     measured = result["duration_us"] / 1e6
@@ -281,6 +281,7 @@ def run_wrk(plan: dict, *, url: str, connections: int, duration: float, warmup: 
         "transport_errors": errors,
         "exhausted_connections": result["wraps"],
         "server_timing_ms": _timing_percentiles(result.get("server_timing_20ths_ms") or {}),
+        "next_start": offset + threads * math.ceil(result["requests"] * 1.2 / threads) + threads,
     }
 
 
