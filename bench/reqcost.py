@@ -6,8 +6,13 @@ per shape. `--cprofile NAME` prints the top functions of one shape instead. Noth
 statements are the ones PostgreSQL receives, the Redis commands the ones redis-py sends.
 
     .venv/bin/python bench/engine.py --smoke                 # prepares the bench database (or any engine run)
-    .venv/bin/python bench/server.py call bench.reqcost:run '{"n": 200}'
-    .venv/bin/python bench/server.py call bench.reqcost:run '{"n": 200, "cprofile": "cards"}'
+    export DATABASE_URL=postgres://postgres@127.0.0.1:5432/miandan_bench REDIS_URL=redis://127.0.0.1:6379/14 \
+           REDIS_KEY_PREFIX=bench MIANDAN_LOAD_TEST=1 MIANDAN_SMS_BACKEND=fixed MIANDAN_FIXED_OTP=246810
+    .venv/bin/python bench/server.py call bench.reqcost:run '{"n": 100}'
+    .venv/bin/python bench/server.py call bench.reqcost:run '{"n": 100, "shapes": "cards", "cprofile": "cards"}'
+
+(`call` runs with the current environment: point it at the engine's database and Redis prefix.) Each shape
+replays 10 users, so the numbers are those of a user who comes back (token copy and Redis state warm).
 """
 
 from __future__ import annotations
