@@ -78,14 +78,12 @@ MIDDLEWARE = [
     "miandan.api.guard.SheddingMiddleware",
     "miandan.api.metrics.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    # Sessions, locale, CSRF, auth and messages serve the admin and pages; these subclasses step aside for
-    # app calls to /api/ without a session cookie (miandan/api/pagemiddleware.py).
-    "miandan.api.pagemiddleware.SessionMiddleware",
-    "miandan.api.pagemiddleware.LocaleMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
-    "miandan.api.pagemiddleware.CsrfViewMiddleware",
-    "miandan.api.pagemiddleware.AuthenticationMiddleware",
-    "miandan.api.pagemiddleware.MessageMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, so its process_view runs right before the view: kill switch -> rate limit (shedding came first).
     "miandan.api.guard.GuardMiddleware",
