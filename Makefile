@@ -38,14 +38,13 @@ test: install ## run the whole suite against PostgreSQL and Redis on 127.0.0.1
 	CELERY_BROKER_URL="$${CELERY_BROKER_URL:-$${REDIS_URL:-$(TEST_REDIS_URL)}}" \
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-run: install ## production-like: gunicorn + Celery worker + beat (needs DATABASE_URL and REDIS_URL)
+run: install ## production-like: gunicorn (shape from gunicorn.conf.py) + Celery worker + beat (needs DATABASE_URL and REDIS_URL)
 	@test -n "$$DATABASE_URL" -a -n "$$REDIS_URL" || { echo "set DATABASE_URL and REDIS_URL (see README)"; exit 1; }
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput >/dev/null
 	$(VENV)/bin/celery -A miandan worker -l info --concurrency 2 -Q $${CELERY_DEFAULT_QUEUE:-miandan} & \
 	$(VENV)/bin/celery -A miandan beat -l info --schedule /tmp/miandan-beat & \
-	$(VENV)/bin/gunicorn miandan.wsgi -b $(HOST):$(PORT) -w $${WEB_CONCURRENCY:-4} -k gthread --threads $${WEB_THREADS:-8} \
-	  --access-logfile - ; \
+	$(VENV)/bin/gunicorn miandan.wsgi -b $(HOST):$(PORT) ; \
 	kill %1 %2
 
 worker: install

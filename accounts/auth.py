@@ -1,12 +1,143 @@
-"""Bearer token authentication against revocable, hashed tokens."""
+"""Bearer token authentication against revocable, hashed tokens, with a Redis copy of token -> user.
 
+Every API request authenticates, so the token lookup is the most frequent query of the platform.
+A valid token's row and its user's row are copied to Redis (`<prefix>:tok:<sha256>`, one GET per
+request instead of a SELECT with a join) for `MIANDAN_TOKEN_CACHE_SECONDS`. Revocation stays exact:
+
+- a revoked token, a deactivated or changed user: the service writes a *tombstone* ("-") over the
+  token's entry *before* its change commits, for longer than any entry lives. A tombstone means "ask
+  PostgreSQL", and a request that read the database before the commit can only add its stale copy
+  with SET NX, which the tombstone refuses. So the request after a logout's answer is refused.
+- expiry is checked on every request from the cached row itself (`token_is_valid`), so a copy never
+  outlives its token.
+- Redis down or an odd entry: the database answers, exactly as without the cache.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
 import hashlib
+import json
+import logging
 
+import redis
+from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS, models
 from rest_framework import authentication, exceptions
+
+from miandan.redis import get_redis, key
+
+logger = logging.getLogger(__name__)
+TOMBSTONE = "-"
+# The user's password hash never leaves PostgreSQL (it stays deferred on a cached user).
+_USER_EXCLUDE = frozenset({"password"})
 
 
 def hash_token(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def token_is_valid(token, now: dt.datetime | None = None) -> bool:
+    """The one rule for "this token may be used", applied to database rows and cached copies alike."""
+    return token.revoked_at is None and token.user.is_active
+
+
+def _cache_key(key_hash: str) -> str:
+    return key("tok", key_hash)
+
+
+def _dump(obj: models.Model, exclude: frozenset[str] = frozenset()) -> dict:
+    out = {}
+    for field in obj._meta.concrete_fields:
+        if field.attname in exclude:
+            continue
+        value = getattr(obj, field.attname)
+        out[field.attname] = value.isoformat() if isinstance(value, dt.datetime | dt.date) else value
+    return out
+
+
+def _load(model: type[models.Model], data: dict) -> models.Model:
+    names, values = [], []
+    for field in model._meta.concrete_fields:  # from_db wants the values in field order
+        if field.attname not in data:
+            continue
+        value = data[field.attname]
+        if value is not None and isinstance(field, models.DateTimeField):
+            value = dt.datetime.fromisoformat(value)
+        names.append(field.attname)
+        values.append(value)
+    return model.from_db(DEFAULT_DB_ALIAS, names, values)
+
+
+def _encode(token) -> str:
+    return json.dumps({"t": _dump(token), "u": _dump(token.user, _USER_EXCLUDE)}, separators=(",", ":"))
+
+
+def _decode(raw: str):
+    from .models import AuthToken, User
+
+    data = json.loads(raw)
+    token = _load(AuthToken, data["t"])
+    token.user = _load(User, data["u"])
+    return token
+
+
+def _cache_get(key_hash: str):
+    """The cached token, or None (miss, tombstone, Redis down or an unreadable entry: ask the database)."""
+    client = get_redis() if settings.MIANDAN_TOKEN_CACHE_SECONDS > 0 else None
+    if client is None:
+        return None
+    try:
+        raw = client.get(_cache_key(key_hash))
+    except redis.RedisError:
+        return None
+    if not raw or raw == TOMBSTONE:
+        return None
+    try:
+        return _decode(raw)
+    except Exception:  # an entry written by another version of the models: the database answers
+        logger.warning("token cache: unreadable entry", exc_info=True)
+        return None
+
+
+def _cache_fill(token) -> None:
+    client = get_redis() if settings.MIANDAN_TOKEN_CACHE_SECONDS > 0 else None
+    if client is None:
+        return
+    try:
+        # NX: a tombstone written since our read (a revocation) wins.
+        client.set(_cache_key(token.key_hash), _encode(token), ex=settings.MIANDAN_TOKEN_CACHE_SECONDS, nx=True)
+    except redis.RedisError:
+        pass
+
+
+def token_cache_drop(token) -> None:
+    """Drop a valid token's copy because its user row changed in this request (not for revocations: those
+    need `token_cache_forget`'s tombstone); the next request reads PostgreSQL and copies the new row."""
+    client = get_redis()
+    if client is None or token is None:
+        return
+    try:
+        client.delete(_cache_key(token.key_hash))
+    except redis.RedisError:
+        pass
+
+
+def token_cache_forget(key_hashes: list[str]) -> None:
+    """Tombstones over these tokens' entries: requests read PostgreSQL for the next entry lifetime (call
+    before the change commits; a rollback only costs that spell of uncached reads)."""
+    client = get_redis()
+    if client is None or not key_hashes:
+        return
+    try:
+        pipe = client.pipeline(transaction=False)
+        for key_hash in key_hashes:
+            pipe.set(_cache_key(key_hash), TOMBSTONE, ex=settings.MIANDAN_TOKEN_CACHE_SECONDS + 5)
+        pipe.execute()
+    except redis.RedisError:
+        # The entries expire on their own; until then a revoked token could still pass, so say it loudly.
+        logger.error("token cache: could not forget %d token(s); they expire within %s s", len(key_hashes),
+                     settings.MIANDAN_TOKEN_CACHE_SECONDS)
 
 
 class BearerTokenAuthentication(authentication.BaseAuthentication):
@@ -22,14 +153,15 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
             raw = header[1].decode("ascii")
         except UnicodeDecodeError as exc:
             raise exceptions.AuthenticationFailed("令牌格式错误") from exc
-        from .models import AuthToken
+        key_hash = hash_token(raw)
+        token = _cache_get(key_hash)
+        if token is None:
+            from .models import AuthToken
 
-        token = (
-            AuthToken.objects.select_related("user")
-            .filter(key_hash=hash_token(raw), revoked_at__isnull=True)
-            .first()
-        )
-        if token is None or not token.user.is_active:
+            token = AuthToken.objects.select_related("user").filter(key_hash=key_hash, revoked_at__isnull=True).first()
+            if token is not None and token_is_valid(token):
+                _cache_fill(token)
+        if token is None or not token_is_valid(token):
             raise exceptions.AuthenticationFailed("登录已失效，请重新登录")
         request.auth_token = token
         return token.user, token

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from miandan.api.errors import RateLimited
 
-from .auth import hash_token
+from .auth import hash_token, token_cache_forget
 from .errors import OtpInvalid, OtpTooFrequent, OtpTooManyAttempts
 from .models import AuthToken, Device, OtpCode, User
 from .sms import get_backend
@@ -138,4 +138,12 @@ def login_with_otp(*, phone: str, code: str, device_id: str, ip: str | None = No
 
 
 def token_revoke(*, token: AuthToken) -> None:
+    # The tombstone goes first: from here on the token is read from PostgreSQL, and a request that read it
+    # before our commit cannot put its copy back (SET NX). A rollback only leaves a short uncached spell.
+    token_cache_forget([token.key_hash])
     AuthToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+
+
+def user_tokens_forget(*, user_id: int) -> None:
+    """A user row changed (deactivated, rights, deleted): their tokens' cached copies must not answer any more."""
+    token_cache_forget(list(AuthToken.objects.filter(user_id=user_id).values_list("key_hash", flat=True)))

@@ -36,12 +36,21 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import math
 import multiprocessing
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from urllib.parse import urlsplit
+
+WRK = shutil.which("wrk")
+WRK_SCRIPT = Path(__file__).resolve().parent / "wrk_plan.lua"
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -196,6 +205,102 @@ def run(plan: dict, *, url: str, connections: int, duration: float, warmup: floa
         "transport_errors": dict(errors),
         "exhausted_connections": exhausted,
     }
+
+
+def _wrk_plan_file(plan: dict, path: Path, threads: int, offset: int) -> None:
+    """The plan as the line format bench/wrk_plan.lua reads (wrk's LuaJIT has no JSON parser)."""
+    def clean(value: str) -> str:
+        return value.replace("\t", " ").replace("\n", " ")
+
+    tokens = plan.get("tokens") or []
+    paths = plan.get("paths") or []
+    bodies = plan.get("bodies") or []
+    ips = plan.get("ips") or []
+    n = max(len(tokens), len(paths), len(bodies), len(ips))
+    body = json.dumps(plan["body"], ensure_ascii=False) if plan.get("body") is not None else ""
+    lines = [plan.get("method", "GET").upper(), plan.get("path") or (paths or ["/"])[0], clean(body), str(threads),
+             str(offset)]
+    lines += [f"H {k}: {clean(str(v))}" for k, v in {"Accept": "application/json", **(plan.get("headers") or {})}.items()]
+    for i in range(n):
+        lines.append("I " + "\t".join([
+            tokens[i % len(tokens)] if tokens else "",
+            paths[i % len(paths)] if paths else "",
+            clean(json.dumps(bodies[i % len(bodies)], ensure_ascii=False)) if bodies else "",
+            ips[i % len(ips)] if ips else "",
+        ]))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _wrk_once(plan: dict, *, url: str, connections: int, duration: float, threads: int, offset: int,
+              timeout: float) -> dict:
+    with tempfile.TemporaryDirectory(prefix="wrk-") as tmp:
+        plan_path = Path(tmp) / "plan.txt"
+        _wrk_plan_file(plan, plan_path, threads, offset)
+        proc = subprocess.run(
+            [WRK, "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(duration))}s",
+             "--timeout", f"{timeout:g}s", "-s", str(WRK_SCRIPT), url, "--", str(plan_path)],
+            capture_output=True, text=True, check=True, env={**os.environ, "LC_ALL": "C"},
+        )
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no result:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return json.loads(line[len("WRKJSON "):])
+
+
+def run_wrk(plan: dict, *, url: str, connections: int, duration: float, warmup: float = 0.0, threads: int = 2,
+            timeout: float = 10.0, start: int = 0) -> dict:
+    """The same report as `run`, measured by wrk (C, a fraction of the CPU the Python generator needs).
+
+    Closed loop, keep-alive, `connections` connections over `threads` wrk threads. A warm-up run comes first
+    (not counted); in "once" plans the measured run starts past the items the warm-up used.
+    """
+    if WRK is None:
+        raise RuntimeError("wrk is not installed (apt-get install wrk), or use --loadgen python")
+    threads = max(1, min(threads, connections))
+    offset = start  # a "once" plan run again continues past the items its earlier runs used
+    if warmup > 0:
+        warm = _wrk_once(plan, url=url, connections=connections, duration=warmup, threads=threads, offset=offset,
+                         timeout=timeout)
+        offset += threads * math.ceil(warm["requests"] * 1.2 / threads) + threads
+    result = _wrk_once(plan, url=url, connections=connections, duration=duration, threads=threads, offset=offset,
+                       timeout=timeout)
+    measured = result["duration_us"] / 1e6
+    lat = result["latency_us"]
+    errors = {k: v for k, v in result["errors"].items() if v}
+    return {
+        "scenario": plan.get("name", "unnamed"),
+        "method": plan.get("method", "GET").upper(),
+        "path": plan.get("path") or (plan.get("paths") or ["?"])[0],
+        "connections": connections,
+        "processes": f"wrk -t{threads}",
+        "duration_s": round(measured, 3),
+        "requests": result["requests"],
+        "rps": round(result["requests"] / measured, 1),
+        "latency_ms": {k: round(lat[k] / 1000, 2) for k in ("mean", "p50", "p90", "p99", "max")},
+        "status": {str(k): v for k, v in sorted(result["status"].items(), key=lambda kv: int(kv[0]))},
+        "transport_errors": errors,
+        "exhausted_connections": result["wraps"],
+        "server_timing_ms": _timing_percentiles(result.get("server_timing_20ths_ms") or {}),
+        "next_start": offset + threads * math.ceil(result["requests"] * 1.2 / threads) + threads,
+    }
+
+
+def _timing_percentiles(buckets: dict) -> dict:
+    """p50/p99/max of Server-Timing durations reported in 0.05 ms buckets (the shed answers' own server time)."""
+    pairs = sorted((int(k), v) for k, v in buckets.items())
+    total = sum(v for _, v in pairs)
+    if not total:
+        return {"n": 0}
+    out, seen = {"n": total}, 0
+    marks = {"p50": 0.5, "p99": 0.99}
+    for b, v in pairs:
+        seen += v
+        for name, q in list(marks.items()):
+            if seen >= q * total:
+                out[name] = round((b + 1) / 20, 2)  # upper edge of the bucket
+                del marks[name]
+    out["max"] = round((pairs[-1][0] + 1) / 20, 2)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,37 +1,36 @@
-"""Overload benchmark (issue 7): nominal capacity of join + chat order, then 3x and 10x offered load.
+"""Overload sweep (issues 7 and 19): does the production server keep its peak and refuse the rest at once?
 
-1. `nominal`  closed loop, --connections keep-alive clients doing the mix (join by fresh users,
-               chat orders by users holding a card): goodput = 2xx/s is the nominal capacity.
-2. `3x`, `10x` open loop: requests are *scheduled* at 3x / 10x that rate whatever the server does
-               (latency is measured from the scheduled send time, so a slow server cannot slow the
-               generator down and hide its own latency: no coordinated omission).
-   During every phase a separate stream reads `GET /api/v1/vouchers/` (my cards, a core read that
-   must never be shed) at --read-rate per second.
-3. The Celery worker drains the orders; then the invariant report of `manage.py simulate`
-   (cards per user <= cap, budget, reconcile, every order final, no card redeemed twice).
+On the production command (`gunicorn miandan.wsgi`, shape from gunicorn.conf.py), guard on:
 
-Per phase it reports: offered and achieved rate, goodput, 2xx / 429 / 503 busy / other 5xx counts,
-p99 of shed answers (429 + 503 at the client; target < 20 ms), p99 of core reads, p99 of successes.
-Target: zero 5xx other than 503 `busy`, and a clean invariant report.
+1. closed loop, joins by fresh users, at 8 -> 1,000 connections (wrk, `--connections`): goodput (201/s)
+   at each point and its share of the sweep's best; the best point is the *knee*.
+2. open loop at 1x / 3x / 10x / 20x the knee's rate (`--multiples`): requests are *scheduled* at that rate
+   whatever the server does, latency measured from the scheduled send time (no coordinated omission).
+   Each request carries `X-Request-Start` stamped when it leaves the client, as a proxy in front would.
+3. During every point a separate stream reads `GET /api/v1/vouchers/` (my cards, a core read that must
+   never be shed) at `--read-rate` per second; afterwards the invariant report (reconcile, cap, budget).
 
-    .venv/bin/python bench/overload.py                 # 20 s per phase; run on a quiet machine
-    .venv/bin/python bench/overload.py --smoke         # ~3 s per phase, numbers only check the harness
-    .venv/bin/python bench/overload.py --phases 3,10 --capacity 150   # skip the nominal run
-    .venv/bin/python bench/overload.py --json /tmp/overload.json --workers 4 --threads 8
+Per point: goodput and its share of the best, 503/429 counts, refusal latency at the client (p50/p99)
+and the refusal's own server time (its `Server-Timing` header, p99), 5xx other than 503, client
+timeouts (`--timeout`, 10 s), core reads 200 / total and their p99.
+Targets (issue 19): goodput >= 90 % of the best at every point; refusals p99 < 100 ms at the client up
+to 10x and < 1 ms of server time; 0 5xx other than 503; 0 timeouts; core reads all 200; reconcile PASS.
 
-Everything runs on 127.0.0.1: gunicorn from bench/server.py with its own database `miandan_bench_overload`
-(OVERLOAD_DATABASE_URL), Redis db 14 with prefix `benchov`, Celery queue `bench-overload` and one Celery worker,
-and the load generator in --processes separate processes.
-The server runs with MIANDAN_PROXY_COUNT=1 so each simulated user has its own X-Forwarded-For IP
-(per-IP limits would otherwise see every user as 127.0.0.1) and with per-user limits that a real
-user would not reach, so this measures shedding, not rate limiting.
+    .venv/bin/python bench/overload.py                        # full sweep (~6 minutes)
+    .venv/bin/python bench/overload.py --smoke                # 3 s points: checks the harness only
+    .venv/bin/python bench/overload.py --connections 8,64,1000 --multiples 1,10 --json /tmp/overload.json
+    .venv/bin/python bench/overload.py --order-share 0.5      # open loop with chat orders in the mix
+
+Everything runs on 127.0.0.1 with its own database (OVERLOAD_DATABASE_URL, default `miandan_bench_overload`),
+Redis prefix (BENCH_REDIS_PREFIX) and Celery queue. The server runs with MIANDAN_PROXY_COUNT=1 so each user has
+its own X-Forwarded-For address, and with per-user limits a real user would not reach: this measures
+admission, not rate limiting. The load generators (wrk, Python asyncio) share the machine's cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import multiprocessing
 import os
@@ -46,7 +45,8 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.server import PYTHON, ROOT, BenchConfig, Server, django_call, reset_database
+from bench.loadgen import run_wrk
+from bench.server import PYTHON, ROOT, BenchConfig, Server, django_call, manage, reset_database
 
 SLUG = "overload"
 QUEUE = "bench-overload"
@@ -177,7 +177,7 @@ async def _http(pool: Pool, method: str, path: str, body: dict | None, headers: 
             if not status_line:
                 raise ConnectionError("closed")
             status = int(status_line.split()[1])
-            length, chunked, close = 0, False, False
+            length, chunked, close, server_ms = 0, False, False, None
             while True:
                 line = await reader.readline()
                 if line in (b"\r\n", b"\n", b""):
@@ -190,6 +190,8 @@ async def _http(pool: Pool, method: str, path: str, body: dict | None, headers: 
                     chunked = True
                 elif name == "connection" and "close" in value.lower():
                     close = True
+                elif name == "server-timing" and "dur=" in value:
+                    server_ms = float(value.split("dur=")[1].split(";")[0].split(",")[0])
             if chunked:
                 data = b""
                 while True:
@@ -201,18 +203,18 @@ async def _http(pool: Pool, method: str, path: str, body: dict | None, headers: 
                     await reader.readline()
             else:
                 data = await reader.readexactly(length) if length else b""
-            return status, data, close
+            return status, data, close, server_ms
 
-        status, data, close = await asyncio.wait_for(exchange(), timeout)
+        status, data, close, server_ms = await asyncio.wait_for(exchange(), timeout)
         ok = not close
-        return status, data
+        return status, data, server_ms
     finally:
         pool.release(conn, ok)
 
 
 class Recorder:
     def __init__(self) -> None:
-        self.rows: list[tuple[str, int, float, str]] = []  # (stream, status, latency ms, code)
+        self.rows: list[tuple] = []  # (stream, status, latency ms, code, server ms or None)
 
 
 def _request_for(kind: str, token: str, n: int, ip: str):
@@ -229,8 +231,9 @@ def _request_for(kind: str, token: str, n: int, ip: str):
 
 async def _one(rec: Recorder, pool: Pool, stream: str, req, scheduled: float, timeout: float) -> None:
     method, path, body, headers = req
+    server_ms = None
     try:
-        status, data = await _http(pool, method, path, body, headers, timeout)
+        status, data, server_ms = await _http(pool, method, path, body, headers, timeout)
         code = ""
         if status >= 400:
             try:
@@ -241,7 +244,7 @@ async def _one(rec: Recorder, pool: Pool, stream: str, req, scheduled: float, ti
         status, code = 0, "client_timeout"
     except Exception as exc:
         status, code = 0, f"transport:{type(exc).__name__}"
-    rec.rows.append((stream, status, (time.perf_counter() - scheduled) * 1000, code))
+    rec.rows.append((stream, status, (time.perf_counter() - scheduled) * 1000, code, server_ms))
 
 
 def _items(tokens: dict, share: int, of: int):
@@ -360,54 +363,126 @@ def _p(values: list[float], q: float) -> float:
 
 
 def summarize(name, mode, arg, rows, duration, wall) -> dict:
+    """An open-loop point from the asyncio generator's rows."""
     work = [r for r in rows if r[0] in ("join", "order")]
     reads = [r for r in rows if r[0] == "read"]
     ok = [r for r in work if r[1] == 201]  # a new card or a placed order; 200 is a repeated join
     shed = [r for r in work if r[1] in (429, 503)]
     statuses = Counter(str(r[1]) for r in rows)
     codes = Counter(f"{r[0]}:{r[3] or r[1]}" for r in rows if r[1] >= 300 or r[1] == 0)
+    server = [r[4] for r in shed if r[4] is not None]
     return {
-        "phase": name,
+        "point": name,
         "mode": mode,
-        "offered": round(arg, 1) if mode == "open" else f"{arg} connections",
-        "duration_s": round(duration, 1),
+        "offered": f"{arg:.0f}/s" if mode == "open" else f"{arg} conns",
         "sent_per_s": round(len(work) / duration, 1),
         "goodput_per_s": round(len(ok) / duration, 1),
-        "goodput_by_kind": dict(Counter(r[0] for r in ok)),
         "status": dict(sorted(statuses.items())),
         "5xx_not_503": sum(1 for r in rows if r[1] >= 500 and r[1] != 503),
         "busy_503": sum(1 for r in work if r[1] == 503),
         "rate_limited_429": sum(1 for r in work if r[1] == 429),
-        "client_timeouts_or_transport": sum(1 for r in rows if r[1] == 0),
-        "p99_shed_ms": _p([r[2] for r in shed], 99),
-        "p50_shed_ms": _p([r[2] for r in shed], 50),
-        "p99_ok_ms": _p([r[2] for r in ok], 99),
-        "p50_ok_ms": _p([r[2] for r in ok], 50),
-        "core_reads": len(reads),
-        "core_reads_ok": sum(1 for r in reads if r[1] == 200),
-        "p99_core_read_ms": _p([r[2] for r in reads], 99),
+        "timeouts": sum(1 for r in rows if r[1] == 0),
+        "refusal_p50_ms": _p([r[2] for r in shed], 50),
+        "refusal_p99_ms": _p([r[2] for r in shed], 99),
+        "refusal_server_p99_ms": _p(server, 99) if server else None,
+        "ok_p99_ms": _p([r[2] for r in ok], 99),
+        "reads_ok": sum(1 for r in reads if r[1] == 200),
+        "reads": len(reads),
+        "read_p99_ms": _p([r[2] for r in reads], 99),
         "codes": dict(sorted(codes.items())),
         "wall_s": round(wall, 1),
     }
 
 
-def print_table(results: list[dict]) -> None:
-    cols = ["phase", "offered", "sent_per_s", "goodput_per_s", "5xx_not_503", "busy_503", "rate_limited_429",
-            "p99_shed_ms", "p99_ok_ms", "p99_core_read_ms", "core_reads_ok", "core_reads"]
-    print(" | ".join(cols))
-    print(" | ".join("---" for _ in cols))
+class Reader:
+    """Core reads (`GET /api/v1/vouchers/`) at a steady rate on their own keep-alive connection, beside wrk."""
+
+    def __init__(self, url: str, tokens: list[str], rate: float, timeout: float) -> None:
+        import threading
+
+        self.url, self.tokens, self.rate, self.timeout = url, tokens, rate, timeout
+        self.rows: list[tuple[int, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import http.client
+
+        parts = urlsplit(self.url)
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=self.timeout)
+        i = 0
+        while not self._stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                conn.request("GET", "/api/v1/vouchers/", headers={
+                    "Authorization": f"Bearer {self.tokens[i % len(self.tokens)]}", "X-Forwarded-For": "10.9.9.9"})
+                resp = conn.getresponse()
+                resp.read()
+                status = resp.status
+            except Exception:
+                status = 0
+                conn.close()
+            self.rows.append((status, (time.perf_counter() - t0) * 1000))
+            i += 1
+            self._stop.wait(max(0.0, 1.0 / self.rate - (time.perf_counter() - t0)))
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(self.timeout + 5)
+
+
+def closed_point(url: str, tokens: dict, connections: int, *, duration: float, warmup: float, read_rate: float,
+                 timeout: float, offset: int) -> dict:
+    """One closed-loop point: wrk with `connections` connections, every request a join by a fresh user."""
+    users = tokens["join"]
+    plan = {"name": f"{connections} conns", "method": "POST", "path": f"/api/v1/campaigns/{SLUG}/join",
+            "body": {"app_version": "9.9.9"}, "tokens": users[offset:] + users[:offset],
+            "ips": [f"10.{20 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}" for i in range(len(users))], "mode": "once"}
+    with Reader(url, tokens["read"], read_rate, timeout) as reader:
+        r = run_wrk(plan, url=url, connections=connections, duration=duration, warmup=warmup,
+                    threads=2 if connections > 1 else 1, timeout=timeout)
+    measured = r["duration_s"]
+    statuses = r["status"]
+    reads = reader.rows
+    return {
+        "point": f"{connections} conns",
+        "mode": "closed",
+        "offered": f"{connections} conns",
+        "sent_per_s": r["rps"],
+        "goodput_per_s": round(statuses.get("201", 0) / measured, 1),
+        "status": statuses,
+        "5xx_not_503": sum(n for s, n in statuses.items() if s.startswith("5") and s != "503"),
+        "busy_503": statuses.get("503", 0),
+        "rate_limited_429": statuses.get("429", 0),
+        "timeouts": r["transport_errors"].get("timeout", 0),
+        "transport_errors": r["transport_errors"],
+        "all_p50_ms": r["latency_ms"]["p50"],
+        "all_p99_ms": r["latency_ms"]["p99"],
+        "refusal_server_p99_ms": r["server_timing_ms"].get("p99"),
+        "reads_ok": sum(1 for s, _ in reads if s == 200),
+        "reads": len(reads),
+        "read_p99_ms": _p([ms for _, ms in reads], 99),
+        "users_reused": r["exhausted_connections"],
+    }
+
+
+def print_table(results: list[dict], best: float) -> None:
+    cols = ["point", "sent/s", "goodput/s", "of best", "503", "429", "5xx", "timeouts", "refusal p50/p99 ms (client)",
+            "refusal p99 ms (server)", "reads ok", "read p99 ms"]
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
     for r in results:
-        print(" | ".join(str(r[c]) for c in cols))
-
-
-def _split(items: list, weights: list[float]) -> list[list]:
-    """Fresh users for each phase in proportion to its offered load (a fresh user joins once)."""
-    total, out, start = sum(weights), [], 0
-    for w in weights:
-        end = start + int(len(items) * w / total)
-        out.append(items[start:end])
-        start = end
-    return out
+        refusal = (f"{r['refusal_p50_ms']} / {r['refusal_p99_ms']}" if r["mode"] == "open"
+                   else f"(all answers: {r['all_p50_ms']} / {r['all_p99_ms']})")
+        share = f"{100 * r['goodput_per_s'] / best:.0f} %" if best else "-"
+        print("| " + " | ".join(str(x) for x in [
+            r["point"], r["sent_per_s"], r["goodput_per_s"], share, r["busy_503"], r["rate_limited_429"],
+            r["5xx_not_503"], r["timeouts"], refusal, r["refusal_server_p99_ms"], f"{r['reads_ok']}/{r['reads']}",
+            r["read_p99_ms"]]) + " |")
 
 
 class CeleryWorker:
@@ -417,8 +492,8 @@ class CeleryWorker:
     def __enter__(self):
         log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-celery-{self.cfg.port}.log", "w")
         self.proc = subprocess.Popen(
-            [str(Path(PYTHON).parent / "celery"), "-A", "miandan", "worker", "-Q", QUEUE, "-c", str(self.concurrency),
-             "-l", "warning", "--without-gossip", "--without-mingle"],
+            [str(Path(PYTHON).parent / "celery"), "-A", "miandan", "worker", "-Q", self.cfg.celery_queue,
+             "-c", str(self.concurrency), "-l", "warning", "--without-gossip", "--without-mingle"],
             cwd=ROOT, env=self.cfg.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
@@ -433,109 +508,95 @@ class CeleryWorker:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="3 s phases, small population")
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds per phase")
-    parser.add_argument("--connections", type=int, default=0,
-                        help="closed-loop clients for the nominal phase (default: workers x threads)")
-    parser.add_argument("--capacity", type=float, default=0.0, help="skip the nominal phase and use this goodput/s")
-    parser.add_argument("--phases", default="3,10", help="multiples of capacity to offer, open loop")
-    parser.add_argument("--order-share", type=float, default=0.5, help="share of chat orders in the mix (rest: joins)")
-    parser.add_argument("--read-rate", type=float, default=20.0, help="core reads per second during every phase")
-    parser.add_argument("--processes", type=int, default=2, help="load generator processes")
-    parser.add_argument("--max-conns", type=int, default=256, help="connections per generator process (open loop)")
+    parser.add_argument("--smoke", action="store_true", help="3 s points, small population")
+    parser.add_argument("--duration", type=float, default=12.0, help="measured seconds per point")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each closed point")
+    parser.add_argument("--connections", default="8,32,128,256,512,1000", help="closed-loop points")
+    parser.add_argument("--multiples", default="1,3,10,20", help="open-loop points, multiples of the knee's rate")
+    parser.add_argument("--knee", type=float, default=0.0, help="skip nothing, but use this rate as the knee")
+    parser.add_argument("--order-share", type=float, default=0.0, help="share of chat orders in the open loop")
+    parser.add_argument("--read-rate", type=float, default=20.0, help="core reads per second during every point")
+    parser.add_argument("--processes", type=int, default=2, help="open-loop generator processes")
+    parser.add_argument("--max-conns", type=int, default=500, help="connections per open-loop process")
     parser.add_argument("--timeout", type=float, default=10.0, help="client timeout per request (s)")
-    parser.add_argument("--workers", type=int, default=BenchConfig.workers)
-    parser.add_argument("--threads", type=int, default=8)
-    parser.add_argument("--celery-concurrency", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=0, help="override gunicorn.conf.py (comparisons only)")
+    parser.add_argument("--threads", type=int, default=0, help="override gunicorn.conf.py (comparisons only)")
+    parser.add_argument("--worker-class", default="", help="override gunicorn.conf.py (comparisons only)")
     parser.add_argument("--join-users", type=int, default=0, help="fresh users (default: enough for the run)")
-    parser.add_argument("--order-users", type=int, default=2000)
-    parser.add_argument("--port", type=int, default=8767)
+    parser.add_argument("--order-users", type=int, default=0)
+    parser.add_argument("--port", type=int, default=int(os.environ.get("BENCH_PORT", "8767")))
     parser.add_argument("--wait", type=float, default=300.0, help="deadline for orders to finish after the run (s)")
-    parser.add_argument("--no-reset", action="store_true", help="reuse the bench database")
     parser.add_argument("--json", default="", help="write the results here")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.duration = min(args.duration, 3.0)
-        args.order_users = min(args.order_users, 200)
-        args.wait = min(args.wait, 60)
+        args.duration, args.warmup = 3.0, 1.0
+    if args.order_share and not args.order_users:
+        args.order_users = 2000
 
-    # Its own database, Redis prefix and queue: other bench scripts reset `miandan_bench` and use queue `bench`.
-    cfg = BenchConfig(port=args.port, workers=args.workers, threads=args.threads, worker_class="gthread",
+    prefix = os.environ.get("BENCH_REDIS_PREFIX", "benchov")
+    cfg = BenchConfig(port=args.port, workers=args.workers, threads=args.threads, worker_class=args.worker_class,
                       database_url=os.environ.get("OVERLOAD_DATABASE_URL",
                                                   "postgres://postgres@127.0.0.1:5432/miandan_bench_overload"),
-                      redis_prefix="benchov")
-    write_slots = max(1, args.threads // 2)
-    args.connections = args.connections or args.workers * args.threads
+                      redis_prefix=prefix, celery_queue=f"{prefix}-q")
     cfg.extra_env.update({
-        # Campaign writes may hold at most half of each worker's threads: the rest answer sheds and core reads.
-        "MIANDAN_SHED_MAX_LIMIT": str(write_slots),
-        "MIANDAN_SHED_INITIAL_LIMIT": str(write_slots),
-        "MIANDAN_SHED_MIN_LIMIT": "1",
         "MIANDAN_PROXY_COUNT": "1",
         "MIANDAN_RATELIMITS": "join_user=1000/m,order_user=1000/m,join_ip=100000/m,order_ip=100000/m",
         "CELERY_TASK_ALWAYS_EAGER": "0",
-        "CELERY_DEFAULT_QUEUE": QUEUE,
     })
-    if not args.no_reset:
-        reset_database(cfg)
-    join_users = args.join_users or int(max(500, 200 * args.duration * (1 - args.order_share) * 12))
-    if args.smoke:
-        join_users = min(join_users, 3000)
+    reset_database(cfg)
+    connections = [int(x) for x in args.connections.split(",") if x.strip()]
+    multiples = [float(x) for x in args.multiples.split(",") if x.strip()]
+    join_users = args.join_users or (20000 if args.smoke else 150000)
     t0 = time.time()
     tokens = django_call(cfg, "bench.overload:prepare",
                          {"join_users": join_users, "order_users": args.order_users, "read_users": 50})
-    print(f"prepared {len(tokens['join'])} fresh users, {len(tokens['order'])} card holders in {time.time() - t0:.0f} s",
-          flush=True)
-    common = {"duration": args.duration, "read_rate": args.read_rate,
-              "order_share": args.order_share, "processes": args.processes, "max_conns": args.max_conns,
-              "timeout": args.timeout}
-    results = []
-    capacity = args.capacity
-    multiples = [float(x) for x in args.phases.split(",") if x.strip()]
-    chunks = _split(tokens["join"], [1.0] + multiples if not capacity else multiples)
-
-    def with_join(i):
-        return {**common, "tokens": {**tokens, "join": chunks[i]}}
-
-    with CeleryWorker(cfg, args.celery_concurrency):
-        if not capacity:
-            # Capacity is measured with shedding off: closed loop, one client per server thread.
-            # Same database and Redis prefix as the prepared users (a fresh BenchConfig would point elsewhere).
-            nominal_cfg = dataclasses.replace(cfg, extra_env={**cfg.extra_env, "MIANDAN_SHED_ENABLED": "0"})
-            with Server(nominal_cfg):
-                nominal = run_phase("nominal", "closed", url=cfg.url, arg=args.connections, **with_join(0))
-            results.append(nominal)
-            capacity = max(1.0, nominal["goodput_per_s"])
-            print(json.dumps(nominal, ensure_ascii=False), flush=True)
-        with Server(cfg):
-            report = _overload_phases(cfg, args, capacity, multiples, with_join, results)
-    _print_results(args, results, report, capacity)
-    return 0 if report["ok"] and all(r["5xx_not_503"] == 0 for r in results) else 1
-
-
-def _overload_phases(cfg, args, capacity, multiples, with_join, results) -> dict:
-    for n, multiple in enumerate(multiples):
-        phase = run_phase(f"{multiple:g}x", "open", url=cfg.url, arg=capacity * multiple,
-                          **with_join(n + (0 if args.capacity else 1)))
-        results.append(phase)
-        print(json.dumps(phase, ensure_ascii=False), flush=True)
-    statuses = Counter()
+    print(f"prepared {len(tokens['join'])} fresh users in {time.time() - t0:.0f} s", flush=True)
+    results: list[dict] = []
+    offset = 0
+    with CeleryWorker(cfg, 2), Server(cfg) as server:
+        command = " ".join(server.command())
+        for c in connections:
+            point = closed_point(cfg.url, tokens, c, duration=args.duration, warmup=args.warmup,
+                                 read_rate=args.read_rate, timeout=args.timeout, offset=offset)
+            offset = (offset + int(point["sent_per_s"] * (args.duration + args.warmup) * 1.3)) % len(tokens["join"])
+            results.append(point)
+            print(json.dumps(point, ensure_ascii=False), flush=True)
+        knee = args.knee or max(r["goodput_per_s"] for r in results) if results else args.knee
+        for m in multiples:
+            rest = tokens["join"][offset:] + tokens["join"][:offset]
+            point = run_phase(f"{m:g}x knee", "open", url=cfg.url, tokens={**tokens, "join": rest}, arg=knee * m,
+                              duration=args.duration, read_rate=args.read_rate, order_share=args.order_share,
+                              processes=args.processes, max_conns=args.max_conns, timeout=args.timeout)
+            offset = (offset + int(point["sent_per_s"] * args.duration * 1.1)) % len(tokens["join"])
+            results.append(point)
+            print(json.dumps(point, ensure_ascii=False), flush=True)
+    statuses: Counter = Counter()
     for r in results:
         statuses.update({k: v for k, v in r["status"].items() if k != "0"})
-    return django_call(cfg, "bench.overload:invariants", {"slug": SLUG, "wait": args.wait, "statuses": dict(statuses)})
+    report = django_call(cfg, "bench.overload:invariants", {"slug": SLUG, "wait": args.wait, "statuses": dict(statuses)})
+    reconcile_cmd = manage(cfg, "reconcile", SLUG, check=False)
+    best = max(r["goodput_per_s"] for r in results) if results else 0.0
 
-
-def _print_results(args, results, report, capacity) -> None:
+    print(f"\nserver: {command}\nknee (best closed-loop goodput): {knee:.0f} joins/s; points of "
+          f"{args.duration:g} s{' (SMOKE RUN)' if args.smoke else ''}\n")
+    print_table(results, best)
+    verdicts = {
+        "goodput >= 90 % of the best at every point": all(r["goodput_per_s"] >= 0.9 * best for r in results),
+        "refusal p99 < 100 ms at the client up to 10x": all(
+            r["refusal_p99_ms"] < 100 for r in results if r["mode"] == "open" and float(r["point"].split("x")[0]) <= 10),
+        "refusal server time p99 < 1 ms": all((r["refusal_server_p99_ms"] or 0) < 1 for r in results),
+        "0 5xx other than 503": all(r["5xx_not_503"] == 0 for r in results),
+        "0 client timeouts": all(r["timeouts"] == 0 for r in results),
+        "core reads all 200": all(r["reads_ok"] == r["reads"] for r in results),
+        "invariants and reconcile PASS": bool(report["ok"]) and reconcile_cmd.returncode == 0,
+    }
     print()
-    print_table(results)
-    print()
-    print("invariants:", "PASS" if report["ok"] else "FAIL")
-    for name, check in report["checks"].items():
-        print(f"  [{'PASS' if check['ok'] else 'FAIL'}] {name}: "
-              + ", ".join(f"{k}={v}" for k, v in check.items() if k != "ok"))
+    for name, ok in verdicts.items():
+        print(f"  [{'PASS' if ok else 'MISS'}] {name}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"phases": results, "invariants": report, "capacity": capacity,
-                                               "args": vars(args)}, ensure_ascii=False, indent=2))
+        Path(args.json).write_text(json.dumps({"server": command, "knee": knee, "points": results, "verdicts": verdicts,
+                                               "invariants": report, "args": vars(args)}, ensure_ascii=False, indent=2))
+    return 0 if verdicts["0 5xx other than 503"] and verdicts["invariants and reconcile PASS"] else 1
 
 
 if __name__ == "__main__":

@@ -53,9 +53,11 @@ class BenchConfig:
     database_url: str = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/miandan_bench")
     redis_url: str = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
     redis_prefix: str = os.environ.get("BENCH_REDIS_PREFIX", "bench")
-    workers: int = int(os.environ.get("BENCH_WORKERS", "4"))
-    threads: int = int(os.environ.get("BENCH_THREADS", "4"))
-    worker_class: str = os.environ.get("BENCH_WORKER_CLASS", "gthread")
+    celery_queue: str = os.environ.get("BENCH_CELERY_QUEUE", "bench")
+    # 0 / "": what gunicorn.conf.py says (the production shape); set them to compare other shapes.
+    workers: int = int(os.environ.get("BENCH_WORKERS", "0"))
+    threads: int = int(os.environ.get("BENCH_THREADS", "0"))
+    worker_class: str = os.environ.get("BENCH_WORKER_CLASS", "")
     fixed_otp: str = "246810"
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -73,8 +75,10 @@ class BenchConfig:
                 "REDIS_URL": self.redis_url,
                 "REDIS_KEY_PREFIX": self.redis_prefix,
                 "CELERY_BROKER_URL": self.redis_url,
-                "CELERY_DEFAULT_QUEUE": "bench",
+                "CELERY_DEFAULT_QUEUE": self.celery_queue,
                 "MIANDAN_SMS_BACKEND": "fixed",
+                # What allows the fixed SMS backend with DEBUG off (load tests only, never production).
+                "MIANDAN_LOAD_TEST": "1",
                 "MIANDAN_FIXED_OTP": self.fixed_otp,
                 "DJANGO_DEBUG": "0",
                 "LOG_LEVEL": "WARNING",
@@ -140,17 +144,27 @@ def django_call(cfg: BenchConfig, target: str, kwargs: dict | None = None) -> ob
 class Server:
     """gunicorn in a child process for the duration of a `with` block."""
 
-    def __init__(self, cfg: BenchConfig, *, log_path: str | Path | None = None) -> None:
+    def __init__(self, cfg: BenchConfig, *, log_path: str | Path | None = None, app: str = "miandan.wsgi",
+                 port: int | None = None) -> None:
         self.cfg = cfg
-        self.log_path = Path(log_path) if log_path else Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-gunicorn-{cfg.port}.log"
+        self.app = app
+        self.port = port or cfg.port
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = (Path(log_path) if log_path
+                         else Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-gunicorn-{self.port}.log")
         self.proc: subprocess.Popen | None = None
+        self.health_path = "/floor/get" if app.startswith("bench.floor") else "/healthz"
 
     def command(self) -> list[str]:
         cfg = self.cfg
-        cmd = [GUNICORN, "miandan.wsgi", "-b", f"127.0.0.1:{cfg.port}", "-w", str(cfg.workers),
-               "--worker-class", cfg.worker_class, "--keep-alive", "75", "--backlog", "2048",
-               "--log-level", "warning", "--graceful-timeout", "5"]
-        if cfg.worker_class == "gthread":
+        # The production command: gunicorn reads ./gunicorn.conf.py (cwd is the repository root); only what a
+        # comparison asks for is overridden.
+        cmd = [GUNICORN, self.app, "-b", f"127.0.0.1:{self.port}", "--log-level", "warning", "--graceful-timeout", "5"]
+        if cfg.workers:
+            cmd += ["-w", str(cfg.workers)]
+        if cfg.worker_class:
+            cmd += ["--worker-class", cfg.worker_class]
+        if cfg.threads and cfg.worker_class in ("", "gthread"):
             cmd += ["--threads", str(cfg.threads)]
         return cmd
 
@@ -163,7 +177,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gunicorn exited early, see {self.log_path}")
             try:
-                with urllib.request.urlopen(self.cfg.url + "/healthz", timeout=1) as resp:
+                with urllib.request.urlopen(self.url + self.health_path, timeout=1) as resp:
                     if resp.status == 200:
                         return self
             except OSError:

@@ -1,12 +1,25 @@
+import hashlib
+import time
+
+from django.http import HttpResponse, HttpResponseNotModified
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from .errors import CampaignNotFound
 from .gate import campaign_is_live
 from .models import Campaign
-from .selectors import budget_totals, campaign_get, campaign_list_live
+from .selectors import (
+    CACHE_SECONDS,
+    DETAIL_CACHE,
+    DETAIL_EXACT_BELOW_CARDS,
+    budget_totals,
+    campaign_get,
+    campaign_get_cached,
+    campaign_list_live,
+)
 
 
 class CampaignOutput(serializers.Serializer):
@@ -34,7 +47,9 @@ class CampaignOutput(serializers.Serializer):
         return obj.card_validity.days
 
     def get_has_budget(self, obj: Campaign) -> bool:
-        return budget_totals(campaign_id=obj.pk)["available"] >= obj.face_value
+        available = budget_totals(campaign_id=obj.pk)["available"]
+        self.context["cacheable"] = available >= obj.face_value * DETAIL_EXACT_BELOW_CARDS
+        return available >= obj.face_value
 
     def get_switches(self, obj: Campaign) -> dict[str, bool]:
         return {"claims": obj.claims_enabled, "referrals": obj.referrals_enabled, "orders": obj.orders_enabled}
@@ -55,6 +70,34 @@ class CampaignListApi(APIView):
 
 
 class CampaignDetailApi(APIView):
+    """The page every app open polls: the same bytes for every user, so rendered once per process.
+
+    The rendered detail is kept for CACHE_SECONDS (the kill-switch staleness bound), with an ETag
+    (`If-None-Match` -> 304, no body) and `Cache-Control: public, max-age=1` so the app and a CDN in
+    front can answer repeats; it holds nothing user-specific. Near the end of a budget (fewer than
+    DETAIL_EXACT_BELOW_CARDS cards left) it is rendered per request, so `has_budget` turns exactly.
+    """
+
     @extend_schema(responses=CampaignOutput, summary="One campaign with its rules")
     def get(self, request, slug: str):
-        return Response(CampaignOutput(campaign_or_404(slug)).data)
+        now = time.monotonic()
+        hit = DETAIL_CACHE.get(slug)
+        if hit is None or now - hit[0] >= CACHE_SECONDS:
+            campaign = campaign_get_cached(slug=slug)
+            if campaign is None or campaign.status == Campaign.Status.DRAFT:
+                raise CampaignNotFound()
+            output = CampaignOutput(campaign, context={})
+            body = JSONRenderer().render(output.data)
+            hit = (now, body, '"' + hashlib.blake2b(body, digest_size=8).hexdigest() + '"')
+            if output.context.get("cacheable"):
+                if len(DETAIL_CACHE) > 1000:
+                    DETAIL_CACHE.clear()
+                DETAIL_CACHE[slug] = hit
+        _, body, etag = hit
+        if etag in request.META.get("HTTP_IF_NONE_MATCH", ""):
+            response = HttpResponseNotModified()
+        else:
+            response = HttpResponse(body, content_type="application/json")
+        response["ETag"] = etag
+        response["Cache-Control"] = "public, max-age=1"
+        return response

@@ -63,8 +63,16 @@ def campaign_get_cached(*, slug: str) -> Campaign | None:
     return campaign
 
 
+# slug -> (when, rendered detail, ETag): the campaign detail every app open polls (campaign/api.py).
+DETAIL_CACHE: dict[str, tuple[float, bytes, str]] = {}
+# While the budget covers fewer cards than this, `has_budget` is computed per request instead of cached:
+# the flag is then exact exactly when it is about to turn.
+DETAIL_EXACT_BELOW_CARDS = 1000
+
+
 def campaign_cache_clear() -> None:
     _CACHE.clear()
+    DETAIL_CACHE.clear()
 
 
 def budget_gauges() -> list:

@@ -145,7 +145,8 @@ def campaign_create(*, spec: CampaignSpec, actor=None) -> Campaign:
 
 # --- helpers for the voucher engine (caller's transaction) ---------------------------
 
-def budget_reserve_sql(*, campaign: Campaign, amount: Decimal, hint: int | None = None) -> tuple[str, list]:
+def budget_reserve_sql(*, campaign: Campaign, amount: Decimal, hint: int | None = None, only_if: str = "",
+                       only_if_params: list | None = None) -> tuple[str, list]:
     """PostgreSQL: the reserve as one `UPDATE ... RETURNING id` statement, for use alone or as a CTE.
 
     Reserves in the first bucket, in ring order from the hinted one, that has room and is not locked.
@@ -153,6 +154,8 @@ def budget_reserve_sql(*, campaign: Campaign, amount: Decimal, hint: int | None 
     bucket it did not reserve in: waiting there (and READ COMMITTED keeping a row locked after a
     failed recheck) is what deadlocked plain conditional UPDATEs against each other and the slow path.
     No row returned: no free bucket has room; call `budget_reserve_slow`.
+    `only_if`: an extra SQL condition (with `only_if_params`) that must hold for anything to be reserved,
+    for a caller that composes the reserve into a statement with its own precondition.
     """
     n = campaign.bucket_count
     start = (hint if hint is not None else random.randrange(n)) % n
@@ -162,9 +165,9 @@ def budget_reserve_sql(*, campaign: Campaign, amount: Decimal, hint: int | None 
         f"UPDATE {table} SET reserved = reserved + %s "
         f"WHERE id = (SELECT id FROM {table} WHERE campaign_id = %s AND allotment >= reserved + spent + %s "
         f"ORDER BY ({index} - %s + %s) %% %s LIMIT 1 FOR UPDATE SKIP LOCKED) "
-        "AND allotment >= reserved + spent + %s RETURNING id"
+        "AND allotment >= reserved + spent + %s" + (f" AND ({only_if})" if only_if else "") + " RETURNING id"
     )
-    return sql, [amount, campaign.pk, amount, start, n, n, amount]
+    return sql, [amount, campaign.pk, amount, start, n, n, amount, *(only_if_params or [])]
 
 
 def budget_record_sql(

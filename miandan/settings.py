@@ -76,6 +76,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "miandan.api.middleware.RequestIdMiddleware",
+    # Admission of campaign writes before anything else runs: a refusal costs no I/O and waits for nothing.
+    "miandan.api.guard.SheddingMiddleware",
     "miandan.api.metrics.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files (admin, API docs, the campaign page's CSS/JS) from the process itself, so `make run` and the
@@ -88,7 +90,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    # Last, so its process_view runs right before the view: kill switch -> shedding -> rate limit.
+    # Last, so its process_view runs right before the view: kill switch -> rate limit (shedding came first).
     "miandan.api.guard.GuardMiddleware",
 ]
 
@@ -192,13 +194,19 @@ MIANDAN_PROXY_COUNT = env_int("MIANDAN_PROXY_COUNT", 0)
 # The login endpoints' own per-IP floor (30 codes / 60 logins per 10 min); off only for load tests from one address.
 MIANDAN_AUTH_IP_FLOOR = env_bool("MIANDAN_AUTH_IP_FLOOR", True)
 MIANDAN_SHED_ENABLED = env_bool("MIANDAN_SHED_ENABLED", True)
-MIANDAN_SHED_MIN_LIMIT = env_int("MIANDAN_SHED_MIN_LIMIT", 2)
-MIANDAN_SHED_MAX_LIMIT = env_int("MIANDAN_SHED_MAX_LIMIT", 64)
-MIANDAN_SHED_INITIAL_LIMIT = env_int("MIANDAN_SHED_INITIAL_LIMIT", 8)
-MIANDAN_SHED_TARGET_MS = env_float("MIANDAN_SHED_TARGET_MS", 250.0)
-MIANDAN_SHED_RETRY_AFTER = env_int("MIANDAN_SHED_RETRY_AFTER", 2)
-# Shed campaign writes that waited longer than this before reaching Django (X-Request-Start from the proxy).
+# Per-process concurrency limit of campaign writes (miandan/api/guard/shedding.py). 0 = from the server shape:
+# floor ceil(cores / gunicorn workers), ceiling the worker's threads minus one, start at 2.
+MIANDAN_SHED_MIN_LIMIT = env_int("MIANDAN_SHED_MIN_LIMIT", 0)
+MIANDAN_SHED_MAX_LIMIT = env_int("MIANDAN_SHED_MAX_LIMIT", 0)
+MIANDAN_SHED_INITIAL_LIMIT = env_int("MIANDAN_SHED_INITIAL_LIMIT", 0)
+# The limit rises while write latency stays within this multiple of the learned no-load latency.
+MIANDAN_SHED_TOLERANCE = env_float("MIANDAN_SHED_TOLERANCE", 4.0)
+# Base of Retry-After on a shed answer; each answer says base..2 x base seconds at random (jitter).
+MIANDAN_SHED_RETRY_AFTER = env_int("MIANDAN_SHED_RETRY_AFTER", 1)
+# Behind a trusted proxy (MIANDAN_PROXY_COUNT > 0) only, from its X-Request-Start: a write that waited longer
+# than MAX_QUEUE_MS is shed itself; a smoothed queue wait above QUEUE_TARGET_MS cuts the limit by 20 %.
 MIANDAN_SHED_MAX_QUEUE_MS = env_float("MIANDAN_SHED_MAX_QUEUE_MS", 500.0)
+MIANDAN_SHED_QUEUE_TARGET_MS = env_float("MIANDAN_SHED_QUEUE_TARGET_MS", 100.0)
 MIANDAN_READYZ_TIMEOUT = env_float("MIANDAN_READYZ_TIMEOUT", 1.0)
 
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", REDIS_URL)
@@ -293,7 +301,9 @@ MIANDAN_APP_INVITE_LINK = env("MIANDAN_APP_INVITE_LINK", "qianwen://miandan/invi
 MIANDAN_APP_NAME = env("MIANDAN_APP_NAME", "千问")
 MIANDAN_SMS_BACKEND = env("MIANDAN_SMS_BACKEND", "console")
 MIANDAN_FIXED_OTP = env("MIANDAN_FIXED_OTP")
-MIANDAN_OTP_RESEND_SECONDS = env_int("MIANDAN_OTP_RESEND_SECONDS", 30)  # a phone gets a new code at most this often
+MIANDAN_OTP_RESEND_SECONDS = env_int("MIANDAN_OTP_RESEND_SECONDS", 30)
+# Seconds a token -> user copy lives in Redis (accounts/auth.py); revocation is exact anyway. 0 turns the copy off.
+MIANDAN_TOKEN_CACHE_SECONDS = env_int("MIANDAN_TOKEN_CACHE_SECONDS", 60)  # a phone gets a new code at most this often
 # The login endpoints' own per-IP floor: action -> (max requests, window seconds); generous, carrier NAT shares IPs.
 MIANDAN_AUTH_IP_LIMITS = {"otp": (30, 600), "token": (60, 600)}
 MIANDAN_BUDGET_BUCKETS = env_int("MIANDAN_BUDGET_BUCKETS", 64)

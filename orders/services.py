@@ -23,6 +23,7 @@ from django.utils import timezone
 from campaign.errors import CampaignNotFound, CampaignNotLive
 from campaign.gate import campaign_is_live, campaign_paused
 from campaign.models import Campaign
+from campaign.selectors import campaign_get_cached
 from miandan.api.errors import InvalidInput
 from miandan.db import retry_on_conflict
 from miandan.tasks import enqueue, enqueue_on_commit
@@ -166,7 +167,9 @@ def _campaign_for(*, user, slug: str | None, voucher_code: str | None = None) ->
             raise NoVoucher("找不到这张免单卡")
         slug = card.campaign.slug
     if slug:
-        campaign = Campaign.objects.filter(slug=slug).first()
+        # perf (issue 14): the 0.5 s per-process copy the join and the guard use, not a query per order;
+        # the card lock and the budget are still decided under locks in the placement transaction.
+        campaign = campaign_get_cached(slug=slug)
         if campaign is None:
             raise CampaignNotFound()
         if not campaign_is_live(campaign, now):

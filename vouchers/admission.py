@@ -86,6 +86,25 @@ def remember_user(campaign_id: int, user_id: int, *, count: int, welcome_code: s
         pass
 
 
+def remember_user_if_absent(campaign_id: int, user_id: int, *, count: int, welcome_code: str) -> None:
+    """`remember_user` for a read made without the slot lock: never overwrites what a card issue wrote.
+
+    (A stale count read here is only ever too low, which sends the user to the database: harmless.)
+    """
+    client = get_redis()
+    if client is None:
+        return
+    try:
+        k = _user_key(campaign_id, user_id)
+        pipe = client.pipeline(transaction=False)
+        pipe.hsetnx(k, "n", count)
+        pipe.hsetnx(k, "w", welcome_code)
+        pipe.expire(k, USER_TTL)
+        pipe.execute()
+    except redis.RedisError:
+        pass
+
+
 def forget_user(campaign_id: int, user_id: int) -> None:
     client = get_redis()
     if client is None:

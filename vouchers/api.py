@@ -3,6 +3,7 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.auth import token_cache_drop
 from campaign.errors import CampaignNotFound
 from campaign.selectors import campaign_get_cached
 from miandan.api.fields import StrictCharField
@@ -46,8 +47,12 @@ class CampaignJoinApi(APIView):
         campaign = campaign_get_cached(slug=slug)
         if campaign is None:
             raise CampaignNotFound()
+        first_version = not request.user.joined_app_version
         voucher, created = campaign_join(user=request.user, campaign=campaign,
                                          app_version=data.validated_data["app_version"])
+        if created and first_version:
+            # The join recorded the user's first app version: the cached copy of this token would not show it.
+            token_cache_drop(request.auth)
         voucher.campaign = campaign
         return Response(VoucherOutput(voucher).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 

@@ -217,9 +217,14 @@ def campaign_join(*, user, campaign: Campaign, app_version: object) -> tuple[Vou
         elif state.count >= campaign.card_cap:
             raise CardLimitReached()
     if exhausted:
-        existing = _welcome_card(campaign, user)
-        if existing is not None:
-            return existing, False
+        # Answered without PostgreSQL when Redis knows the user (no welcome card: refused); otherwise one
+        # read of the user's cards, remembered for the next try.
+        if state is None:
+            cards = list(Voucher.objects.filter(campaign=campaign, user=user).values_list("source", "code"))
+            welcome = next((code for source, code in cards if source == Voucher.Source.WELCOME), "")
+            admission.remember_user_if_absent(campaign.pk, user.pk, count=len(cards), welcome_code=welcome)
+            if welcome:
+                return Voucher.objects.get(code=welcome), False
         raise BudgetExhausted()
     try:
         voucher, created, cards, welcome = _join_db(user=user, campaign=campaign, app_version=str(app_version).strip())
@@ -250,6 +255,10 @@ def _join_db(*, user, campaign: Campaign, app_version: str) -> tuple[Voucher | N
     Refusals are returned, not raised, so the caller can still cache what it learned.
     """
     advisory_lock("slot", campaign.pk, user.pk)
+    if is_postgres():
+        folded = _join_insert_pg(user=user, campaign=campaign, app_version=app_version)
+        if folded is not None:
+            return folded
     cards = list(Voucher.objects.filter(campaign=campaign, user=user).values_list("source", "code"))
     welcome = next((code for source, code in cards if source == Voucher.Source.WELCOME), "")
     if welcome:
@@ -259,6 +268,62 @@ def _join_db(*, user, campaign: Campaign, app_version: str) -> tuple[Voucher | N
     voucher = _issue_locked(user=user, campaign=campaign, source=Voucher.Source.WELCOME, used=len(cards),
                             joined_app_version=app_version)
     return voucher, True, len(cards) + 1, voucher.code
+
+
+def _join_insert_pg(*, user, campaign: Campaign, app_version: str) -> tuple[Voucher | None, bool, int, str] | None:
+    """A join's count and its welcome card in ONE statement, under the slot lock the caller holds.
+
+    The statement counts the user's cards, and only when they hold no welcome card and are under the cap
+    reserves the face value in a free bucket, inserts the card (slot = count + 1) and its ledger row; the
+    lock was taken by the statement before, so this one's snapshot sees every committed card of the user.
+    Same answer as `_join_db`; None when no free bucket had room (nothing written: the slow path decides).
+    """
+    vt = connection.ops.quote_name(Voucher._meta.db_table)
+    card = _new_card(user=user, campaign=campaign, source=Voucher.Source.WELCOME, slot=0)
+    reserve_sql, reserve_params = budget_reserve_sql(
+        campaign=campaign, amount=campaign.face_value, hint=user.pk,
+        only_if="(SELECT n FROM c) < %s AND (SELECT w FROM c) IS NULL", only_if_params=[campaign.card_cap])
+    ledger_sql, ledger_params = budget_record_sql(
+        campaign_id=campaign.pk, kind=LedgerEntry.Kind.RESERVE, amount=campaign.face_value, source="v",
+        bucket_expr="v.bucket_id", voucher_expr="v.id", reason=f"发卡：{Voucher.Source.WELCOME.label}",
+    )
+    sql = (
+        f"WITH c AS (SELECT count(*) AS n, max(code) FILTER (WHERE source = %s) AS w FROM {vt} "
+        "WHERE campaign_id = %s AND user_id = %s), "
+        f"b AS ({reserve_sql}), "
+        f"v AS (INSERT INTO {vt} (code, slot, cap, source, status, face_value, issued_at, expires_at, void_reason, "
+        "bucket_id, campaign_id, user_id) SELECT %s, (SELECT n FROM c) + 1, %s, %s, %s, %s, %s, %s, '', b.id, %s, %s "
+        "FROM b RETURNING id, bucket_id, slot), "
+        f"l AS ({ledger_sql}) "
+    )
+    params = [
+        Voucher.Source.WELCOME, campaign.pk, user.pk,
+        *reserve_params,
+        card.code, card.cap, card.source, card.status, card.face_value, card.issued_at, card.expires_at,
+        campaign.pk, user.pk,
+        *ledger_params,
+    ]
+    if app_version and not user.joined_app_version:
+        qn = connection.ops.quote_name
+        sql += (f", u AS (UPDATE {qn(type(user)._meta.db_table)} SET joined_app_version = %s "
+                "WHERE id = %s AND joined_app_version = '' AND EXISTS (SELECT 1 FROM v)) ")
+        params += [app_version[:32], user.pk]
+    sql += "SELECT c.n, c.w, v.id, v.bucket_id, v.slot FROM c LEFT JOIN v ON true"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        held, welcome, card_id, bucket_id, slot = cursor.fetchone()
+    if welcome:
+        return Voucher.objects.get(code=welcome), False, held, welcome
+    if held >= campaign.card_cap:
+        return None, False, held, ""
+    if card_id is None:
+        return None  # no free bucket had room: the slow path (consolidation or BudgetExhausted) decides
+    card.pk, card.bucket_id, card.slot = card_id, bucket_id, slot
+    card._state.adding = False
+    card._state.db = connection.alias
+    transaction.on_commit(lambda: admission.remember_user(campaign.pk, user.pk, count=slot, welcome_code=card.code))
+    transaction.on_commit(lambda: CARDS_ISSUED.labels(Voucher.Source.WELCOME).inc())
+    return card, True, held + 1, card.code
 
 
 # --- the order side: lock, redeem, release -------------------------------------------

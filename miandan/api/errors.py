@@ -107,6 +107,10 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         response = Response(exc.body(), status=exc.status)
         if exc.retry_after is not None:
             response["Retry-After"] = str(exc.retry_after)
+        # A business answer (409 budget_exhausted, card_limit_reached, ...), not an error: counted by code in
+        # /metrics (miandan_rejections_total). django.request would write one WARNING line per answer, which at a
+        # peak of refused joins is a log flood and a real share of each answer's CPU (issue 14).
+        response._has_been_logged = True
         return response
     if isinstance(exc, RequestDataTooBig):
         return Response({"code": "payload_too_large", "detail": "请求体太大"}, status=413)

@@ -1,22 +1,24 @@
-"""The flash-crowd guard: kill switches, load shedding and rate limits, before any view runs.
+"""The flash-crowd guard: load shedding, kill switches and rate limits, before any view runs.
 
-`GuardMiddleware.process_view` runs after URL resolution and right before the view, in this order:
+1. shedding     -> 503 `busy`     (`SheddingMiddleware`, second in MIDDLEWARE, before URL resolution,
+                                   sessions or DRF: the write's concurrency slot, or a refusal that costs
+                                   no I/O and waits for nothing; shedding.py holds the model)
+2. kill switch  -> 503 `paused`   (`GuardMiddleware.process_view`, right before the view: switches.py,
+                                   the campaign gate's lookup from a 0.5 s per-process cache)
+3. rate limits  -> 429 `rate_limited` (ratelimit.py: counters in Redis, one pipelined round trip)
 
-1. kill switch  -> 503 `paused`   (switches.py: the campaign gate's lookup, a 0.5 s per-process cache)
-2. shedding     -> 503 `busy`     (shedding.py: queued too long per X-Request-Start, or over the in-process
-                                   adaptive concurrency limit: no I/O at all)
-3. rate limits  -> 429 `rate_limited` (ratelimit.py: django-ratelimit counters in Redis)
-
-Shedding comes before rate limiting so that a shed request costs no Redis round trip and does not
-use up the caller's rate-limit budget for work never done. Which route gets what is the table in
+Shedding comes first so that a refused request costs the least possible (no Redis round trip, no
+rate-limit budget used for work never done). Which route gets what is the table in
 `miandan.options`; who the caller is comes from client.py.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 from django.conf import settings
+from django.http import HttpResponse
 
 from miandan.api import metrics
 from miandan.api.errors import Busy, DomainError, RateLimited, domain_error_response
@@ -24,11 +26,18 @@ from miandan.options import policy_for
 
 from .client import client_inet, client_ip
 from .ratelimit import RateLimitUnavailable, check_rate_limits
-from .shedding import AdaptiveLimiter, Ticket, get_limiter, gunicorn_threads, queued_ms
+from .shedding import (
+    AdaptiveLimiter,
+    Ticket,
+    get_limiter,
+    gunicorn_threads,
+    queued_ms,
+    retry_after_seconds,
+)
 from .switches import paused, register_switch_check
 
-__all__ = ["AdaptiveLimiter", "GuardMiddleware", "Ticket", "client_inet", "client_ip", "get_limiter",
-           "gunicorn_threads", "queued_ms", "register_switch_check"]
+__all__ = ["AdaptiveLimiter", "GuardMiddleware", "SheddingMiddleware", "Ticket", "client_inet", "client_ip",
+           "get_limiter", "gunicorn_threads", "queued_ms", "register_switch_check"]
 
 logger = logging.getLogger(__name__)
 REDIS_DOWN_DETAIL = "系统繁忙，请稍后再试"
@@ -43,7 +52,69 @@ def _reject(error: DomainError):
 
 
 def _busy(detail: str = Busy.detail) -> DomainError:
-    return Busy(detail, retry_after=settings.MIANDAN_SHED_RETRY_AFTER)
+    return Busy(detail, retry_after=retry_after_seconds())
+
+
+_BUSY_BODIES: dict[int, bytes] = {}
+
+
+def _shed_response(started: float, policy_key: str) -> HttpResponse:
+    """503 `busy` in the api.md shape, its bytes built once per Retry-After value (no JSON encoding per refusal)."""
+    retry = retry_after_seconds()
+    body = _BUSY_BODIES.get(retry)
+    if body is None:
+        body = _BUSY_BODIES[retry] = domain_error_response(Busy(retry_after=retry)).content
+    response = HttpResponse(body, status=503, content_type="application/json")
+    response["Retry-After"] = str(retry)
+    response.error_code = "busy"
+    response._has_been_logged = True  # expected under load; counted in /metrics instead of one ERROR line each
+    metrics.SHED.labels(policy_key).inc()
+    metrics.REJECTIONS.labels("busy", policy_key).inc()
+    # The server's own time for the refusal, so a load test can tell it from time spent queueing outside.
+    response["Server-Timing"] = f"shed;dur={(time.perf_counter() - started) * 1000:.3f}"
+    return response
+
+
+class SheddingMiddleware:
+    """Admission of campaign writes, before URL resolution and every other middleware but the request id.
+
+    An admitted write holds a slot until its response is built; a write over the limit, or one that a
+    trusted proxy says already queued too long, is answered 503 `busy` here, without I/O or waiting.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if request.method != "POST" or not settings.MIANDAN_SHED_ENABLED:
+            return self.get_response(request)
+        policy = policy_for(url_name=None, path=request.path_info, method="POST")
+        if policy is None or not policy.shed:
+            return self.get_response(request)
+        started = time.perf_counter()
+        limiter = get_limiter()
+        waited = queued_ms(request)
+        if waited is not None:
+            limiter.queue_sample(waited)
+            if waited > settings.MIANDAN_SHED_MAX_QUEUE_MS:
+                # Already late: the client has likely given up or will retry; do not start the work.
+                return _shed_response(started, policy.key)
+        ticket = limiter.try_acquire()
+        if ticket is None:
+            return _shed_response(started, policy.key)
+        request._shed_sample = True
+        try:
+            response = self.get_response(request)
+        except BaseException:
+            limiter.cancel(ticket)
+            raise
+        if request._shed_sample:
+            # A latency sample only from writes that did their work (201): cheap answers (409 from Redis,
+            # 400, 401) would teach the limiter a baseline real writes never meet.
+            limiter.release(ticket, key=policy.key, sample=response.status_code == 201)
+        else:
+            limiter.cancel(ticket)  # refused before the view: its latency says nothing about capacity
+        return response
 
 
 class GuardMiddleware:
@@ -51,12 +122,7 @@ class GuardMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
-        response = self.get_response(request)
-        ticket = getattr(request, "_guard_ticket", None)
-        if ticket is not None:
-            request._guard_ticket = None
-            get_limiter().release(ticket)
-        return response
+        return self.get_response(request)
 
     def process_view(self, request, view_func, view_args, view_kwargs):
         match = request.resolver_match
@@ -72,20 +138,8 @@ class GuardMiddleware:
             logger.warning("guard: kill switch unreadable", exc_info=True)
             stop = None
         if stop is not None:
+            self._release(request)
             return _reject(stop)
-
-        if policy.shed and settings.MIANDAN_SHED_ENABLED:
-            waited = queued_ms(request)
-            if waited is not None and waited > settings.MIANDAN_SHED_MAX_QUEUE_MS:
-                # Already late: the client has likely given up or will retry; do not start the work.
-                get_limiter().congested()
-                metrics.SHED.labels(policy.key).inc()
-                return _reject(_busy())
-            ticket = get_limiter().try_acquire()
-            if ticket is None:
-                metrics.SHED.labels(policy.key).inc()
-                return _reject(_busy())
-            request._guard_ticket = ticket
 
         try:
             retry_after = check_rate_limits(policy, request) if policy.limits else None
@@ -102,7 +156,6 @@ class GuardMiddleware:
 
     @staticmethod
     def _release(request) -> None:
-        ticket = getattr(request, "_guard_ticket", None)
-        if ticket is not None:
-            request._guard_ticket = None
-            get_limiter().cancel(ticket)
+        # Refused before the view: SheddingMiddleware gives the slot back without a latency sample.
+        if getattr(request, "_shed_sample", False):
+            request._shed_sample = False

@@ -1,17 +1,39 @@
-"""Load shedding: an adaptive per-process concurrency limit for campaign writes, and queue age.
+"""Load shedding: a per-process concurrency limit for campaign writes, learned from their latency.
 
-Shed requests cost no I/O at all: the limiter is a counter under a lock, and the queue age is
-read from the proxy's X-Request-Start header.
+The model (docs/operations.md, "The admission model"):
+
+- Campaign writes (join, referral accept, orders) are admitted while fewer than `limit` run in this
+  process; the rest are refused at once with 503 `busy`. Nothing waits for a slot, so a refusal never
+  queues behind admitted work, and the threads the limit does not hand out stay free for refusals,
+  reads and health checks.
+- The limit follows capacity, not a fixed latency: each admitted write that did its work (201) reports
+  its latency; its route's no-load latency is the lowest its smoothed latency (EWMA over ~5 writes) was
+  over the last two windows (`window` seconds each). While smoothed latency / no-load latency stays
+  within `tolerance` and the limit is what holds writes back, the limit rises by 1/limit per completion
+  (about +1 per round of writes); above it, the limit is multiplied by tolerance / ratio (at least 0.5),
+  at most once per latency interval.
+  So it rises until the cores are busy (more concurrency then only adds latency) and falls on a
+  latency spike.
+- A queue signal (time spent before Django, from a trusted proxy's X-Request-Start): while most of the
+  last 20 writes queued longer than the target, the limit is cut by 20 % (at most every 50 ms). A
+  single request never moves the limit: it can at most be shed itself (too late to be worth starting).
+- Floor: never below what the cores can run (ceil(cores / gunicorn workers), at least 1); ceiling: the
+  worker's threads minus one (one stays free for refusals and reads), or MIANDAN_SHED_MAX_LIMIT.
+
+Shed requests cost no I/O at all: the limiter is a counter under a lock.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import random
 import shlex
 import sys
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -27,93 +49,178 @@ class Ticket:
 
 
 class AdaptiveLimiter:
-    """AIMD concurrency limit for campaign writes in this process.
+    """Latency-gradient concurrency limit with a learned no-load baseline, a floor and a ceiling.
 
-    - A request may start only while fewer than floor(limit) are in flight; otherwise it is shed.
-    - Each completion measures its latency. Slower than `target` seconds: the limit shrinks by
-      `backoff` (at most once per `target` interval, so one burst of slow completions counts once).
-      Faster while the limiter was nearly full: the limit grows by 1/limit (about +1 per round).
-    So the limit follows the latency PostgreSQL and the CPU actually deliver instead of a fixed number;
-    with gunicorn gthread workers the threads it does not admit stay free for shed answers and core reads.
+    `clock` is injectable so the behaviour can be tested on a simulated clock.
     """
 
-    def __init__(self, *, min_limit: int, max_limit: int, initial: int, target: float, backoff: float = 0.8) -> None:
-        self.min_limit = max(1, min_limit)
-        self.max_limit = max(self.min_limit, max_limit)
-        self.limit = float(min(max(initial, self.min_limit), self.max_limit))
-        self.target = target
-        self.backoff = backoff
+    def __init__(self, *, min_limit: int, max_limit: int, initial: float | None = None, tolerance: float = 2.0,
+                 window: float = 10.0, queue_target: float = 0.1, clock: Callable[[], float] = time.monotonic,
+                 ) -> None:
+        self.min_limit = max(1, int(min_limit))
+        self.max_limit = max(self.min_limit, int(max_limit))
+        start = initial if initial is not None else self.min_limit
+        self.limit = float(min(max(start, self.min_limit), self.max_limit))
+        self.tolerance = tolerance
+        self.window = window
+        self.queue_target = queue_target
+        self.clock = clock
         self.inflight = 0
         self.shed = 0
-        self._last_decrease = 0.0
+        self.latency = 0.0  # the last write's route: smoothed latency over its no-load latency
+        self.queue = 0.0  # share of the last 20 trusted queue samples above the target
+        self._late_ring: deque[bool] = deque(maxlen=20)
+        # route -> [window start, min of the smoothed latency this window, min last window, smoothed latency]
+        self._windows: dict[str, list[float]] = {}
+        self._held_back = False  # a write was refused since the last completion: the limit is binding
+        self._last_decrease = -math.inf
         self._lock = threading.Lock()
         metrics.SHED_LIMIT.set(self.limit)
 
+    # --- admission ---------------------------------------------------------------------------
     def try_acquire(self) -> Ticket | None:
         with self._lock:
             if self.inflight >= math.floor(self.limit):
                 self.shed += 1
+                self._held_back = True
                 return None
             self.inflight += 1
         metrics.SHED_INFLIGHT.inc()
-        return Ticket(start=time.perf_counter())
+        return Ticket(start=self.clock())
 
-    def release(self, ticket: Ticket) -> None:
-        now = time.perf_counter()
-        latency = now - ticket.start
+    def cancel(self, ticket: Ticket) -> None:
+        """Give the slot back without a latency sample (refused before the view: paused, rate limited)."""
         with self._lock:
             self.inflight -= 1
-            if latency > self.target:
-                if now - self._last_decrease >= self.target:
-                    self.limit = max(self.min_limit, self.limit * self.backoff)
-                    self._last_decrease = now
-            elif self.inflight + 1 >= math.floor(self.limit):
-                self.limit = min(self.max_limit, self.limit + 1.0 / self.limit)
+        metrics.SHED_INFLIGHT.dec()
+
+    def release(self, ticket: Ticket, *, key: str = "", sample: bool = True) -> None:
+        """Free the slot; with `sample`, learn from the write's latency (`key`: its route, each has its own baseline).
+
+        Only writes that did their work are samples (the guard passes 201 answers): a flood of cheap
+        answers (401, 409 from Redis) must not teach the limiter a baseline real writes can never meet.
+        """
+        now = self.clock()
+        latency = max(0.0, now - ticket.start)
+        with self._lock:
+            binding = self._held_back or self.inflight >= math.floor(self.limit)
+            self._held_back = False
+            self.inflight -= 1
+            if sample:
+                self._learn(key, latency, now, binding)
+            elif binding and self.latency <= self.tolerance:
+                # A cheap answer (409 from Redis, 400) while writes were held back: no latency lesson, but the
+                # limit was binding and the writes that did work are not slow, so there is room.
+                self.limit = min(float(self.max_limit), self.limit + 1.0 / self.limit)
             limit = self.limit
         metrics.SHED_INFLIGHT.dec()
         metrics.SHED_LIMIT.set(limit)
 
-    def congested(self) -> None:
-        """An outside signal (time queued before Django) says we are behind: back off like a slow completion."""
-        now = time.perf_counter()
+    # --- signals ------------------------------------------------------------------------------
+    def baseline(self, key: str = "") -> float:
+        window = self._windows.get(key)
+        return min(window[1], window[2]) if window else math.inf
+
+    def _learn(self, key: str, latency: float, now: float, binding: bool) -> None:
+        window = self._windows.get(key)
+        # The route's smoothed latency (EWMA over ~5 writes): one lucky or unlucky write barely moves it.
+        smooth = latency if window is None else 0.8 * window[3] + 0.2 * latency
+        if window is None or now - window[0] >= self.window:
+            # Two windows: the baseline forgets a minimum after one to two windows (a slower path, a bigger
+            # database), so it can rise, but never while a calm spell is recent.
+            self._windows[key] = window = [now, smooth, window[1] if window else math.inf, smooth]
+        else:
+            window[1] = min(window[1], smooth)
+            window[3] = smooth
+        self.latency = smooth / max(min(window[1], window[2]), 1e-6)
+        if self.latency > self.tolerance:
+            if now - self._last_decrease >= smooth:  # one cut per round of writes
+                self.limit = max(float(self.min_limit), self.limit * max(0.5, self.tolerance / self.latency))
+                self._last_decrease = now
+        elif binding:
+            self.limit = min(float(self.max_limit), self.limit + 1.0 / self.limit)
+
+    def queue_sample(self, waited_ms: float) -> None:
+        """A trusted queue-wait sample. The limit falls only while most of the last 20 requests queued longer
+        than the target (a standing queue): no single request, however late it claims to be, moves it."""
+        late = waited_ms / 1000.0 > self.queue_target
         with self._lock:
-            if now - self._last_decrease >= self.target:
-                self.limit = max(self.min_limit, self.limit * self.backoff)
+            self._late_ring.append(late)
+            self.queue = sum(self._late_ring) / len(self._late_ring)
+            now = self.clock()
+            if (len(self._late_ring) == self._late_ring.maxlen and self.queue > 0.5
+                    and now - self._last_decrease >= 0.05):
+                self.limit = max(float(self.min_limit), self.limit * 0.8)
                 self._last_decrease = now
             limit = self.limit
         metrics.SHED_LIMIT.set(limit)
 
-    def cancel(self, ticket: Ticket) -> None:
-        """Give the slot back without a latency sample (the request was refused before the view)."""
-        with self._lock:
-            self.inflight -= 1
-        metrics.SHED_INFLIGHT.dec()
-
     def snapshot(self) -> dict:
         with self._lock:
-            return {"limit": self.limit, "inflight": self.inflight, "shed": self.shed}
+            return {"limit": self.limit, "inflight": self.inflight, "shed": self.shed, "latency_ratio": self.latency,
+                    "baselines": {k: min(w[1], w[2]) for k, w in self._windows.items()}, "queue": self.queue,
+                    "min": self.min_limit, "max": self.max_limit}
 
 
 _limiter: AdaptiveLimiter | None = None
 _limiter_lock = threading.Lock()
 
 
-def gunicorn_threads(argv: list[str] | None = None, cmd_args: str | None = None) -> int | None:
-    """The --threads of the gunicorn running this process, if it was given on the command line or GUNICORN_CMD_ARGS."""
+def _gunicorn_arg(name: str, argv: list[str] | None, cmd_args: str | None) -> str | None:
     argv = list(sys.argv if argv is None else argv)
     if not argv or "gunicorn" not in os.path.basename(argv[0]):
         return None
     args = argv[1:] + shlex.split(os.environ.get("GUNICORN_CMD_ARGS", "") if cmd_args is None else cmd_args)
-    threads = None
+    value = None
     for i, arg in enumerate(args):
-        if arg == "--threads" and i + 1 < len(args):
-            threads = args[i + 1]
-        elif arg.startswith("--threads="):
-            threads = arg.split("=", 1)[1]
+        if arg == name and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def gunicorn_threads(argv: list[str] | None = None, cmd_args: str | None = None) -> int | None:
+    """This worker's threads: what gunicorn.conf.py's post_fork hook recorded, else --threads on the command line."""
+    recorded = os.environ.get("MIANDAN_SERVER_THREADS") if argv is None and cmd_args is None else None
+    if recorded:
+        return max(1, int(recorded))
+    argv = list(sys.argv if argv is None else argv)
+    if not argv or "gunicorn" not in os.path.basename(argv[0]):
+        return None
+    threads = _gunicorn_arg("--threads", argv, cmd_args)
     try:
         return max(1, int(threads)) if threads is not None else 1  # gunicorn's default is one thread
     except ValueError:
         return None
+
+
+def gunicorn_workers() -> int | None:
+    recorded = os.environ.get("MIANDAN_SERVER_WORKERS")
+    if recorded:
+        return max(1, int(recorded))
+    value = _gunicorn_arg("-w", None, None) or _gunicorn_arg("--workers", None, None)
+    try:
+        return max(1, int(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def limits_for_this_process() -> tuple[int, int, float]:
+    """(floor, ceiling, initial) from the settings, or from the server shape when they are 0 (auto)."""
+    cores = os.cpu_count() or 1
+    workers = gunicorn_workers() or 1
+    threads = gunicorn_threads()
+    floor = settings.MIANDAN_SHED_MIN_LIMIT or max(1, math.ceil(cores / workers))
+    if settings.MIANDAN_SHED_MAX_LIMIT:
+        ceiling = settings.MIANDAN_SHED_MAX_LIMIT
+    elif threads is not None:
+        ceiling = threads - 1  # one thread always free for refusals, reads and health checks
+    else:
+        ceiling = 16  # not under gunicorn (runserver, tests)
+    ceiling = max(floor, ceiling)
+    initial = settings.MIANDAN_SHED_INITIAL_LIMIT or min(ceiling, max(floor, 2))
+    return floor, ceiling, float(initial)
 
 
 def get_limiter() -> AdaptiveLimiter:
@@ -121,18 +228,10 @@ def get_limiter() -> AdaptiveLimiter:
     if _limiter is None:
         with _limiter_lock:
             if _limiter is None:
-                max_limit = settings.MIANDAN_SHED_MAX_LIMIT
-                threads = gunicorn_threads()
-                if threads is not None:
-                    # Campaign writes may hold at most half of this worker's threads; the others must stay
-                    # free to answer shed requests and core reads (docs/operations.md).
-                    max_limit = min(max_limit, max(1, threads // 2))
-                _limiter = AdaptiveLimiter(
-                    min_limit=min(settings.MIANDAN_SHED_MIN_LIMIT, max_limit),
-                    max_limit=max_limit,
-                    initial=settings.MIANDAN_SHED_INITIAL_LIMIT,
-                    target=settings.MIANDAN_SHED_TARGET_MS / 1000.0,
-                )
+                floor, ceiling, initial = limits_for_this_process()
+                _limiter = AdaptiveLimiter(min_limit=floor, max_limit=ceiling, initial=initial,
+                                           tolerance=settings.MIANDAN_SHED_TOLERANCE,
+                                           queue_target=settings.MIANDAN_SHED_QUEUE_TARGET_MS / 1000.0)
     return _limiter
 
 
@@ -143,23 +242,40 @@ def _reset_on_settings_change(*, setting, **kwargs):
         _limiter = None
 
 
+def retry_after_seconds() -> int:
+    """Retry-After of a shed answer: base..2 x base seconds at random, so refused clients do not return in lockstep."""
+    base = max(1, settings.MIANDAN_SHED_RETRY_AFTER)
+    return random.randint(base, 2 * base)
+
+
+# Queue ages outside this range are not a queue: a wrong clock or a forged header.
+QUEUE_PLAUSIBLE_MS = (-1000.0, 60_000.0)
+
+
 def queued_ms(request, now: float | None = None) -> float | None:
     """Time the request waited before reaching Django, from the proxy's X-Request-Start header.
 
-    Accepts "t=<epoch>" or "<epoch>" in seconds (nginx ${msec}), milliseconds or microseconds.
-    This sees the queue in front of the threads (listen backlog, gunicorn's pool queue) that
-    the in-process concurrency count cannot see.
+    Honoured only behind a trusted proxy (MIANDAN_PROXY_COUNT > 0): a client could otherwise send any
+    value. Accepts "t=<epoch>" or "<epoch>" in seconds (nginx ${msec}), milliseconds or microseconds;
+    an implausible value (more than a second in the future, more than a minute old) is ignored.
     """
+    if settings.MIANDAN_PROXY_COUNT <= 0:
+        return None
     raw = request.META.get("HTTP_X_REQUEST_START", "")
-    if not raw:
+    if not raw or len(raw) > 40:
         return None
     try:
         value = float(raw.strip().removeprefix("t="))
     except ValueError:
+        return None
+    if not math.isfinite(value) or value <= 0:
         return None
     if value > 1e14:
         value /= 1e6
     elif value > 1e11:
         value /= 1e3
     waited = ((now if now is not None else time.time()) - value) * 1000.0
-    return waited if waited >= 0 else 0.0
+    low, high = QUEUE_PLAUSIBLE_MS
+    if not low <= waited <= high:
+        return None
+    return max(0.0, waited)
