@@ -5,6 +5,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# The simulated merchant (its own process; `make demo` and `make run` start it beside the platform).
+MERCHANT_PORT ?= 8790
+MERCHANT_STATE ?= simulated-merchant-$(MERCHANT_PORT).sqlite3
+MERCHANT_URL = $${MIANDAN_MERCHANT_URL:-http://127.0.0.1:$(MERCHANT_PORT)}
 
 # Test defaults: the local PostgreSQL and Redis (override any of them from the environment).
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/miandan
@@ -20,7 +24,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 install: $(VENV)/.installed
 
-demo: install ## run the platform with the demo campaign on http://127.0.0.1:8000 (SQLite, Celery eager)
+demo: install ## run the platform with the demo campaign on http://127.0.0.1:8000 (SQLite, Celery eager, simulated merchant)
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py seed_demo
 	@echo ""
@@ -29,7 +33,11 @@ demo: install ## run the platform with the demo campaign on http://127.0.0.1:800
 	@echo "  Admin:          http://$(HOST):$(PORT)/admin/   (admin, marketing, finance, support; password miandan-demo)"
 	@echo "  API docs:       http://$(HOST):$(PORT)/api/docs/"
 	@echo "  Health:         http://$(HOST):$(PORT)/healthz"
+	@echo "  Merchant:       $(MERCHANT_URL) (simulated store system: accepts and delivers orders by itself)"
 	@echo ""
+	export MIANDAN_MERCHANT_URL=$(MERCHANT_URL); \
+	$(PY) manage.py simulated_merchant --callback-url http://127.0.0.1:$(PORT) --state $(MERCHANT_STATE) & merchant=$$!; \
+	trap 'kill $$merchant 2>/dev/null' EXIT INT TERM; \
 	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(PY) manage.py runserver --insecure --noreload $(HOST):$(PORT)
 
 test: install ## run the whole suite against PostgreSQL and Redis on 127.0.0.1
@@ -38,14 +46,20 @@ test: install ## run the whole suite against PostgreSQL and Redis on 127.0.0.1
 	CELERY_BROKER_URL="$${CELERY_BROKER_URL:-$${REDIS_URL:-$(TEST_REDIS_URL)}}" \
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-run: install ## production-like: gunicorn (shape from gunicorn.conf.py) + Celery worker + beat (needs DATABASE_URL and REDIS_URL)
+run: install ## production-like: gunicorn (shape from gunicorn.conf.py) + Celery worker + beat (+ the simulated merchant unless MIANDAN_MERCHANT_ADAPTER names a real one)
 	@test -n "$$DATABASE_URL" -a -n "$$REDIS_URL" || { echo "set DATABASE_URL and REDIS_URL (see README)"; exit 1; }
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py collectstatic --noinput >/dev/null
-	$(VENV)/bin/celery -A miandan worker -l info --concurrency 2 -Q $${CELERY_DEFAULT_QUEUE:-miandan} & \
-	$(VENV)/bin/celery -A miandan beat -l info --schedule /tmp/miandan-beat & \
-	$(VENV)/bin/gunicorn miandan.wsgi -b $(HOST):$(PORT) ; \
-	kill %1 %2
+	export MIANDAN_MERCHANT_URL=$(MERCHANT_URL); \
+	$(VENV)/bin/celery -A miandan worker -l info --concurrency 2 -Q $${CELERY_DEFAULT_QUEUE:-miandan} & worker=$$!; \
+	$(VENV)/bin/celery -A miandan beat -l info --schedule /tmp/miandan-beat & beat=$$!; \
+	merchant=; \
+	if [ -z "$$MIANDAN_MERCHANT_ADAPTER" ] || [ "$$MIANDAN_MERCHANT_ADAPTER" = orders.merchant.SimulatedMerchant ]; then \
+	  $(PY) manage.py simulated_merchant --callback-url $${MIANDAN_PUBLIC_BASE_URL:-http://127.0.0.1:$(PORT)} \
+	    --state $(MERCHANT_STATE) & merchant=$$!; \
+	fi; \
+	trap 'kill $$worker $$beat $$merchant 2>/dev/null' EXIT INT TERM; \
+	$(VENV)/bin/gunicorn miandan.wsgi -b $(HOST):$(PORT)
 
 worker: install
 	$(VENV)/bin/celery -A miandan worker -l info -Q $${CELERY_DEFAULT_QUEUE:-miandan}
@@ -64,4 +78,4 @@ bench: install ## every load test in turn (needs a quiet machine; ~10 minutes); 
 	$(PY) bench/export.py --json bench/results/export.json
 
 clean:
-	rm -rf $(VENV) db.sqlite3 staticfiles
+	rm -rf $(VENV) db.sqlite3 staticfiles simulated-merchant-*.sqlite3*

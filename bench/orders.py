@@ -4,8 +4,9 @@
                   (target >= 20,000/s, issue 13), in one process with Django set up on the bench database.
 2. `me`           GET  /api/v1/me            trivial authenticated DRF GET (baseline, same run)
 3. `chat-order`   POST /api/v1/orders/chat   "一杯伯牙绝弦" at the Hangzhou check point, each request a
-                  different user holding one card (201), gunicorn + one prefork Celery worker fulfilling
-                  the orders through the SimulatedMerchant (latency MIANDAN_MERCHANT_LATENCY_MS, default 20 here).
+                  different user holding one card (201), gunicorn + one prefork Celery worker sending the
+                  orders to the simulated merchant process (`manage.py simulated_merchant`), which accepts
+                  after --latency-ms and delivers after twice that (default 20 ms), calling back with signed events.
 
 After the load, the script waits for the queue to drain and reports, from the database:
 orders placed, completed, failed, the time from placement to completion (p50, p99; from
@@ -132,7 +133,19 @@ class CeleryWorker:
 
     def __enter__(self) -> CeleryWorker:
         env = self.cfg.env()
-        env.update({"MIANDAN_MERCHANT_LATENCY_MS": str(self.latency_ms), "CELERY_TASK_ALWAYS_EAGER": "0"})
+        step = self.latency_ms / 1000
+        merchant_port = int(os.environ.get("BENCH_MERCHANT_PORT", str(self.cfg.port + 1)))
+        env.update({"CELERY_TASK_ALWAYS_EAGER": "0", "MIANDAN_MERCHANT_URL": f"http://127.0.0.1:{merchant_port}",
+                    "MIANDAN_MERCHANT_ACCEPT_SECONDS": f"{step / 2:g}-{step * 1.5:g}",
+                    "MIANDAN_MERCHANT_DELIVER_SECONDS": f"{step:g}-{step * 3:g}"})
+        state = self.log_path.with_suffix(".merchant.sqlite3")
+        for stale in state.parent.glob(state.name + "*"):
+            stale.unlink()  # the bench database is new: so must be the merchant's memory of order ids
+        self._merchant_log = open(self.log_path.with_suffix(".merchant.log"), "w")
+        self.merchant = subprocess.Popen(
+            [sys.executable, "manage.py", "simulated_merchant", "--callback-url", self.cfg.url,
+             "--state", str(state)],
+            cwd=ROOT, env=env, stdout=self._merchant_log, stderr=subprocess.STDOUT, start_new_session=True)
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [CELERY, "-A", "miandan", "worker", "-Q", env["CELERY_DEFAULT_QUEUE"], "--pool=prefork", "-c", str(self.concurrency),
@@ -150,6 +163,10 @@ class CeleryWorker:
         raise RuntimeError(f"celery worker not ready, see {self.log_path}")
 
     def __exit__(self, *exc) -> None:
+        if self.merchant.poll() is None:
+            os.killpg(self.merchant.pid, signal.SIGTERM)
+            self.merchant.wait(20)
+        self._merchant_log.close()
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
@@ -170,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=BenchConfig.threads)
     parser.add_argument("--port", type=int, default=BenchConfig.port)
     parser.add_argument("--celery-concurrency", type=int, default=2)
-    parser.add_argument("--latency-ms", type=int, default=20, help="simulated merchant latency per step")
+    parser.add_argument("--latency-ms", type=int, default=20,
+                        help="simulated merchant: accepts after ~this, delivers after ~twice this")
     parser.add_argument("--buyers", type=int, default=0, help="users with one card each (default: enough for 600 orders/s)")
     parser.add_argument("--parse-seconds", type=float, default=3.0)
     parser.add_argument("--parse-only", action="store_true")

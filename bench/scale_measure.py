@@ -271,13 +271,17 @@ def child_queries() -> dict:
     expiry = Voucher.objects.filter(status=Voucher.Status.ISSUED, expires_at__lte=now)
     # The batch's own SELECT (its FOR UPDATE SKIP LOCKED needs a transaction; the plan is the same without it).
     out["expiry batch select (1000)"] = _explain(expiry.order_by(*_expiry_order())[:1000])
-    if hasattr(orders_services, "sweep_queries"):
-        overdue, stuck_q = orders_services.sweep_queries(now)
+    if hasattr(orders_services, "sweep_overdue"):
+        overdue = orders_services.sweep_overdue(now)
+        # Since issue 12 nothing re-sends "stuck" orders by age: the poller takes due orders by next check time.
+        stuck_q = Order.objects.filter(next_check_at__lte=now).order_by("next_check_at").values_list("pk")
+        stuck_label = "poller: due for a check (500)"
     else:  # before issue 14: the queries as order_sweep wrote them (model ordering -id)
         overdue = Order.objects.filter(status__in=orders_services.CANCELLABLE, created_at__lt=deadline).values_list("pk")
         stuck_q = Order.objects.filter(status__in=orders_services.ACTIVE, state_changed_at__lt=stuck).values_list("pk")
+        stuck_label = "sweeper: stuck in a state (500)"
     out["sweeper: past accept deadline (500)"] = _explain(overdue[:500])
-    out["sweeper: stuck in a state (500)"] = _explain(stuck_q[:500])
+    out[stuck_label] = _explain(stuck_q[:500])
     for plan in out.values():
         plan["plan"] = plan["plan"][:3000]
     t = time.perf_counter()

@@ -333,3 +333,77 @@ def sim_phone(run: int, i: int, total: int) -> str:
     rest = 9 - width
     run_part = f"{run % 10**rest:0{rest}d}" if rest else ""
     return f"1{3 + run % 7}{run_part}{i:0{width}d}"
+
+
+# --- fulfilment: how long orders took, and how much of it was the platform's own doing ---------------
+
+class InFlightSampler:
+    """Counts the run's orders not yet final every `interval` seconds in a thread; `peak` is the largest count."""
+
+    def __init__(self, orders, interval: float = 1.0) -> None:
+        self.orders, self.interval = orders, interval
+        self.peak = self.peak_held = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(self.interval):
+                counts = dict(self.orders.exclude(status__in=Order.FINAL).order_by().values_list("status")
+                              .annotate(n=Count("id")))
+                self.peak = max(self.peak, sum(counts.values()))
+                self.peak_held = max(self.peak_held, sum(n for s, n in counts.items() if s != Order.Status.PLACED))
+        finally:
+            connections.close_all()
+
+    def __enter__(self) -> InFlightSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    values = sorted(values)
+    if not values:
+        return {"p50": None, "p99": None, "max": None}
+    pick = lambda q: round(values[min(len(values) - 1, int(q * len(values)))], 3)  # noqa: E731
+    return {"p50": pick(0.5), "p99": pick(0.99), "max": round(values[-1], 3)}
+
+
+def fulfilment_report(*, orders) -> dict:
+    """Placement -> completion of the run's completed orders, split into the merchant's own time and ours.
+
+    merchant time = its `delivered` event time - our `sent_to_store` time (what the store took: its accept
+    and delivery delays); platform overhead = the rest (sending the order, recording each callback, and the
+    merchant waiting for our acknowledgements before its next step). Orders completed through the poller
+    or whose sent_to_store step was overtaken by an event are counted in the totals only.
+    """
+    from orders.models import MerchantEvent, OrderEvent
+
+    completed = orders.filter(status=Order.Status.COMPLETED)
+    created = dict(completed.values_list("pk", "created_at"))
+    steps: dict[int, dict[str, object]] = {}
+    for order_id, status, at in OrderEvent.objects.filter(order__in=completed, to_status__in=[
+            Order.Status.SENT_TO_STORE, Order.Status.COMPLETED]).values_list("order_id", "to_status", "created_at"):
+        steps.setdefault(order_id, {})[status] = at
+    delivered = dict(MerchantEvent.objects.filter(order__in=completed, kind="delivered").values_list(
+        "order_id", "occurred_at"))
+    total, merchant, overhead, submit = [], [], [], []
+    for order_id, placed in created.items():
+        done = steps.get(order_id, {}).get(Order.Status.COMPLETED)
+        if done is None:
+            continue
+        total.append((done - placed).total_seconds())
+        sent = steps[order_id].get(Order.Status.SENT_TO_STORE)
+        if sent is not None:
+            submit.append((sent - placed).total_seconds())
+        if sent is not None and order_id in delivered:
+            own = (delivered[order_id] - sent).total_seconds()
+            merchant.append(own)
+            overhead.append((done - placed).total_seconds() - own)
+    return {"completed": len(total), "placement_to_completion_s": _percentiles(total),
+            "merchant_own_s": _percentiles(merchant), "platform_overhead_s": _percentiles(overhead),
+            "placement_to_sent_s": _percentiles(submit)}

@@ -5,6 +5,8 @@ defaults run a self-contained demo: SQLite file, local-memory cache, Celery eage
 See README.md ("Settings") for the full table.
 """
 
+import hashlib
+import hmac
 import os
 from pathlib import Path
 
@@ -40,6 +42,19 @@ def env_float(name: str, default: float) -> float:
         return float(value) if value is not None else default
     except ValueError as exc:
         raise ImproperlyConfigured(f"{name} must be a number, got {value!r}") from exc
+
+
+def env_range(name: str, default: str) -> tuple[float, float]:
+    """A range of seconds, "2-30" (uniform between the two) or one number "5"."""
+    value = env(name, default) or default
+    try:
+        low, _, high = value.partition("-")
+        bounds = (float(low), float(high or low))
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be a range of seconds such as 2-30, got {value!r}") from exc
+    if not 0 <= bounds[0] <= bounds[1]:
+        raise ImproperlyConfigured(f"{name} must be a range of seconds such as 2-30, got {value!r}")
+    return bounds
 
 
 def env_list(name: str, default: str = "") -> list[str]:
@@ -223,7 +238,10 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TIME_LIMIT = 60
 CELERY_TASK_SOFT_TIME_LIMIT = 45
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 300}
+# Redis broker: a message a worker took but never acknowledged (acks_late; the worker was killed) is delivered
+# again after this many seconds. Longer than any task (60 s hard limit) plus its longest retry countdown (60 s),
+# or a slow task would run twice; RabbitMQ redelivers at once when the worker's connection drops.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 300)}
 CELERY_TIMEZONE = "Asia/Shanghai"
 CELERY_BEAT_SCHEDULE: dict = {}
 # Voucher engine (vouchers/tasks.py): expiry returns reservations; idempotency records live 24 h.
@@ -307,12 +325,25 @@ MIANDAN_TOKEN_CACHE_SECONDS = env_int("MIANDAN_TOKEN_CACHE_SECONDS", 60)  # a ph
 # The login endpoints' own per-IP floor: action -> (max requests, window seconds); generous, carrier NAT shares IPs.
 MIANDAN_AUTH_IP_LIMITS = {"otp": (30, 600), "token": (60, 600)}
 MIANDAN_BUDGET_BUCKETS = env_int("MIANDAN_BUDGET_BUCKETS", 64)
-MIANDAN_MERCHANT_LATENCY_MS = env_int("MIANDAN_MERCHANT_LATENCY_MS", 50)
-MIANDAN_MERCHANT_FAILURE_RATE = env_float("MIANDAN_MERCHANT_FAILURE_RATE", 0.0)
-MIANDAN_MERCHANT_TIMEOUT_RATE = env_float("MIANDAN_MERCHANT_TIMEOUT_RATE", 0.0)
-MIANDAN_MERCHANT_SEED = env("MIANDAN_MERCHANT_SEED")  # repeatable simulated merchant (tests, benchmarks)
-# The merchant integration (dotted path of an orders.merchant.MerchantAdapter subclass).
+# Merchant integration (orders/merchant.py; docs/operations.md "Merchants"). The adapter submits orders to
+# MIANDAN_MERCHANT_URL with our order id as the idempotency key; the merchant reports progress as signed events
+# to /api/v1/merchants/<name>/events (HMAC-SHA256 with MIANDAN_MERCHANT_SECRET) and answers polls for orders we
+# have not heard about for MIANDAN_MERCHANT_POLL_SECONDS.
 MIANDAN_MERCHANT_ADAPTER = env("MIANDAN_MERCHANT_ADAPTER", "orders.merchant.SimulatedMerchant")
+MIANDAN_MERCHANT_URL = env("MIANDAN_MERCHANT_URL", "http://127.0.0.1:8790")
+# Unset: derived from SECRET_KEY, so every process of one deployment (and the simulated merchant started from
+# the same environment) agrees on it and no fixed demo secret can ever sign events in production.
+MIANDAN_MERCHANT_SECRET = env("MIANDAN_MERCHANT_SECRET") or hmac.new(
+    SECRET_KEY.encode(), b"miandan-merchant-callbacks", hashlib.sha256).hexdigest()
+MIANDAN_MERCHANT_POLL_SECONDS = env_int("MIANDAN_MERCHANT_POLL_SECONDS", 30)
+# The simulated merchant (`manage.py simulated_merchant`): seconds from receiving an order to accepting it, and
+# from accepting it to delivering it (ranges "a-b", uniform), share of orders it rejects, share of events it
+# sends twice, and a seed for repeatable runs.
+MIANDAN_MERCHANT_ACCEPT_SECONDS = env_range("MIANDAN_MERCHANT_ACCEPT_SECONDS", "1-3")
+MIANDAN_MERCHANT_DELIVER_SECONDS = env_range("MIANDAN_MERCHANT_DELIVER_SECONDS", "2-5")
+MIANDAN_MERCHANT_REJECT_RATE = env_float("MIANDAN_MERCHANT_REJECT_RATE", 0.0)
+MIANDAN_MERCHANT_DUPLICATE_RATE = env_float("MIANDAN_MERCHANT_DUPLICATE_RATE", 0.0)
+MIANDAN_MERCHANT_SEED = env("MIANDAN_MERCHANT_SEED")
 # Orders (orders/services.py): search radius for chat orders, when the sweeper re-sends a stuck
 # order, and when an order no store accepted is failed (its card goes back to the user).
 MIANDAN_ORDER_RADIUS_M = env_int("MIANDAN_ORDER_RADIUS_M", 5000)
@@ -322,6 +353,8 @@ MIANDAN_ORDER_ACCEPT_DEADLINE_SECONDS = env_int("MIANDAN_ORDER_ACCEPT_DEADLINE_S
 CELERY_BEAT_SCHEDULE["orders-sweep"] = {"task": "orders.sweep", "schedule": 30.0}
 # Reports: sum new ledger rows into per-minute rows (the live dashboard's burn line reads those).
 CELERY_BEAT_SCHEDULE["reports-ledger-rollup"] = {"task": "reports.ledger_rollup", "schedule": 30.0}
+# Orders due for a check (no news from the merchant, or never sent) are asked about in batches: no worker waits.
+CELERY_BEAT_SCHEDULE["orders-poll"] = {"task": "orders.poll", "schedule": 5.0}
 
 LOGGING = {
     "version": 1,

@@ -2,7 +2,8 @@
 
 Catalogue rows (brands, products, stores) are ordinary data staff edit. Orders are read-only:
 their state and money change only through `orders.services`, which the two actions call
-(cancel before acceptance releases the card; "re-send to store" queues the fulfilment task).
+(cancel before acceptance releases the card; "re-send to store" sends an unsent order again and has the
+poller ask the merchant about the others at once).
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ from django.utils.html import format_html
 from accounts.models import User
 from miandan.api.admin import ReadOnlyAdminMixin
 from miandan.api.admin_scale import LargeTableAdminMixin, digits, ids_or_none, phone_prefix
-from miandan.tasks import enqueue
 from vouchers.models import Voucher
 
 from .models import Brand, Order, OrderEvent, OrderItem, Product, Store
-from .services import ADVANCE_TASK, CANCELLABLE, order_transition
+from .services import ACTIVE, CANCELLABLE, order_resend, order_transition
 
 _ALIAS_SPLIT = re.compile(r"[\n\r,，、;；]+")
 
@@ -193,8 +193,7 @@ class OrderAdmin(LargeTableAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
 
     @admin.action(description="重新发送给门店（仅进行中的订单）")
     def resend_orders(self, request, queryset):
-        ids = list(queryset.filter(status__in=["placed", "sent_to_store", "accepted", "delivering"])
-                   .values_list("pk", flat=True))
-        sent = sum(enqueue(ADVANCE_TASK, order_id) for order_id in ids)
+        ids = list(queryset.filter(status__in=ACTIVE).values_list("pk", flat=True))
+        sent = order_resend(order_ids=ids)
         unsent = f"，{len(ids) - sent} 单暂时无法发送（队列不可用）" if sent < len(ids) else ""
         self.message_user(request, f"已重新发送 {sent} 单{unsent}", messages.SUCCESS if not unsent else messages.WARNING)

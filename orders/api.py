@@ -1,5 +1,6 @@
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
+from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -8,10 +9,11 @@ from miandan.api.idempotency import idempotent
 from miandan.api.pagination import Pagination, paginated
 
 from .errors import OrderNotFound
+from .merchant import EVENT_KINDS, SIGNATURE_HEADER, TIMESTAMP_HEADER
 from .models import ICES, SIZES, SUGARS, Order
 from .parser import MAX_CUPS
 from .selectors import order_get, order_list, stores_nearby
-from .services import Line, OrderRequest, order_cancel, order_chat, order_place
+from .services import Line, OrderRequest, merchant_callback, order_cancel, order_chat, order_place
 
 MONEY = {"max_digits": 16, "decimal_places": 2}
 
@@ -260,3 +262,47 @@ class OrderCancelApi(APIView):
 class OrdersApi(OrderListApi, OrderCreateApi):
     """`/api/v1/orders` with or without the slash: GET lists the caller's orders, POST places one (api.md
     spells them `GET /api/v1/orders/` and `POST /api/v1/orders`; a client that mixes them up must not meet a 405)."""
+
+
+class MerchantEventsApi(APIView):
+    """A merchant's signed event about one order (accepted, rejected, dispatched, delivered).
+
+    No user token: the HMAC signature over timestamp + raw body is the authentication, so the body is read raw
+    (no parser) and verified before it is parsed. Answered in one short transaction; repeats are 200.
+    """
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+    parser_classes: list = []
+
+    class EventInput(serializers.Serializer):  # documents the body; the adapter parses and validates it
+        id = serializers.CharField(max_length=64, help_text="the merchant's event id: each id is applied once")
+        type = serializers.ChoiceField(choices=EVENT_KINDS)
+        order = serializers.IntegerField(help_text="our order id (the idempotency key the order was sent with)")
+        ref = serializers.CharField(required=False, max_length=64, help_text="the merchant's order reference")
+        reason = serializers.CharField(required=False, max_length=255, help_text="why, for a rejection")
+        occurred_at = serializers.DateTimeField(help_text="when it happened, merchant clock, ISO 8601 with zone")
+
+    class OutputSerializer(serializers.Serializer):
+        result = serializers.ChoiceField(
+            choices=["applied", "ignored", "duplicate"],
+            help_text="applied: the order moved; ignored: it was already there or past it (or final); "
+                      "duplicate: this event id was received before")
+        order = serializers.IntegerField()
+        status = serializers.CharField(help_text="the order's status afterwards")
+
+    @extend_schema(
+        request=EventInput,
+        responses={200: OutputSerializer},
+        auth=[],
+        parameters=[
+            OpenApiParameter(TIMESTAMP_HEADER, str, OpenApiParameter.HEADER, required=True,
+                             description="Unix seconds; refused when more than 300 s from our clock"),
+            OpenApiParameter(SIGNATURE_HEADER, str, OpenApiParameter.HEADER, required=True,
+                             description='"v1=" + hex HMAC-SHA256(MIANDAN_MERCHANT_SECRET, timestamp + "." + body)'),
+        ],
+        summary="Merchant callback: one signed event about one order (idempotent by event id)",
+    )
+    def post(self, request, merchant: str):
+        result = merchant_callback(merchant=merchant, headers=request.headers, body=request.body)
+        return Response({"result": result.outcome, "order": result.order_id, "status": result.status})

@@ -12,9 +12,10 @@ class OrdersConfig(AppConfig):
 
         from . import geo, parser
         from .models import Brand, Product, Store
-        from .selectors import order_gauges
+        from .selectors import fulfilment_gauges, order_gauges
 
         register_state_reader("orders", order_gauges)  # /metrics orders by state
+        register_state_reader("fulfilment", fulfilment_gauges)  # in flight by state, callback lag
 
         # Keep the Redis GEO index and the parser's compiled catalogue in step with edits.
         post_save.connect(lambda sender, instance, **kw: geo.index_store(instance), sender=Store, weak=False,

@@ -46,3 +46,34 @@ class CannotCancel(DomainError):
     code = "cannot_cancel"
     detail = "门店已接单，订单不能取消了"
     status = 409
+
+
+# --- merchant callbacks (POST /api/v1/merchants/{merchant}/events) --------------------------
+
+class BadSignature(DomainError):
+    code = "bad_signature"
+    detail = "签名无效"
+    status = 401
+
+
+class StaleEvent(DomainError):
+    code = "stale_event"
+    detail = "请求时间戳已过期（超过 5 分钟）"
+    status = 401
+
+
+class InvalidEvent(InvalidInput):
+    def __init__(self, fields: dict) -> None:
+        super().__init__("门店事件格式有误", extra={"fields": fields})
+
+
+class UnknownOrder(DomainError):
+    code = "unknown_order"
+    detail = "没有这个订单（或它不是发给该门店系统的）"
+    status = 404
+
+
+class EventIdReused(DomainError):
+    code = "event_id_reused"
+    detail = "同一个事件号已用于内容不同的事件"
+    status = 409

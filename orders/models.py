@@ -119,8 +119,12 @@ class Order(models.Model):
     amount_to_pay = models.DecimalField("应付", **MONEY)
     source_text = models.CharField("点单原话", max_length=200, blank=True, default="")
     failure_reason = models.CharField("失败原因", max_length=255, blank=True, default="")
+    merchant = models.CharField("门店系统", max_length=32, blank=True, default="")
     merchant_ref = models.CharField("门店单号", max_length=64, blank=True, default="")
     attempts = models.PositiveIntegerField("发送次数", default=0)
+    # When fulfilment next looks at this order if nothing happens first: re-send an order never sent, ask the
+    # merchant about one we have not heard of. NULL once the order is final (the index only holds live orders).
+    next_check_at = models.DateTimeField("下次检查时间", null=True, blank=True)
     created_at = models.DateTimeField("下单时间", auto_now_add=True, db_index=True)
     # Indexed only where the sweeper looks (orders still in flight): see Meta.indexes.
     state_changed_at = models.DateTimeField("状态更新时间", auto_now_add=True)
@@ -133,14 +137,14 @@ class Order(models.Model):
             models.Index(fields=["user", "-created_at"], name="order_user_recent"),
             # Orders by state and the busiest stores on the dashboard and in the report: index-only.
             models.Index(fields=["campaign", "status", "store"], name="order_campaign_state"),
-            # The sweeper's two scans touch only orders in flight: partial indexes stay tiny at a million
-            # orders and answer "older than the deadline" by an index range (statuses as in orders.services).
+            # The sweeper's scan touches only orders not yet accepted: a partial index stays tiny at a million
+            # orders and answers "older than the deadline" by an index range (statuses as in orders.services).
             models.Index(fields=["created_at"], name="order_unaccepted_age",
                          condition=Q(status__in=["placed", "sent_to_store"])),
-            models.Index(fields=["state_changed_at"], name="order_active_since",
-                         condition=Q(status__in=["placed", "sent_to_store", "accepted", "delivering"])),
             # Support searches the store's order number.
             models.Index(fields=["merchant_ref"], name="order_merchant_ref", condition=~Q(merchant_ref="")),
+            models.Index(fields=["next_check_at"], name="order_next_check",
+                         condition=Q(next_check_at__isnull=False)),
         ]
         constraints = [
             models.CheckConstraint(condition=Q(total_price__gt=0), name="order_price_positive"),
@@ -223,3 +227,40 @@ class StoreMinute(models.Model):
 
     def __str__(self) -> str:
         return f"{self.store_id}@{self.minute}: {self.count}"
+
+
+class MerchantEvent(models.Model):
+    """One event a merchant reported (callback or poll), kept once per merchant event id.
+
+    The unique (merchant, event_id) pair makes every event idempotent: a repeat is acknowledged and changes
+    nothing. `outcome` says what the event did to its order (applied, or ignored because the order was already
+    there or past it); `occurred_at` (the merchant's clock) and `received_at` give the callback lag.
+    """
+
+    class Kind(models.TextChoices):
+        ACCEPTED = "accepted", "门店接单"
+        REJECTED = "rejected", "门店拒单"
+        DISPATCHED = "dispatched", "已出餐配送"
+        DELIVERED = "delivered", "已送达"
+
+    class Outcome(models.TextChoices):
+        APPLIED = "applied", "已生效"
+        IGNORED = "ignored", "已忽略（订单已在该状态或之后）"
+
+    merchant = models.CharField("门店系统", max_length=32)
+    event_id = models.CharField("事件号", max_length=64)
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="merchant_events", verbose_name="订单")
+    kind = models.CharField("事件", max_length=16, choices=Kind.choices)
+    outcome = models.CharField("结果", max_length=16, choices=Outcome.choices)
+    digest = models.CharField("内容摘要", max_length=64)  # same id with another body is a conflict, not a repeat
+    occurred_at = models.DateTimeField("发生时间（门店）")
+    received_at = models.DateTimeField("收到时间", auto_now_add=True, db_index=True)
+
+    class Meta:
+        verbose_name = "门店事件"
+        verbose_name_plural = "门店事件"
+        ordering = ["-id"]
+        constraints = [models.UniqueConstraint(fields=["merchant", "event_id"], name="merchant_event_once")]
+
+    def __str__(self) -> str:
+        return f"{self.merchant}:{self.event_id} #{self.order_id} {self.kind}"

@@ -5,7 +5,10 @@ from __future__ import annotations
 from django.db.models import Count, Prefetch, QuerySet
 
 from . import geo
-from .models import Order, OrderEvent, OrderItem
+from .models import MerchantEvent, Order, OrderEvent, OrderItem
+
+IN_FLIGHT_STATES = ("placed", "sent_to_store", "accepted", "delivering")
+LAG_SAMPLE = 1000  # the callback lag is measured over the most recent events
 
 
 def stores_nearby(*, lat: float, lng: float, radius_m: int = 3000, limit: int = 50) -> list[geo.Hit]:
@@ -36,3 +39,55 @@ def order_gauges() -> list:
 
     rows = Order.objects.values_list("status").annotate(n=Count("id"))
     return [StateGauge("miandan_orders", "Orders by state", ("state",), [((status,), float(n)) for status, n in rows])]
+
+
+def orders_in_flight(*, campaign=None) -> dict[str, int]:
+    """Orders not yet final, by state (optionally of one campaign: tagged with it or paid with its card)."""
+    from django.db.models import Q
+
+    qs = Order.objects.filter(status__in=IN_FLIGHT_STATES)
+    if campaign is not None:
+        qs = qs.filter(Q(campaign=campaign) | Q(voucher__campaign=campaign))
+    counts = dict.fromkeys(IN_FLIGHT_STATES, 0)
+    for status, n in qs.order_by().values_list("status").annotate(n=Count("id")):
+        counts[status] = n
+    return counts
+
+
+def callback_lag(*, sample: int = LAG_SAMPLE) -> dict[str, float | int | None]:
+    """Seconds from the merchant's event (its clock) to our recording it, over the last `sample` events.
+
+    Includes the merchant's own retry delays, so a platform that answered slowly or not at all shows here.
+    """
+    rows = list(MerchantEvent.objects.order_by("-id").values_list("received_at", "occurred_at")[:sample])
+    lags = sorted(max(0.0, (received - occurred).total_seconds()) for received, occurred in rows)
+    if not lags:
+        return {"events": 0, "p50": None, "p99": None, "max": None}
+
+    def pct(q: float) -> float:
+        return round(lags[min(len(lags) - 1, int(q * len(lags)))], 3)
+
+    return {"events": len(lags), "p50": pct(0.5), "p99": pct(0.99), "max": round(lags[-1], 3)}
+
+
+def fulfilment_gauges() -> list:
+    """/metrics: orders in flight by state, the oldest one's age, and the merchant callback lag
+    (registered in OrdersConfig.ready)."""
+    from django.utils import timezone
+
+    from miandan.api.metrics import StateGauge
+
+    in_flight = orders_in_flight()
+    oldest = Order.objects.filter(status__in=IN_FLIGHT_STATES).order_by("created_at").values_list(
+        "created_at", flat=True).first()
+    lag = callback_lag()
+    quantiles = [((q,), float(lag[key])) for q, key in (("0.5", "p50"), ("0.99", "p99"), ("1", "max"))
+                 if lag[key] is not None]
+    return [
+        StateGauge("miandan_orders_in_flight", "Orders placed and not yet final, by state", ("state",),
+                   [((state,), float(n)) for state, n in in_flight.items()]),
+        StateGauge("miandan_orders_oldest_in_flight_seconds", "Age of the oldest order not yet final", (),
+                   [((), (timezone.now() - oldest).total_seconds() if oldest else 0.0)]),
+        StateGauge("miandan_merchant_callback_lag_seconds",
+                   f"Merchant event time to recording, over the last {LAG_SAMPLE} events", ("quantile",), quantiles),
+    ]

@@ -1,9 +1,15 @@
 """Orders: placement (store choice, capacity, card lock, price) and the fulfilment state machine.
 
 Placement is an outbox: the order row, its items, the locked card and the first OrderEvent are
-written in one transaction and the Celery task is sent on commit. Every later state change is a
+written in one transaction and the submit task is sent on commit. Every later state change is a
 conditional transition (lock the row, check the expected state, write, add the OrderEvent that
-is unique per state), so a redelivered task or a racing cancel can never apply a step twice.
+is unique per state), so a redelivered task, a repeated merchant event or a racing cancel can never
+apply a step twice.
+
+Fulfilment never waits on a store: submitting is one short task (`order_submit`); the merchant's
+acceptance, rejection, dispatch and delivery arrive later as events (`merchant_event_apply`, from the
+callback endpoint or from the poller), each one conditional transition. Orders nobody has heard about
+for a while are due (`Order.next_check_at`) and `order_poll_due` asks the merchant about them in batches.
 Merchant calls (network) happen between transactions, never inside one.
 """
 
@@ -16,15 +22,16 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
+from prometheus_client import Counter
 
 from campaign.errors import CampaignNotFound, CampaignNotLive
 from campaign.gate import campaign_is_live, campaign_paused
 from campaign.models import Campaign
 from campaign.selectors import campaign_get_cached
-from miandan.api.errors import InvalidInput
+from miandan.api.errors import InvalidInput, NotFound
 from miandan.db import retry_on_conflict
 from miandan.tasks import enqueue, enqueue_on_commit
 from vouchers.errors import NoVoucher
@@ -33,17 +40,29 @@ from vouchers.selectors import voucher_get, voucher_usable
 from vouchers.services import voucher_lock_for_order, voucher_redeem, voucher_release
 
 from . import capacity, geo
-from .errors import CannotCancel, NoStoreAvailable, NotUnderstood, OptionNotOffered, OrderNotFound
-from .merchant import MerchantRejected, get_merchant
-from .models import Order, OrderEvent, OrderItem, Product, Store, StoreMinute
+from .errors import (
+    CannotCancel,
+    EventIdReused,
+    NoStoreAvailable,
+    NotUnderstood,
+    OptionNotOffered,
+    OrderNotFound,
+    UnknownOrder,
+)
+from .merchant import InboundEvent, MerchantRejected, MerchantUnavailable, events_sorted, get_merchant
+from .models import MerchantEvent, Order, OrderEvent, OrderItem, Product, Store, StoreMinute
 from .parser import MAX_CUPS, Intent, Refusal, Wish, parse
 from .recommend import Choice, NothingFits, confirm_text, recommend
 
 logger = logging.getLogger(__name__)
-ADVANCE_TASK = "orders.advance"  # enqueued by name: services never import tasks (tasks import services)
+# Enqueued by name: services never import tasks (tasks import services).
+SUBMIT_TASK = "orders.submit"
+CANCEL_TASK = "orders.merchant_cancel"
 S = Order.Status
 CANCELLABLE = (S.PLACED, S.SENT_TO_STORE)
 ACTIVE = (S.PLACED, S.SENT_TO_STORE, S.ACCEPTED, S.DELIVERING)
+IN_FLIGHT = (S.SENT_TO_STORE, S.ACCEPTED, S.DELIVERING)  # the merchant has it
+EVENT_RETENTION = dt.timedelta(days=7)  # merchants retry a callback for hours, never for days
 
 
 # --- what to order -------------------------------------------------------------------
@@ -285,6 +304,10 @@ def _place_tx(*, user, campaign: Campaign | None, quote: Quote, request: OrderRe
     order = Order.objects.create(
         user=user, campaign=campaign, store=quote.store, status=S.PLACED, total_price=quote.total,
         subsidy=Decimal("0.00"), amount_to_pay=quote.total, source_text=request.source_text[:200],
+        # The merchant it goes to is fixed now, so its events are recognised even before the submit task ran;
+        # if that task is lost, the poller re-sends the order once it is due.
+        merchant=get_merchant().name,
+        next_check_at=timezone.now() + dt.timedelta(seconds=settings.MIANDAN_ORDER_STUCK_SECONDS),
     )
     items = OrderItem.objects.bulk_create(
         OrderItem(order=order, product=i.product, quantity=i.quantity, size=i.size or "", sugar=i.sugar or "",
@@ -310,7 +333,7 @@ def _place_tx(*, user, campaign: Campaign | None, quote: Quote, request: OrderRe
         item.product.brand = quote.store.brand
     order.store, order.campaign = quote.store, campaign
     order._prefetched_objects_cache = {"items": items, "events": [event]}
-    enqueue_on_commit(ADVANCE_TASK, order.pk)  # broker down: the sweeper re-sends placed orders
+    enqueue_on_commit(SUBMIT_TASK, order.pk)  # broker down: the poller re-sends it when it is due
     return order
 
 
@@ -441,30 +464,50 @@ def order_chat(*, user, text: object, lat: float, lng: float, campaign_slug: str
 
 # --- the state machine -------------------------------------------------------------------
 
+def _transition_locked(order: Order, *, to_status: str, note: str = "", **fields) -> Order | None:
+    """Move `order` (locked by the caller, status as read under that lock) to `to_status`. Caller's transaction.
+
+    Completion redeems the card (spend + release of the rest); failure and cancellation release it.
+    A final state clears `next_check_at`, so the order leaves the poller's index.
+    """
+    previous = order.status
+    now = timezone.now()
+    if to_status in Order.FINAL:
+        fields["next_check_at"] = None
+    updated = Order.objects.filter(pk=order.pk, status=previous).update(status=to_status, state_changed_at=now, **fields)
+    if updated != 1:
+        return None
+    OrderEvent.objects.create(order_id=order.pk, from_status=previous, to_status=to_status, note=note[:255])
+    if order.voucher_id is not None:
+        if to_status == S.COMPLETED:
+            voucher_redeem(voucher_id=order.voucher_id, order_id=order.pk, order_amount=order.total_price)
+        elif to_status in (S.FAILED, S.CANCELLED):
+            voucher_release(voucher_id=order.voucher_id, order_id=order.pk)
+    if any(hasattr(value, "resolve_expression") for value in fields.values()):
+        order.refresh_from_db()  # an F() expression: read what the database made of it
+    else:
+        # Everything written is known: no read-back (one round trip less on every event).
+        order.status, order.state_changed_at = to_status, now
+        for name, value in fields.items():
+            setattr(order, name, value)
+    return order
+
+
 @retry_on_conflict()
 @transaction.atomic(durable=True)
 def order_transition(*, order_id: int, from_statuses: Iterable[str], to_status: str, note: str = "",
                      **fields) -> Order | None:
-    """Move an order from one of `from_statuses` to `to_status`, or do nothing (returns None).
-
-    Completion redeems the card (spend + release of the rest); failure and cancellation release it.
-    """
+    """Move an order from one of `from_statuses` to `to_status`, or do nothing (returns None)."""
     order = Order.objects.select_for_update().filter(pk=order_id).first()
     if order is None or order.status not in set(from_statuses):
         return None
-    previous = order.status
-    now = timezone.now()
-    updated = Order.objects.filter(pk=order_id, status=previous).update(status=to_status, state_changed_at=now, **fields)
-    if updated != 1:
-        return None
-    OrderEvent.objects.create(order_id=order_id, from_status=previous, to_status=to_status, note=note[:255])
-    if order.voucher_id is not None:
-        if to_status == S.COMPLETED:
-            voucher_redeem(voucher_id=order.voucher_id, order_id=order_id, order_amount=order.total_price)
-        elif to_status in (S.FAILED, S.CANCELLED):
-            voucher_release(voucher_id=order.voucher_id, order_id=order_id)
-    order.refresh_from_db()
-    return order
+    return _transition_locked(order, to_status=to_status, note=note, **fields)
+
+
+def _tell_merchant_cancelled(order: Order | None, previous: str) -> None:
+    """After commit: a merchant that already has the order hears that we gave up on it (best effort)."""
+    if order is not None and previous != S.PLACED:
+        enqueue(CANCEL_TASK, order.pk)
 
 
 def order_cancel(*, user, order_id: int) -> Order:
@@ -479,6 +522,7 @@ def order_cancel(*, user, order_id: int) -> Order:
         if order.status == S.CANCELLED:
             return order
         raise CannotCancel(f"订单当前状态为“{order.get_status_display()}”，不能取消了")
+    _tell_merchant_cancelled(moved, order.status)
     return moved
 
 
@@ -487,67 +531,236 @@ def order_fail(*, order_id: int, reason: str) -> Order | None:
                             failure_reason=reason[:255])
 
 
-def order_advance(*, order_id: int, max_steps: int = 8) -> str | None:
-    """Drive one order forward as far as it goes: each step one merchant call, then one transition.
+def _poll_later() -> dt.datetime:
+    return timezone.now() + dt.timedelta(seconds=settings.MIANDAN_MERCHANT_POLL_SECONDS)
 
-    Safe to run twice at once or again after a crash: a step whose transition finds the order
-    already moved on does nothing, and the loop continues from wherever the order really is.
-    MerchantTimeout propagates (the task retries with backoff); a rejection fails the order.
+
+@retry_on_conflict()
+@transaction.atomic(durable=True)
+def _record_sent(*, order_id: int, merchant: str, ref: str) -> Order | None:
+    """placed -> sent_to_store with the merchant's reference, the attempt counted under the row lock."""
+    order = Order.objects.select_for_update().filter(pk=order_id).first()
+    if order is None or order.status != S.PLACED:
+        return None
+    return _transition_locked(order, to_status=S.SENT_TO_STORE, note=f"已发送门店（单号 {ref}）", merchant=merchant,
+                              merchant_ref=ref, attempts=order.attempts + 1, next_check_at=_poll_later())
+
+
+def order_submit(*, order_id: int) -> str | None:
+    """Hand one order to its merchant: one request (our order id is the idempotency key), then one transition.
+
+    `placed -> sent_to_store` with the merchant's reference. Called again for an order the merchant already
+    has (a redelivered task, or a re-send because the merchant said it does not know the order), it sends
+    again (the merchant treats it as the same order) and only records the attempt.
+    MerchantUnavailable propagates (the task retries with backoff); a refusal fails the order.
     """
+    order = Order.objects.select_related("store").filter(pk=order_id).first()
+    if order is None or order.status in Order.FINAL:
+        return order.status if order is not None else None
+    # The items with their products in one query (the merchant needs names and options).
+    order._prefetched_objects_cache = {"items": list(OrderItem.objects.filter(order_id=order_id)
+                                                     .select_related("product").order_by("id"))}
     merchant = get_merchant()
-    status = None
-    for _ in range(max_steps):
-        order = Order.objects.select_related("store").filter(pk=order_id).first()
-        if order is None:
-            return None
-        status = order.status
-        if status in Order.FINAL:
-            return status
-        try:
-            if status == S.PLACED:
-                ref = merchant.submit(order)
-                order_transition(order_id=order_id, from_statuses=[S.PLACED], to_status=S.SENT_TO_STORE,
-                                 note="已发送门店", merchant_ref=ref[:64], attempts=F("attempts") + 1)
-            elif status == S.SENT_TO_STORE:
-                merchant.await_acceptance(order)
-                order_transition(order_id=order_id, from_statuses=[S.SENT_TO_STORE], to_status=S.ACCEPTED, note="门店已接单")
-            elif status == S.ACCEPTED:
-                merchant.dispatch(order)
-                order_transition(order_id=order_id, from_statuses=[S.ACCEPTED], to_status=S.DELIVERING, note="配送中")
-            elif status == S.DELIVERING:
-                merchant.deliver(order)
-                order_transition(order_id=order_id, from_statuses=[S.DELIVERING], to_status=S.COMPLETED, note="已送达")
-        except MerchantRejected as exc:
-            order_fail(order_id=order_id, reason=str(exc) or "门店拒单")
+    try:
+        ref = merchant.submit(order)
+    except MerchantRejected as exc:
+        failed = order_fail(order_id=order_id, reason=f"门店拒单：{exc}" if str(exc) else "门店拒单")
+        return failed.status if failed is not None else None
+    if order.status == S.PLACED:
+        moved = _record_sent(order_id=order_id, merchant=merchant.name, ref=ref)
+        if moved is not None:
+            return moved.status
+    # Sent again, or an event overtook the transition above: record the attempt and the reference only.
+    Order.objects.filter(pk=order_id, status__in=IN_FLIGHT).update(
+        merchant=merchant.name, merchant_ref=ref, attempts=F("attempts") + 1, next_check_at=_poll_later())
+    status = Order.objects.filter(pk=order_id).values_list("status", flat=True).first()
+    if status in (S.CANCELLED, S.FAILED):
+        enqueue(CANCEL_TASK, order_id)  # cancelled while we were sending it: the merchant must not make it
     return status
 
 
-def sweep_queries(now) -> tuple[QuerySet, QuerySet]:
-    """The sweeper's two scans: orders past the accept deadline, orders stuck in a state (ids, oldest first).
+def sweep_overdue(now) -> QuerySet:
+    """The sweeper's scan: (id, status) of orders no store accepted by the deadline, oldest first.
 
-    Oldest first along the partial indexes order_unaccepted_age / order_active_since, which hold only
-    orders in flight: a batch is an index range whatever the number of finished orders.
+    Along the partial index order_unaccepted_age, which holds only orders not yet accepted: a batch is an
+    index range whatever the number of finished orders.
     """
     deadline = now - dt.timedelta(seconds=settings.MIANDAN_ORDER_ACCEPT_DEADLINE_SECONDS)
-    stuck_before = now - dt.timedelta(seconds=settings.MIANDAN_ORDER_STUCK_SECONDS)
     overdue = Order.objects.filter(status__in=CANCELLABLE, created_at__lt=deadline).order_by("created_at")
-    stuck = Order.objects.filter(status__in=ACTIVE, state_changed_at__lt=stuck_before).order_by("state_changed_at")
-    return overdue.values_list("pk", flat=True), stuck.values_list("pk", flat=True)
+    return overdue.values_list("pk", "status")
+
+
+# What each merchant event moves an order to, and from where. Events may come late, twice or out of order:
+# one for a state the order already reached or passed is recorded and ignored, and an event may skip states
+# (a delivery reported before the acceptance completes the order; the late acceptance then changes nothing).
+EVENT_TRANSITIONS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "accepted": (S.ACCEPTED, (S.PLACED, S.SENT_TO_STORE), "门店已接单"),
+    "rejected": (S.FAILED, (S.PLACED, S.SENT_TO_STORE, S.ACCEPTED), "门店拒单"),
+    "dispatched": (S.DELIVERING, (S.PLACED, S.SENT_TO_STORE, S.ACCEPTED), "已出餐，配送中"),
+    "delivered": (S.COMPLETED, (S.PLACED, S.SENT_TO_STORE, S.ACCEPTED, S.DELIVERING), "已送达"),
+}
+
+
+MERCHANT_EVENTS = Counter("miandan_merchant_events_total", "Merchant events received, by type and outcome",
+                          ["type", "outcome"])
+
+
+@dataclass(frozen=True)
+class EventResult:
+    outcome: str  # "applied" | "ignored" | "duplicate"
+    order_id: int
+    status: str  # the order's status afterwards
+
+
+def merchant_event_apply(*, merchant: str, event: InboundEvent) -> EventResult:
+    """Record one merchant event (once per merchant event id) and apply it as one conditional transition.
+
+    See `_event_apply_tx`; a collision on the event id with another order's event is EventIdReused.
+    """
+    try:
+        return _event_apply_tx(merchant=merchant, event=event)
+    except IntegrityError as exc:
+        if "merchant_event_once" not in str(exc):
+            raise
+        raise EventIdReused() from exc
+
+
+@retry_on_conflict()
+@transaction.atomic(durable=True)
+def _event_apply_tx(*, merchant: str, event: InboundEvent) -> EventResult:
+    """Record one merchant event (once per merchant event id) and apply it as one conditional transition.
+
+    The order row is locked first, so every event of one order (and every copy of one event) queues on it:
+    a copy that arrives while the first is being applied finds it recorded and changes nothing.
+    UnknownOrder when we have no such order for this merchant (nothing recorded); EventIdReused when the
+    id was already used for a different event.
+    """
+    order = Order.objects.select_for_update().filter(pk=event.order_id).first()
+    if order is None or order.merchant not in ("", merchant):
+        raise UnknownOrder()
+    seen = MerchantEvent.objects.filter(merchant=merchant, event_id=event.event_id).first()
+    if seen is not None:
+        if seen.digest != event.digest:
+            raise EventIdReused()
+        return EventResult("duplicate", order.pk, order.status)
+    to_status, from_statuses, note = EVENT_TRANSITIONS[event.kind]
+    applies = order.status in from_statuses
+    # The unique (merchant, event_id) index is the backstop: the same id recorded meanwhile for another order
+    # (the lock above only serialises events of one order) aborts this transaction, see merchant_event_apply.
+    MerchantEvent.objects.create(
+        merchant=merchant, event_id=event.event_id, order=order, kind=event.kind, digest=event.digest,
+        outcome=MerchantEvent.Outcome.APPLIED if applies else MerchantEvent.Outcome.IGNORED,
+        occurred_at=event.occurred_at,
+    )
+    if not applies:
+        if order.status not in Order.FINAL:
+            Order.objects.filter(pk=order.pk).update(next_check_at=_poll_later())  # we did hear from the merchant
+        return EventResult("ignored", order.pk, order.status)
+    fields: dict = {}
+    if event.merchant_ref and not order.merchant_ref:
+        fields["merchant_ref"] = event.merchant_ref[:64]
+    if to_status == S.FAILED:
+        reason = f"{note}：{event.reason}" if event.reason else note
+        note, fields["failure_reason"] = reason, reason[:255]
+    else:
+        fields["next_check_at"] = _poll_later()
+    moved = _transition_locked(order, to_status=to_status, note=f"{note}（门店事件 {event.event_id}）", **fields)
+    return EventResult("applied", order.pk, moved.status if moved is not None else order.status)
+
+
+def merchant_callback(*, merchant: str, headers, body: bytes) -> EventResult:
+    """A merchant's callback request: authenticate it (before reading it), parse it, apply its one event.
+
+    NotFound for a merchant name that is not the configured adapter's; the adapter raises BadSignature,
+    StaleEvent or InvalidEvent; `merchant_event_apply` raises UnknownOrder or EventIdReused.
+    """
+    adapter = get_merchant()
+    if merchant != adapter.name:
+        raise NotFound("没有这个门店系统")
+    adapter.verify(headers=headers, body=body)
+    event = adapter.parse(body)
+    result = merchant_event_apply(merchant=adapter.name, event=event)
+    MERCHANT_EVENTS.labels(event.kind, result.outcome).inc()
+    return result
+
+
+@transaction.atomic(durable=True)
+def _claim_due(*, now: dt.datetime, limit: int) -> list[tuple[int, str]]:
+    """Take up to `limit` due orders (oldest check first) and push their next check out, so a second poller
+    running at the same time takes other orders (SKIP LOCKED) and a crash only delays them."""
+    rows = list(Order.objects.select_for_update(skip_locked=True).filter(next_check_at__lte=now)
+                .order_by("next_check_at").values_list("pk", "status", "created_at")[:limit])
+    due = [(pk, status) for pk, status, _ in rows]
+    others = [pk for pk, status in due if status != S.PLACED]
+    stuck = dt.timedelta(seconds=settings.MIANDAN_ORDER_STUCK_SECONDS)
+    for pk, status, created in rows:
+        if status == S.PLACED:
+            # Backs off with the order's age (60 s, 120 s, 240 s, ...): when the queue itself is what is slow,
+            # re-sending every minute would only pile more copies onto it.
+            Order.objects.filter(pk=pk).update(next_check_at=now + max(stuck, now - created))
+    if others:
+        Order.objects.filter(pk__in=others).update(
+            next_check_at=now + dt.timedelta(seconds=settings.MIANDAN_MERCHANT_POLL_SECONDS))
+    return due
+
+
+def order_poll_due(*, now: dt.datetime | None = None, limit: int = 1000, batch: int = 100) -> dict:
+    """Beat job: orders due for a check. Never sent -> re-send; with the merchant -> ask it, a batch per request.
+
+    The answers are events, applied exactly like callbacks (idempotent by event id); orders the merchant
+    does not know are re-sent (the submit is idempotent on its side). No task waits for a store.
+    """
+    now = now or timezone.now()
+    due = _claim_due(now=now, limit=limit)
+    counts = {"due": len(due), "resent": 0, "asked": 0, "applied": 0, "ignored": 0, "duplicate": 0, "unavailable": 0}
+    resend = [pk for pk, status in due if status == S.PLACED]
+    in_flight = [pk for pk, status in due if status in IN_FLIGHT]
+    merchant = get_merchant()
+    for start in range(0, len(in_flight), batch):
+        orders = list(Order.objects.filter(pk__in=in_flight[start:start + batch]))
+        try:
+            answer = merchant.poll(orders)
+        except MerchantUnavailable as exc:
+            logger.warning("merchant poll failed for %d orders: %s", len(orders), exc)
+            counts["unavailable"] += len(orders)
+            continue
+        counts["asked"] += len(orders)
+        for event in events_sorted(answer.events):
+            try:
+                outcome = merchant_event_apply(merchant=merchant.name, event=event).outcome
+                MERCHANT_EVENTS.labels(event.kind, outcome).inc()
+                counts[outcome] += 1
+            except (UnknownOrder, EventIdReused) as exc:
+                logger.warning("poll answer event %s skipped: %s", event.event_id, exc)
+        resend += answer.unknown
+    for order_id in resend:
+        if not enqueue(SUBMIT_TASK, order_id):
+            break  # broker down: they are due again later
+        counts["resent"] += 1
+    return counts
+
+
+def order_resend(*, order_ids: Iterable[int]) -> int:
+    """Staff "re-send": an order never sent is sent now; one with the merchant is asked about at the next poll
+    (and re-sent if the merchant lost it). Returns how many orders were taken care of."""
+    ids = list(order_ids)
+    placed = list(Order.objects.filter(pk__in=ids, status=S.PLACED).values_list("pk", flat=True))
+    done = sum(1 for order_id in placed if enqueue(SUBMIT_TASK, order_id))
+    done += Order.objects.filter(pk__in=ids, status__in=IN_FLIGHT).update(next_check_at=timezone.now())
+    return done
 
 
 def order_sweep(*, now=None, limit: int = 500) -> dict:
-    """Beat job: fail orders no store accepted in time, re-send orders stuck in a state, trim counters."""
+    """Beat job: fail orders no store accepted in time (card back, merchant told), trim counters and old events."""
     now = now or timezone.now()
-    overdue, stuck = sweep_queries(now)
     failed = 0
-    for order_id in overdue[:limit]:
-        if order_transition(order_id=order_id, from_statuses=CANCELLABLE, to_status=S.FAILED,
-                            note="门店超时未接单", failure_reason="门店超时未接单"):
+    for order_id, status in sweep_overdue(now)[:limit]:
+        moved = order_transition(order_id=order_id, from_statuses=CANCELLABLE, to_status=S.FAILED,
+                                 note="门店超时未接单", failure_reason="门店超时未接单")
+        if moved is not None:
             failed += 1
-    resent = 0
-    for order_id in stuck[:limit]:
-        if not enqueue(ADVANCE_TASK, order_id):
-            break  # broker down: the next sweep tries again
-        resent += 1
+            _tell_merchant_cancelled(moved, status)
     trimmed, _ = StoreMinute.objects.filter(minute__lt=capacity.current_minute() - 10).delete()
-    return {"failed": failed, "resent": resent, "trimmed": trimmed}
+    old = list(MerchantEvent.objects.filter(received_at__lt=now - EVENT_RETENTION).values_list("pk", flat=True)[:5000])
+    purged = MerchantEvent.objects.filter(pk__in=old).delete()[0] if old else 0
+    return {"failed": failed, "trimmed": trimmed, "events_purged": purged}

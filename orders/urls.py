@@ -10,4 +10,5 @@ urlpatterns = [
     *both_slashes("api/v1/orders", api.OrdersApi, name="order-create", methods={"POST"}, alias_methods={"GET"}),
     *both_slashes("api/v1/orders/<int:order_id>", api.OrderDetailApi, name="order-detail"),
     *both_slashes("api/v1/orders/<int:order_id>/cancel", api.OrderCancelApi, name="order-cancel"),
+    *both_slashes("api/v1/merchants/<slug:merchant>/events", api.MerchantEventsApi, name="merchant-events"),
 ]

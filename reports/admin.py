@@ -77,6 +77,8 @@ def dashboard_context(campaign: Campaign) -> dict:
             [(f"{s['store__brand__name']} {s['store__name']}"[:14], s["orders"]) for s in data.top_stores],
             title="订单最多的门店（前 10）", colour="#8e44ad"),
         "funnel_svg": svg.bar_chart(data.referral_funnel, title="邀请漏斗", colour="#d35400"),
+        "in_flight": [(STATE_LABELS_ORDERS[k], v) for k, v in data.orders_in_flight.items()],
+        "in_flight_total": sum(data.orders_in_flight.values()),
         "refresh_seconds": REFRESH_SECONDS,
     }
 
@@ -156,6 +158,8 @@ class CampaignReportAdmin(CampaignAdmin):
             "cards_issued": data.cards_issued,
             "cards_by_state": data.cards_by_state,
             "orders_by_state": data.orders_by_state,
+            "orders_in_flight": data.orders_in_flight,
+            "callback_lag": data.callback_lag,
             "referral_funnel": dict(data.referral_funnel),
             "switches": data.switches,
         }, json_dumps_params={"ensure_ascii": False})

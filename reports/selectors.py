@@ -23,6 +23,7 @@ from accounts.models import User
 from campaign.models import BudgetBucket, Campaign, LedgerEntry
 from campaign.selectors import budget_totals
 from orders.models import Order, Store
+from orders.selectors import callback_lag, orders_in_flight
 from referrals.models import InviteCode, Referral
 from vouchers.models import Voucher
 from vouchers.selectors import ReconcileReport, cents_sql, read_snapshot, reconcile
@@ -341,6 +342,8 @@ class Dashboard:
     burn_unit: str
     cards_per_minute: list[tuple[dt.datetime, int]]
     orders_by_state: dict[str, int]
+    orders_in_flight: dict[str, int]  # not yet final, by state
+    callback_lag: dict  # merchant event -> recorded, seconds (p50/p99/max over recent events, all campaigns)
     top_stores: list[dict]
     referral_funnel: list[tuple[str, int]]
     switches: dict[str, bool]
@@ -439,6 +442,8 @@ def _dashboard(*, campaign: Campaign, now: dt.datetime | None, minutes: int) -> 
         burn_unit=unit,
         cards_per_minute=cards_per_minute,
         orders_by_state=_counts(orders, "status", Order.Status),
+        orders_in_flight=orders_in_flight(campaign=campaign),
+        callback_lag=callback_lag(),
         top_stores=top_stores,
         referral_funnel=funnel,
         switches={

@@ -57,7 +57,15 @@ class Worker:
         env.update(extra or {})
         return env
 
-    def start(self, **extra: str) -> Worker:
+    @property
+    def name(self) -> str:
+        """The node name of the running worker (for remote control: inspect().active())."""
+        import socket
+
+        return f"test-{os.getpid()}-{self.starts}@{socket.gethostname()}"
+
+    def start(self, *, beat: bool = False, **extra: str) -> Worker:
+        """Start the worker with `extra` environment; `beat` embeds the beat scheduler (-B) with its own file."""
         assert self.proc is None, "worker already running"
         self.starts += 1
         log = open(self.log_path, "a")
@@ -67,7 +75,8 @@ class Worker:
         self.proc = subprocess.Popen(
             [str(CELERY), "-A", "miandan", "worker", "-Q", self.queue, "--pool=prefork", "-c", "2",
              "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "info",
-             "-n", f"test-{os.getpid()}-{self.starts}@%h"],
+             "-n", f"test-{os.getpid()}-{self.starts}@%h",
+             *(["-B", "-s", str(self.log_path.with_suffix(f".beat{self.starts}"))] if beat else [])],
             cwd=ROOT, env=self.env({k: str(v) for k, v in extra.items()}), stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )

@@ -17,7 +17,14 @@ def _answers(host: str, port: int) -> bool:
 
 
 def pytest_configure(config):
-    """In CI the real services are mandatory: fail the run instead of silently testing less."""
+    """In CI the real services are mandatory: fail the run instead of silently testing less.
+
+    In-process code that sends an order to the merchant (eager tasks) must never reach a merchant someone runs
+    on the documented default port: it gets a port nobody listens on (tests that need one start their own).
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        settings.MIANDAN_MERCHANT_URL = f"http://127.0.0.1:{s.getsockname()[1]}"
     if os.environ.get("CI", "").lower() == "true":
         problems = []
         if not settings.USING_POSTGRES:

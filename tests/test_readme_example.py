@@ -1,5 +1,6 @@
 """The README's worked example runs, as written, against a freshly seeded demo server (the `make demo` setup:
-SQLite, eager Celery, DJANGO_DEBUG=1 with the console SMS backend), so it cannot go stale."""
+SQLite, eager Celery, DJANGO_DEBUG=1 with the console SMS backend, the simulated merchant beside it), so it
+cannot go stale."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 
 import pytest
 
+from tests.fulfilment import MerchantProcess
 from tests.servers import ROOT, runserver
 
 pytestmark = pytest.mark.timeout(240)
@@ -31,9 +33,15 @@ def test_the_readme_worked_example_runs_against_a_demo_server(tmp_path):
     env.update({"DATABASE_URL": f"sqlite:///{tmp_path / 'demo.sqlite3'}", "DJANGO_DEBUG": "1"})
     for command in (["migrate", "--noinput"], ["seed_demo"]):
         subprocess.run([sys.executable, "manage.py", *command], cwd=ROOT, env=env, check=True, capture_output=True)
+    merchant = MerchantProcess(tmp_path, env)  # as `make demo`: the simulated store system beside the server
+    env["MIANDAN_MERCHANT_URL"] = merchant.url
     with runserver(env, tmp_path / "server.log") as base:
-        done = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script], env={**env, "BASE": base},
-                              capture_output=True, text=True, timeout=120)
+        merchant.start("--callback-url", base)
+        try:
+            done = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script], env={**env, "BASE": base},
+                                  capture_output=True, text=True, timeout=120)
+        finally:
+            merchant.stop()
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.strip().splitlines()
     assert re.fullmatch(r"[A-Z0-9]+ 可使用 25\.00", lines[0]), lines  # 3. the welcome card

@@ -78,6 +78,11 @@ DOMAIN_CODES: dict[tuple[str, str], dict[str, list[str]]] = {
     ("post", "/api/v1/orders/chat"): {"409": ["no_store_available", "no_voucher"], "422": ["not_understood"]},
     ("post", "/api/v1/orders"): {"409": ["no_store_available", "no_voucher"]},
     ("post", "/api/v1/orders/{order_id}/cancel"): {"409": ["cannot_cancel"]},
+    ("post", "/api/v1/merchants/{merchant}/events"): {
+        "401": ["bad_signature", "stale_event"],
+        "404": ["unknown_order"],
+        "409": ["event_id_reused"],
+    },
 }
 IDEMPOTENT_POSTS = {
     "/api/v1/campaigns/{slug}/join", "/api/v1/campaigns/{slug}/referrals", "/api/v1/orders/chat", "/api/v1/orders",

@@ -38,10 +38,6 @@ class Migration(migrations.Migration):
         ),
         AddIndexOnline(
             model_name='order',
-            index=models.Index(condition=models.Q(('status__in', ['placed', 'sent_to_store', 'accepted', 'delivering'])), fields=['state_changed_at'], name='order_active_since'),
-        ),
-        AddIndexOnline(
-            model_name='order',
             index=models.Index(condition=models.Q(('merchant_ref', ''), _negated=True), fields=['merchant_ref'], name='order_merchant_ref'),
         ),
     ]

@@ -44,20 +44,26 @@ def test_simulate_fails_loudly_on_unknown_campaign():
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.celery_worker
-def test_simulate_day_with_chat_orders_fulfilled_by_a_real_worker(settings, celery_worker):
-    """Login, join, invites and chat orders; a real Celery worker fulfils them; the report is clean."""
+def test_simulate_day_with_chat_orders_fulfilled_by_a_real_worker(settings, tmp_path):
+    """Login, join, invites and chat orders; a real Celery worker sends them to the simulated merchant, whose
+    signed callbacks complete them; the report is clean and describes the fulfilment."""
     from demo.catalog import catalog_load
     from orders import parser
     from orders.models import Order
+    from tests.fulfilment import Stack
 
     settings.MIANDAN_SMS_BACKEND = "fixed"
     settings.MIANDAN_FIXED_OTP = "246810"
     catalog_load(stores_per_city=0)
     parser.catalogue_changed()
-    celery_worker.start(MIANDAN_MERCHANT_LATENCY_MS="5")
-    campaign = CampaignFactory(slug="sim-day")
-    out = io.StringIO()
-    call_command("simulate", users=6, orders=10, concurrency=3, campaign="sim-day", wait=90, json=True, stdout=out)
+    stack = Stack(tmp_path, settings).start()
+    try:
+        campaign = CampaignFactory(slug="sim-day")
+        out = io.StringIO()
+        call_command("simulate", users=6, orders=10, concurrency=3, campaign="sim-day", wait=90, json=True,
+                     stdout=out)
+    finally:
+        stack.close()
     report = json.loads(out.getvalue())
     assert report["ok"] is True, report
     assert report["run"]["orders_placed"] == 10

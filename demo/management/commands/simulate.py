@@ -13,11 +13,13 @@ from django.utils import timezone
 
 from campaign.models import Campaign
 from demo.simulation import (
+    InFlightSampler,
     InProcess,
     OverHttp,
     Simulation,
     SimUser,
     Tally,
+    fulfilment_report,
     invariant_report,
     phone_width,
     pool_run,
@@ -74,27 +76,35 @@ class Command(BaseCommand):
             for i in range(opts["users"])
         ]
         since = timezone.now()
-        started = time.monotonic()
-        pool_run(sim.onboard, users, opts["concurrency"], "users", quiet)
-        pairs = [(users[i], users[rng.randrange(i)]) for i in range(1, len(users)) if rng.random() < opts["invite_ratio"]]
-        pool_run(sim.accept, pairs, opts["concurrency"], "referrals", quiet)
-        with_token = [u for u in users if u.token] or users
-        orders = [(with_token[n % len(with_token)], n) for n in range(opts["orders"])]
-        pool_run(sim.order, orders, opts["concurrency"], "orders", quiet)
-        requests_done = time.monotonic() - started
-        transport.close()
         # This run's orders: its users' phones share the run prefix, and none existed before `since`.
         prefix = sim_phone(run, 0, opts["users"])[:11 - phone_width(opts["users"])]
         run_orders = Order.objects.filter(user__phone__startswith=prefix, created_at__gte=since)
-        open_orders = wait_for_orders(run_orders, opts["wait"], quiet)
+        started = time.monotonic()
+        with InFlightSampler(run_orders, interval=2.0) as sampler:
+            pool_run(sim.onboard, users, opts["concurrency"], "users", quiet)
+            pairs = [(users[i], users[rng.randrange(i)]) for i in range(1, len(users))
+                     if rng.random() < opts["invite_ratio"]]
+            pool_run(sim.accept, pairs, opts["concurrency"], "referrals", quiet)
+            with_token = [u for u in users if u.token] or users
+            orders = [(with_token[n % len(with_token)], n) for n in range(opts["orders"])]
+            ordering_started = time.monotonic()
+            pool_run(sim.order, orders, opts["concurrency"], "orders", quiet)
+            requests_done = time.monotonic() - started
+            ordering = time.monotonic() - ordering_started
+            transport.close()
+            open_orders = wait_for_orders(run_orders, opts["wait"], quiet)
         elapsed = time.monotonic() - started
         report = invariant_report(campaign=campaign, orders=run_orders, open_orders=open_orders, tally=tally)
+        report["fulfilment"] = {**fulfilment_report(orders=run_orders), "peak_in_flight": sampler.peak,
+                                "peak_held_by_merchant": sampler.peak_held}
         report["run"] = {
             "users": len(users), "logged_in": sum(1 for u in users if u.token), "joined": sum(1 for u in users if u.joined),
             "referral_attempts": len(pairs), "orders_requested": opts["orders"], "orders_placed": sim.orders_placed,
             "requests": sum(tally.statuses.values()), "seconds_requests": round(requests_done, 2),
             "seconds_total": round(elapsed, 2),
             "orders_per_second_end_to_end": round(sim.orders_placed / elapsed, 2) if elapsed else None,
+            "seconds_ordering": round(ordering, 2),
+            "orders_placed_per_second": round(sim.orders_placed / ordering, 2) if ordering else None,
             "mode": opts["url"] or "in-process", "concurrency": opts["concurrency"],
         }
         if opts["json"]:
@@ -113,6 +123,15 @@ class Command(BaseCommand):
           f"referral attempts {run['referral_attempts']}  orders placed {run['orders_placed']}/{run['orders_requested']}")
         w(f"  {run['requests']} requests in {run['seconds_requests']} s; end to end {run['seconds_total']} s "
           f"({run['orders_per_second_end_to_end']} orders/s)")
+        f = report.get("fulfilment") or {}
+        if f.get("completed"):
+            w(f"  placement: {run['orders_placed_per_second']} orders/s over {run['seconds_ordering']} s; peak in flight "
+              f"{f['peak_in_flight']} (held by the merchant {f['peak_held_by_merchant']})")
+            for key, label in [("placement_to_completion_s", "placement -> completion"),
+                               ("merchant_own_s", "merchant's own delays"), ("platform_overhead_s", "platform overhead"),
+                               ("placement_to_sent_s", "placement -> sent to store")]:
+                p = f[key]
+                w(f"  {label:28s} p50 {p['p50']} s  p99 {p['p99']} s  max {p['max']} s")
         w("\ninvariants:")
         for name, check in report["checks"].items():
             details = ", ".join(f"{k}={v}" for k, v in check.items() if k != "ok")
