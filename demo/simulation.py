@@ -67,6 +67,9 @@ class Tally:
 
     codes: Counter = field(default_factory=Counter)
     statuses: Counter = field(default_factory=Counter)
+    # Answers that were retried (429/503 with attempts left): `codes` counts every answer, so an operation's
+    # final answers are its codes minus its retries.
+    retries: Counter = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, op: str, status: int, code: str) -> None:
@@ -168,6 +171,8 @@ class Simulation:
             code = data.get("code") if isinstance(data, dict) and status >= 300 and data.get("code") else str(status)
             self.tally.add(op, status, code)
             if status in RETRYABLE and attempt < self.retries:
+                with self.tally.lock:
+                    self.tally.retries[op] += 1
                 try:
                     wait = float(hdrs.get("Retry-After", "1"))
                 except (TypeError, ValueError):
@@ -316,6 +321,7 @@ def invariant_report(*, campaign, orders, open_orders: int, tally: Tally) -> dic
         "ok": all(c["ok"] for c in checks.values()),
         "checks": checks,
         "codes": dict(sorted(tally.codes.items())),
+        "retries": dict(sorted(tally.retries.items())),
         "statuses": {str(k): v for k, v in sorted(tally.statuses.items())},
         "budget": {k: str(v) for k, v in totals.items()},
     }

@@ -24,7 +24,8 @@ def test_simulate_small_population_clean_report(settings):
     assert report["run"]["joined"] == 8
     assert report["codes"]["join:201"] == 8
     referral_answers = sum(n for key, n in report["codes"].items() if key.startswith("referral:"))
-    assert referral_answers == report["run"]["referral_attempts"]
+    # Every attempt got exactly one final answer; a shed or rate-limited answer that was retried is counted apart.
+    assert referral_answers - report["retries"].get("referral", 0) == report["run"]["referral_attempts"]
     assert report["checks"]["cards_per_user_within_cap"]["users_over_cap"] == 0
     assert report["checks"]["reconcile"]["ok"] is True
     assert report["checks"]["no_server_errors"]["5xx_other_than_503"] == 0
