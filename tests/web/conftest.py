@@ -1,9 +1,8 @@
 """Fixtures for the page tests: a phone-sized Chromium and the order fulfilment chain.
 
 `fulfilment` is the ONE place that decides how an order placed in a browser test reaches
-`completed`. Today that is a real Celery worker (tests/celery_worker.py) running the in-process
-simulated merchant; when fulfilment moves to a separate simulated-merchant process with callbacks,
-only this fixture changes.
+`completed`: a real Celery worker (tests/celery_worker.py) submits it to the simulated merchant, a
+process of its own that calls the live server back with signed events.
 """
 
 from __future__ import annotations
@@ -24,11 +23,24 @@ DESKTOP = {"viewport": {"width": 1366, "height": 900}, "locale": "zh-CN"}
 
 
 @pytest.fixture
-def fulfilment(celery_worker):  # noqa: F811
-    """Orders advance placed -> sent_to_store -> accepted -> delivering -> completed on their own."""
-    # 300 ms per merchant call: slow enough that the page shows the steps one by one, fast enough for a test.
-    return celery_worker.start(MIANDAN_MERCHANT_LATENCY_MS="300", MIANDAN_MERCHANT_FAILURE_RATE="0",
-                               MIANDAN_MERCHANT_TIMEOUT_RATE="0")
+def fulfilment(celery_worker, live_server, settings, tmp_path):  # noqa: F811
+    """Orders advance placed -> sent_to_store -> accepted -> delivering -> completed on their own.
+
+    As in production: a Celery worker submits the order to the simulated merchant (its own process), which
+    calls the live server back with signed events.
+    """
+    from tests.fulfilment import SECRET, MerchantProcess
+
+    settings.MIANDAN_MERCHANT_SECRET = SECRET
+    # 0.5-1 s per step: slow enough that the page shows the steps one by one, fast enough for a test.
+    merchant = MerchantProcess(tmp_path, {**os.environ, "MIANDAN_MERCHANT_SECRET": SECRET,
+                                          "MIANDAN_MERCHANT_ACCEPT_SECONDS": "0.5-1",
+                                          "MIANDAN_MERCHANT_DELIVER_SECONDS": "0.5-1"})
+    settings.MIANDAN_MERCHANT_URL = merchant.url
+    worker = celery_worker.start(MIANDAN_MERCHANT_SECRET=SECRET, MIANDAN_MERCHANT_URL=merchant.url)
+    merchant.start("--callback-url", live_server.url)
+    yield worker
+    merchant.stop()
 
 
 def launch(playwright):
