@@ -295,7 +295,8 @@ class CampaignAdmin(admin.ModelAdmin):
         if obj is None:
             return CampaignAddForm.Meta.fields
         # Read-only money reads with separators and 万/亿, not "3000000000.00".
-        return [READ_ONLY_DISPLAY.get(f, f) for f in super().get_fields(request, obj)]
+        # Django appends the read-only fields after the form's own, so a mapped money field would show twice.
+        return list(dict.fromkeys(READ_ONLY_DISPLAY.get(f, f) for f in super().get_fields(request, obj)))
 
     def get_readonly_fields(self, request, obj=None):
         if obj is None:

@@ -69,6 +69,7 @@ def test_campaign_pages_read_money_and_days(client, staff):
     assert "30亿" in listing and "3000000000.00" not in listing
     page = client.get(reverse("admin:campaign_campaign_change", args=[live.pk])).content.decode()
     assert "3,000,000,000.00" in page and "3000000000.00" not in page
+    assert page.count('class="form-row field-total_budget_display"') == 1  # each money field shown once
     assert 'id="bucket-spread"' in page and "预算桶（64 个）" in page
     assert page.count('class="field-index"') == 0 and "buckets-TOTAL_FORMS" not in page  # no 64-row inline
     assert "30 days" not in page and 'name="card_validity" value="30"' in page
