@@ -16,6 +16,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from . import chatvocab as V
@@ -137,14 +138,21 @@ def _is_cjk(ch: str) -> bool:
     return "\u4e00" <= ch <= "\u9fff"
 
 
-def compile_lexicon() -> Lexicon:
-    from .models import Brand, Product
+def compile_lexicon(brands: Iterable | None = None, product_rows: Iterable | None = None) -> Lexicon:
+    """The lexicon of the live menu; `brands`/`product_rows` (objects with the models' fields) replace the
+    database reads, so a bench or a script can compile a menu without one."""
+    if brands is None or product_rows is None:
+        from .models import Brand, Product
+
+        brands = list(Brand.objects.all())
+        participating_ids = [b.pk for b in brands if b.participating]
+        product_rows = Product.objects.filter(active=True, brand_id__in=participating_ids).order_by("brand_id", "id")
 
     brand_names: dict[int, str] = {}
     participating: set[int] = set()
     brand_words: dict[str, int] = {}
     off_brands: list[str] = []
-    for brand in Brand.objects.all():
+    for brand in brands:
         brand_names[brand.pk] = brand.name
         words = [brand.name, brand.slug, *(brand.aliases or [])]
         if brand.participating:
@@ -160,7 +168,9 @@ def compile_lexicon() -> Lexicon:
     names: dict[str, set[Candidate]] = {}
     aliases: dict[str, set[Candidate]] = {}
     spellings: dict[Candidate, list[str]] = {}
-    for p in Product.objects.filter(active=True, brand_id__in=participating).order_by("brand_id", "id"):
+    for p in product_rows:
+        if not p.active or p.brand_id not in participating:
+            continue
         cand = (p.brand_id, p.name)
         products[cand] = ProductInfo(p.brand_id, p.name, p.category, p.is_default)
         name = normalise(p.name)
