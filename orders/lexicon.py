@@ -209,6 +209,7 @@ def compile_lexicon(brands: Iterable | None = None, product_rows: Iterable | Non
     fixed += [(w, "hotdrink", "热") for w in V.HOT_DRINKS]
     fixed += [(w, "qtybad", why) for w, why in V.BAD_QUANTITIES.items()]
     fixed += [(w, "qty", 1) for w in V.ONE_CUP_OF_SEVERAL]
+    fixed += [(w, "qty", n) for w, n in V.COUNT_WORDS.items()]
     fixed += [(w, "filler", None) for w in V.PEOPLE]
     fixed += [(w, "qty", n) for w, n in V.EN_NUMBERS.items()]
     fixed += [(w, "repeat", None) for w in V.REPEAT_PHRASES]

@@ -135,6 +135,7 @@ _OPTION_CANONICAL = {f"r{i}": canonical for i, (_, canonical) in enumerate(V.OPT
 def _rewrite_options(text: str) -> str:
     return _OPTION_REWRITE.sub(lambda m: _OPTION_CANONICAL[m.lastgroup], text)  # type: ignore[index]
 _OPTION_ATTEMPT = re.compile(r"[0-9一二三四五六七八九十半多少去加不无微零]\s*分?\s*[糖甜冰]|[糖甜冰]\s*[多少半加去]|^[糖冰]$")
+_HALF_OPTION = frozenset("糖甜")
 _SIZE_AFTER_NUMBER = ("超大杯", "特大杯", "大杯", "中杯", "小杯")
 _ASCII_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyz")
 
@@ -208,8 +209,8 @@ def _read_number(text: str, i: int) -> Tok | None:
     if value is None:
         return ("qtybad", "没看懂数量", i, k + (1 if unit else 0)) if unit or c == "x" else None
     end = k + 1 if unit else j
-    if unit and end < n and text[end] == "半":
-        return ("qtybad", "不能点半杯", i, end + 1)
+    if unit and end < n and text[end] == "半" and not (end + 1 < n and text[end + 1] in _HALF_OPTION):
+        return ("qtybad", "不能点半杯", i, end + 1)  # "一杯半"; "一杯半糖" is one cup, half sugar
     if negative:
         return ("qtybad", "数量不能是负数", i, end)
     return ("qty", value, i, end)
@@ -242,6 +243,8 @@ def tokenize(text: str, lex: Lexicon) -> list[Tok]:
             if c in _ASCII_LETTERS and ((i > 0 and text[i - 1] in _ASCII_LETTERS) or
                                         (end < n and text[end] in _ASCII_LETTERS and text[end - 1] in _ASCII_LETTERS)):
                 continue
+            if hit[0] == "qtybad" and text[end - 1] == "半" and end < n and text[end] in _HALF_OPTION:
+                continue  # "一杯半糖": 一杯 + 半糖, not one and a half cups
             best = (hit[0], hit[1], i, end)
             break
         if c in _DIGITS or c in V.NUMERAL_CHARS or c == "x" or c == "-" or c == "负":
@@ -403,6 +406,7 @@ def _assemble(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Corr
         sig = [t for t in sig if t[2] not in negated and t[0] != "neg"]
         if not any(t[0] in ("product", "cat", "brand", "any", "repeat") for t in sig):
             raise _Refuse("other_intent", "听起来您不想点这个。请直接说想喝什么，例如“来一杯伯牙绝弦”")
+    sig = _drop_stutter(sig)
     brands: list[int] = []
     for t in sig:
         if t[0] == "brand" and t[1] not in brands:
@@ -461,6 +465,11 @@ def _assemble(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Corr
             else:
                 _split_unseparated(gap, item, nxt_item, scoped)
         else:
+            if (gap and gap[0][0] == "sep" and gap[0][1] == ":" and len(items) > 1
+                    and all(any(t[0] == "qty" for t in it.lead + it.trail) for it in items if it is not item)):
+                # "伯牙绝弦：两杯，大杯；青青糯山：一杯，少冰": what follows the last label is its own, like the others'
+                _distribute(gap[1:], item, None, scoped)
+                continue
             seps = [i for i, t in enumerate(gap) if t[0] == "sep"]
             if seps and len(items) > 1:
                 _distribute(gap[:seps[0]], item, None, scoped)
@@ -539,6 +548,24 @@ def _assemble(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Corr
     return Intent(items=tuple(out), corrections=tuple(corrections))
 
 
+def _drop_stutter(sig: list[Tok]) -> list[Tok]:
+    """Dictation repeats words: "伯牙绝弦 伯牙绝弦 一杯", "两杯两杯伯牙绝弦" say one drink and one count.
+
+    Only a repeat with nothing meaningful between is dropped: "两杯伯牙绝弦，两杯青青糯山" are two counts.
+    """
+    out: list[Tok] = []
+    for n, t in enumerate(sig):
+        prev = out[-1] if out else None
+        if prev is not None and prev[0] == t[0]:
+            if t[0] == "product" and prev[1].candidates == t[1].candidates:  # type: ignore[union-attr]
+                continue
+            if (t[0] == "qty" and prev[1] == t[1] and (len(out) < 2 or out[-2][0] == "sep")
+                    and n + 1 < len(sig) and sig[n + 1][0] == "product"):
+                continue
+        out.append(t)
+    return out
+
+
 def _name_of(term: Term) -> str:
     return next(iter(term.names)) if len(term.names) == 1 else term.text
 
@@ -589,7 +616,7 @@ def _asked_for(sig: list[Tok], n: int) -> bool:
             return True
         # A joiner counts when it joins drinks ("伯牙绝弦加蛋糕"), not people ("跟朋友聊到奶茶").
         other = j + step
-        if kind == "sep" and value != "," and 0 <= other < len(sig) and sig[other][0] in drinkish:
+        if kind == "sep" and value not in (",", ":") and 0 <= other < len(sig) and sig[other][0] in drinkish:
             return True
     return False
 

@@ -60,7 +60,8 @@ class _CharMap(dict):
 
 
 _DROPMAP = _DropMap()
-_CHARMAP = _CharMap({ord("-"): "-", ord("*"): "x", ord("+"): "+", ord("."): "."})
+# A colon stays a colon: "多肉葡萄：两杯" labels the count of the drink before it (a comma would not).
+_CHARMAP = _CharMap({ord("-"): "-", ord("*"): "x", ord("+"): "+", ord("."): ".", ord(":"): ":", 0xFF1A: ":"})
 
 
 @functools.cache
