@@ -224,6 +224,7 @@ def compile_lexicon(brands: Iterable | None = None, product_rows: Iterable | Non
     fixed += [(w, "ref", None) for w in V.REFERENCE_WORDS]
     fixed += [(w, "choice", None) for w in V.CHOICE]
     fixed += [(w, "sep", w) for w in V.SEPARATORS]
+    fixed += [(w, "fix", w) for w in V.CORRECTIONS]
     fixed += [(w, "neg", None) for w in V.NEGATIONS]
     fixed += [(w, "filler", None) for w in V.FILLER]
     for w, kind, value in fixed:

@@ -327,9 +327,169 @@ class RuleParser:
                 clean = "".join(parts) + clean[at:]
                 tokens = tokenize(clean, lex)
         try:
+            if any(t[0] == "fix" or (t[0] == "neg" and t[3] - t[2] == 2 and clean[t[2]:t[3]] == "不是") for t in tokens):
+                return _corrected(tokens, clean, lex, fixes)
             return _assemble(tokens, clean, lex, fixes)
         except _Refuse as refusal:
             return refusal.result
+
+
+# --- self-corrections ----------------------------------------------------------------------------
+
+_MEANINGFUL_NOT = frozenset(("filler", "sweet", "unk", "sep"))
+_CONTINUES = frozenset(V.SEPARATORS) - {",", ":"}  # "…，等一下，再加一杯": more, not a correction
+
+
+def _corrected(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Correction]) -> Intent:
+    """A sentence that corrects itself ("两杯多肉葡萄 不对 三杯", "来杯珍奶，算了，换成杨枝甘露", "少冰 啊不对 要热的").
+
+    The sentence is cut at each correction word. The first part is read as an order; each later part
+    changes only what it says: a count or options change the drink before it, a drink that was already
+    named is changed, a new drink replaces the one before it (keeping the count and options the
+    correction does not restate). Whatever cannot be placed for sure is asked back.
+    """
+    segments: list[list[Tok]] = [[]]
+    markers: list[str] = []
+    for n, t in enumerate(tokens):
+        is_fix = t[0] == "fix"
+        if not is_fix and t[0] == "neg" and text[t[2]:t[3]] == "不是":
+            nxt = next((o for o in tokens[n + 1:] if o[0] != "filler"), None)
+            is_fix = nxt is None or nxt[0] == "sep"  # "两杯，不是，三杯"; "不是珍奶是杨枝甘露" is a negation
+        if is_fix:
+            segments.append([])
+            markers.append(str(t[1]) if t[0] == "fix" else "不是")
+        else:
+            segments[-1].append(t)
+    # A part that starts with a joiner adds to the order ("等一下，再加一杯青青糯山"): not a correction.
+    merged: list[list[Tok]] = [segments[0]]
+    kinds: list[str] = []
+    for marker, seg in zip(markers, segments[1:], strict=True):
+        first = next((t for t in seg if t[0] not in ("filler", "unk") and not (t[0] == "sep" and t[1] in (",", ":"))),
+                     None)
+        if first is not None and first[0] == "sep" and first[1] in _CONTINUES:
+            merged[-1] = merged[-1] + seg
+        else:
+            merged.append(seg)
+            kinds.append(marker)
+
+    def meaningful(seg: list[Tok]) -> bool:
+        return any(t[0] not in _MEANINGFUL_NOT for t in seg)
+
+    while len(merged) > 1 and not meaningful(merged[0]):
+        merged.pop(0)  # "算了，来杯伯牙绝弦": nothing before the correction to correct
+        kinds.pop(0)
+    if len(merged) == 1:
+        return _assemble(merged[0], text, lex, fixes)
+    base = _assemble(merged[0], text, lex, fixes)
+    brand_toks = [t for t in merged[0] if t[0] == "brand"]
+    for marker, seg in zip(kinds, merged[1:], strict=True):
+        if not meaningful(seg):
+            if seg is merged[-1]:
+                if marker in V.RETRACTIONS:
+                    raise _Refuse("other_intent", "好的，这单先不点了。想喝什么随时告诉我")
+                raise _Refuse("ambiguous", "哪里需要改？请把想要的完整说一遍，例如“两杯伯牙绝弦，大杯少冰”")
+            continue  # "不对，换成…": two correction words in a row
+        base = _apply_correction(base, seg, brand_toks, text, lex, fixes)
+    return base
+
+
+def _apply_correction(base: Intent, seg: list[Tok], brand_toks: list[Tok], text: str, lex: Lexicon,
+                      fixes: list[fuzzy.Correction]) -> Intent:
+    kinds = {t[0] for t in seg}
+    if "product" in kinds:
+        if base.repeat_last:
+            raise _Refuse("ambiguous", "“老样子”和新点的饮品请分开说：想要哪个？", ("老样子",))
+        has_brand = "brand" in kinds
+        patch = _assemble(seg if has_brand else brand_toks + seg, text, lex, fixes)
+        if patch.repeat_last or patch.wish is not None or not base.items:
+            return patch  # a concrete drink replaces a wish ("随便来一杯，算了，来杯伯牙绝弦")
+        return _merge_items(base, patch, said_qty="qty" in kinds)
+    if kinds & {"repeat", "any", "cat"}:
+        return _assemble(seg, text, lex, fixes)  # "伯牙绝弦，算了，老样子吧": the whole order is replaced
+    if kinds & {"brand", "offmenu", "offbrand", "neg", "choice", "ref", "same", "each"}:
+        raise _Refuse("ambiguous", "没听懂要改成什么，请把想要的完整说一遍，例如“两杯伯牙绝弦，大杯少冰”")
+    opts = {k: v for k, v in _merge([t for t in seg if t[0] in _SCOPED and t[0] not in ("qty", "qtyadd")]).items()
+            if v is not None}
+    qtys = [t for t in seg if t[0] in ("qty", "qtyadd")]
+    bad = next((t for t in seg if t[0] == "qtybad"), None)
+    if bad is not None:
+        raise _Refuse("quantity", f"{bad[1]}，每单 1～{MAX_CUPS} 杯")
+    if len(qtys) > 1:
+        raise _Refuse("ambiguous", "改成几杯？请只说一个数量")
+    qty = int(qtys[0][1]) if qtys else None  # type: ignore[call-overload]
+    if qty is not None and not 1 <= qty <= MAX_CUPS:
+        raise _Refuse("quantity", f"每单 1～{MAX_CUPS} 杯")
+    if not opts and qty is None:
+        raise _Refuse("ambiguous", "哪里需要改？请把想要的完整说一遍，例如“两杯伯牙绝弦，大杯少冰”")
+    if base.repeat_last:
+        overrides = {**base.overrides, **opts}
+        if qty is not None:
+            overrides["quantity"] = qty
+        return Intent(repeat_last=True, overrides=overrides)
+    if base.wish is not None:
+        w = base.wish
+        wish = Wish(brand_id=w.brand_id, brand=w.brand, category=w.category, hot=w.hot, less_sweet=w.less_sweet,
+                    quantity=qty or w.quantity, size=opts.get("size", w.size), sugar=opts.get("sugar", w.sugar),
+                    ice=opts.get("ice", w.ice))
+        if "ice" in opts:
+            wish.hot = opts["ice"] in ("热", "温")
+        if "sugar" in opts:
+            wish.less_sweet = opts["sugar"] != "全糖"
+        return Intent(wish=wish)
+    if len(base.items) != 1 and not ("all" in kinds and qty is None):
+        raise _Refuse("ambiguous", "要改的是哪一杯？请把想要的完整说一遍，例如“两杯伯牙绝弦，大杯少冰”",
+                      _suggest(lex, [c for i in base.items for c in i.candidates]))
+    items = tuple(_changed(i, qty, opts) for i in base.items)
+    return Intent(items=_checked(items), corrections=base.corrections)
+
+
+def _changed(item: ItemIntent, qty: int | None, opts: dict) -> ItemIntent:
+    return ItemIntent(candidates=item.candidates, product=item.product, brand=item.brand, brand_id=item.brand_id,
+                      quantity=item.quantity if qty is None else qty, size=opts.get("size", item.size),
+                      sugar=opts.get("sugar", item.sugar), ice=opts.get("ice", item.ice))
+
+
+def _merge_items(base: Intent, patch: Intent, *, said_qty: bool) -> Intent:
+    """A corrected drink: a drink named before is changed; a new one replaces the drink said last."""
+    names = list(dict.fromkeys(i.product for i in patch.items))
+    base_names = list(dict.fromkeys(i.product for i in base.items))
+    if len(names) > 1:
+        items = patch.items  # "不对，要伯牙绝弦和青青糯山": the whole order again
+    else:
+        target = names[0] if names[0] in base_names else base_names[-1]
+        old = [i for i in base.items if i.product == target]
+        new = list(patch.items)
+        if len(old) == 1 and len(new) == 1:
+            o, p = old[0], new[0]
+            new = [ItemIntent(candidates=p.candidates, product=p.product, brand=p.brand, brand_id=p.brand_id,
+                              quantity=p.quantity if said_qty else o.quantity, size=p.size or o.size,
+                              sugar=p.sugar or o.sugar, ice=p.ice or o.ice)]
+        elif len(old) > 1 and not said_qty:
+            raise _Refuse("ambiguous", "几杯分别要什么？请把想要的完整说一遍，例如“两杯伯牙绝弦，一杯少冰一杯去冰”")
+        at = next(n for n, i in enumerate(base.items) if i.product == target)
+        rest = [i for i in base.items if i.product != target]
+        items = (*rest[:at], *new, *rest[at:])
+    return Intent(items=_checked(tuple(items)), corrections=(*base.corrections, *patch.corrections))
+
+
+def _checked(items: tuple[ItemIntent, ...]) -> tuple[ItemIntent, ...]:
+    """After a correction: one brand for the whole order, 1-10 cups."""
+    common = set.intersection(*({b for b, _ in i.candidates} for i in items))
+    if not common:
+        raise _Refuse("two_brands", "这几款不在同一个品牌，一单只能点同一家店的饮品，请分开下单",
+                      tuple(f"来一杯{i.product}" for i in items))
+    out = []
+    for i in items:
+        cands = tuple(c for c in i.candidates if c[0] in common)
+        bids = {b for b, _ in cands}
+        bid = next(iter(bids)) if len(bids) == 1 else None
+        brand = i.brand if bid is not None and bid == i.brand_id else None
+        out.append(ItemIntent(candidates=cands, product=i.product, brand=brand, brand_id=bid, quantity=i.quantity,
+                              size=i.size, sugar=i.sugar, ice=i.ice))
+    total = sum(i.quantity for i in out)
+    if any(i.quantity < 1 for i in out) or total > MAX_CUPS:
+        raise _Refuse("quantity", f"每单最多 {MAX_CUPS} 杯，这次一共 {total} 杯，请减少数量后再试")
+    return tuple(out)
 
 
 def _red_flag(why: str, phrase: str) -> Refusal:
