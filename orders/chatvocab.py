@@ -149,6 +149,20 @@ REPEAT_PHRASES = (
     "same as last time", "the usual", "same again",
 )
 
+# --- later ---------------------------------------------------------------------------------------
+# An order is placed now (docs/api.md has no scheduled orders): a day to come or a clock time that says
+# when the order is for ("明天下午三点帮我点一杯", "三点送到") is refused as another intent; the same words as
+# context ("明天考试，来杯伯牙绝弦", "三点了，来杯提神的") are not.
+LATER_DAYS = tuple(
+    ["明天", "明早", "明晚", "明儿", "明日", "明个", "后天", "大后天", "下周", "下星期", "下礼拜", "下个月", "改天", "改日",
+     "过两天", "过几天", "周末", "tomorrow", "next week"]
+    + [f"{w}{d}" for w in ("周", "星期", "礼拜", "下周", "下星期") for d in "一二三四五六日天"]
+)
+# What makes a clause about when to order: order verbs (others are read from the tokens).
+ORDER_VERBS = frozenset("点来订买送喝")
+# Times of day before "一点" make it one o'clock ("凌晨一点"); otherwise "一点" is "a little".
+TIMES_OF_DAY = ("凌晨", "早上", "上午", "中午", "下午", "晚上", "傍晚", "夜里", "半夜", "今晚", "早")
+
 # --- "anything" -------------------------------------------------------------------------------
 
 ANYTHING = (

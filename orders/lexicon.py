@@ -37,7 +37,7 @@ class Term:
 
     text: str
     candidates: tuple[Candidate, ...]
-    strength: str  # "name" | "alias" | "weak"
+    strength: str  # "name" | "alias" | "weak" | "frag" (an everyday word that is part of a name)
 
     @property
     def names(self) -> frozenset[str]:
@@ -225,6 +225,7 @@ def compile_lexicon(brands: Iterable | None = None, product_rows: Iterable | Non
     fixed += [(w, "choice", None) for w in V.CHOICE]
     fixed += [(w, "sep", w) for w in V.SEPARATORS]
     fixed += [(w, "fix", w) for w in V.CORRECTIONS]
+    fixed += [(w, "later", w) for w in V.LATER_DAYS]
     fixed += [(w, "neg", None) for w in V.NEGATIONS]
     fixed += [(w, "filler", None) for w in V.FILLER]
     for w, kind, value in fixed:
@@ -246,6 +247,14 @@ def compile_lexicon(brands: Iterable | None = None, product_rows: Iterable | Non
                     if part in words or part in V.GENERIC_FRAGMENTS or "杯" in part or not _is_cjk(part[0]):
                         continue
                     put(part, "product", Term(part, tuple(sorted(containing(part))), "weak"))
+    # Fragments that are also everyday words ("花田", "青青", "宝藏"): a product only after a brand, alone, and
+    # close to the name (at least half of a spelling: "霸王家的花田" is 花田乌龙); otherwise unread text.
+    for part in sorted(V.GENERIC_FRAGMENTS):
+        if part in words:
+            continue
+        close = {c for c, forms in spellings.items() if any(part in f and 2 * len(part) >= len(f) for f in forms)}
+        if close:
+            put(part, "product", Term(part, tuple(sorted(close)), "frag"))
 
     starts: dict[str, set[int]] = {}
     for w in words:

@@ -198,6 +198,11 @@ def _read_number(text: str, i: int) -> Tok | None:
     k = j
     while k < n and text[k] == " ":
         k += 1
+    if k < n and (text[k] == "点" or (text[k] == ":" and not chinese and k + 2 < n and text[k + 1] in _DIGITS
+                                     and text[k + 2] in _DIGITS)) and not negative and c != "x":
+        clock = _clock(text, i, digits, k)
+        if clock is not None:
+            return clock
     for word in V.NOT_QUANTITY_AFTER:
         if text.startswith(word, k):
             return ("filler", None, i, k + len(word))
@@ -214,6 +219,28 @@ def _read_number(text: str, i: int) -> Tok | None:
     if negative:
         return ("qtybad", "数量不能是负数", i, end)
     return ("qty", value, i, end)
+
+
+def _clock(text: str, i: int, digits: str, k: int) -> Tok | None:
+    """"三点", "下午3点半", "15:30", "十点钟": a time of day (None for "一点" meaning "a little")."""
+    hour = chinese_number(digits)
+    if hour is None or hour > 24 or (text.startswith("点单", k) or text.startswith("点杯", k)):
+        return None
+    if digits == "一" and not any(text.endswith(w, 0, i) for w in V.TIMES_OF_DAY):
+        return None  # "少一点", "快一点"
+    end = k + 1
+    n = len(text)
+    if text[k] == ":":
+        end = k + 3
+    elif end < n and text[end] in "半钟整":
+        end += 1
+    else:
+        m = end
+        while m < n and (text[m] in _DIGITS or text[m] in V.NUMERAL_CHARS):
+            m += 1
+        if m > end:
+            end = m + 1 if m < n and text[m] == "分" else m
+    return ("clock", hour, i, end)
 
 
 def tokenize(text: str, lex: Lexicon) -> list[Tok]:
@@ -313,6 +340,8 @@ class RuleParser:
         if not clean.strip(" ,"):
             return Refusal("请告诉我想喝什么，例如“帮我点一杯杨枝甘露”")
         tokens = tokenize(clean, lex)
+        if any(t[0] == "product" and t[1].strength == "frag" for t in tokens):  # type: ignore[union-attr]
+            tokens = _fragments(tokens)
         fixes: list[fuzzy.Correction] = []
         # Typos are looked for where the reading is unsure: unread characters and parts of names.
         unknown = {p for t in tokens if t[0] == "unk" or (t[0] == "product" and t[1].strength == "weak")  # type: ignore[union-attr]
@@ -492,6 +521,67 @@ def _checked(items: tuple[ItemIntent, ...]) -> tuple[ItemIntent, ...]:
     return tuple(out)
 
 
+_ORDERISH = frozenset(("product", "qty", "qtyadd", "brand", "cat", "any", "repeat", "size", "sugar", "ice", "hotdrink"))
+
+
+def _scheduled(tokens: list[Tok], idx: int, text: str) -> bool:
+    """Whether a day to come or a clock time says when the order is for: its clause (up to the next comma)
+    names a drink, a count, an option or an order verb ("明天下午三点帮我点一杯", "三点送到"); context
+    ("明天考试，…", "三点了，…") does not."""
+    t = tokens[idx]
+    if t[0] == "clock" and t[3] < len(text) and text[t[3]] in "了啦":
+        return False  # "都三点了": the time now
+    for o in tokens[idx + 1:]:
+        kind = o[0]
+        if kind == "sep" and o[1] == ",":
+            break
+        if kind in _ORDERISH:
+            return True
+        if (kind == "filler" or kind == "unk") and not V.ORDER_VERBS.isdisjoint(text[o[2]:o[3]]):
+            return True
+    return False
+
+
+def _fragments(tokens: list[Tok]) -> list[Tok]:
+    """An everyday word that is part of a name ("花田", "青青") names that drink only where nothing else could:
+    after a brand that has it, with no other drink in the sentence ("霸王家的花田"). Elsewhere ("去花田拍照了")
+    it stays unread text."""
+    brands = {t[1] for t in tokens if t[0] == "brand"}
+    others = any(t[0] in ("product", "cat", "any", "repeat") and not (t[0] == "product" and t[1].strength == "frag")  # type: ignore[union-attr]
+                 for t in tokens)
+    frags = [t for t in tokens if t[0] == "product" and t[1].strength == "frag"]  # type: ignore[union-attr]
+    out: list[Tok] = []
+    for n, t in enumerate(tokens):
+        if t[0] == "product" and t[1].strength == "frag":  # type: ignore[union-attr]
+            term: Term = t[1]  # type: ignore[assignment]
+            mine = tuple(c for c in term.candidates if c[0] in brands)
+            asked = _asked_as_item(tokens, n) or all(o[0] in ("filler", "sep") for o in tokens if o is not t)
+            if len(brands) == 1 and mine and ((not others and len(frags) == 1) or asked):
+                out.append(("product", Term(term.text, mine, "weak"), t[2], t[3]))
+            elif asked:
+                # "一杯花田", "花田和伯牙绝弦": asked for as a drink, so asked back, never dropped.
+                out.append(("product", Term(term.text, term.candidates, "weak"), t[2], t[3]))
+            else:
+                out.append(("unk", term.text, t[2], t[3]))
+        else:
+            out.append(t)
+    return out
+
+
+def _asked_as_item(tokens: list[Tok], n: int) -> bool:
+    """A word with a count, an option or a joiner to another drink next to it is asked for as a drink."""
+    for step in (-1, 1):
+        j = n + step
+        while 0 <= j < len(tokens) and tokens[j][0] == "filler":
+            j += step
+        if not 0 <= j < len(tokens):
+            continue
+        kind = tokens[j][0]
+        if kind in ("qty", "size", "sugar", "ice", "hotdrink", "product") or (kind == "sep" and tokens[j][1] in _CONTINUES):
+            return True
+    return False
+
+
 def _red_flag(why: str, phrase: str) -> Refusal:
     if why == "injection":
         return Refusal("这句话里有我不能照做的要求：价格、免单卡和活动规则不能在聊天里修改。请只告诉我想喝什么",
@@ -519,6 +609,11 @@ def _assemble(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Corr
     for idx, t in enumerate(tokens):
         kind = t[0]
         if kind == "filler" or kind == "sweet":
+            continue
+        if kind == "later" or kind == "clock":
+            if _scheduled(tokens, idx, text):
+                raise _Refuse("other_intent", "现在只能马上下单，还不能预约以后的订单。到时候再跟我说就行",
+                              ("帮我点一杯杨枝甘露", "老样子"))
             continue
         if kind == "unk":
             if _OPTION_ATTEMPT.search(str(t[1])):
