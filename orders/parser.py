@@ -134,8 +134,10 @@ _OPTION_CANONICAL = {f"r{i}": canonical for i, (_, canonical) in enumerate(V.OPT
 
 def _rewrite_options(text: str) -> str:
     return _OPTION_REWRITE.sub(lambda m: _OPTION_CANONICAL[m.lastgroup], text)  # type: ignore[index]
-_OPTION_ATTEMPT = re.compile(r"[0-9一二三四五六七八九十半多少去加不无微零]\s*分?\s*[糖甜冰]|[糖甜冰]\s*[多少半加去]|^[糖冰]$")
+_OPTION_ATTEMPT = re.compile(r"[0-9一二三四五六七八九十半多少去加不无微零]\s*分?\s*[糖甜冰]|[糖甜冰]\s*[多少半加去]|^[糖冰]$"
+                             r"|^(?:ice|icy|sugar|sugars|sweet|sweetness|cold|less|more|extra)$")
 _HALF_OPTION = frozenset("糖甜")
+_PERCENT_OPTION = re.compile(r"[0-9]\s*%.{0,3}(?:糖|甜|冰|sugar|sweet|ice)|(?:糖|甜|冰|sugar|sweet|ice).{0,4}[0-9]\s*%")
 _SIZE_AFTER_NUMBER = ("超大杯", "特大杯", "大杯", "中杯", "小杯")
 _ASCII_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyz")
 
@@ -335,8 +337,11 @@ class RuleParser:
         if flag is not None:
             return _red_flag(*flag)
         clean = punctuate(folded)
-        if "冰" in clean or "糖" in clean or "甜" in clean:
+        if "冰" in clean or "糖" in clean or "甜" in clean or "%" in clean:
             clean = _rewrite_options(clean)
+            if "%" in clean and _PERCENT_OPTION.search(clean):
+                # "糖40%": a sweetness the menu does not have, asked back rather than dropped.
+                return Refusal("没听懂这个比例，甜度请说全糖/七分糖/半糖/三分糖/微糖/无糖，冰量请说正常冰/少冰/去冰/常温/温/热")
         if not clean.strip(" ,"):
             return Refusal("请告诉我想喝什么，例如“帮我点一杯杨枝甘露”")
         tokens = tokenize(clean, lex)
@@ -521,6 +526,8 @@ def _checked(items: tuple[ItemIntent, ...]) -> tuple[ItemIntent, ...]:
     return tuple(out)
 
 
+_OPTION_CHOICES = {"size": ("中杯", "大杯", "超大杯"), "sugar": ("全糖", "七分糖", "半糖", "三分糖", "微糖", "无糖"),
+                   "ice": ("正常冰", "少冰", "去冰", "常温", "温", "热")}
 _ORDERISH = frozenset(("product", "qty", "qtyadd", "brand", "cat", "any", "repeat", "size", "sugar", "ice", "hotdrink"))
 
 
@@ -605,6 +612,7 @@ def _assemble(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Corr
     # -- checks on the raw token stream ---------------------------------------------------------
     glued: list[tuple[int, str]] = []
     negated: set[int] = set()
+    unwanted: list[Tok] = []
     sig: list[Tok] = []  # the tokens that carry meaning, in order
     for idx, t in enumerate(tokens):
         kind = t[0]
@@ -648,6 +656,8 @@ def _assemble(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Corr
                     continue
                 if nxt[0] in ("product", "cat", "brand", "any", "repeat"):
                     negated.add(nxt[2])  # "不想喝奶茶，来杯果茶吧": 奶茶 is what is not wanted
+                elif nxt[0] in ("size", "sugar", "ice", "hotdrink"):
+                    unwanted.append(nxt)  # "不要热的", "不要大杯，要中杯": an option that is not wanted
                 break
     if glued or any(t[0] == "offmenu" for t in sig):
         has_product = any(t[0] == "product" for t in sig)
@@ -661,6 +671,14 @@ def _assemble(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Corr
         sig = [t for t in sig if t[2] not in negated and t[0] != "neg"]
         if not any(t[0] in ("product", "cat", "brand", "any", "repeat") for t in sig):
             raise _Refuse("other_intent", "听起来您不想点这个。请直接说想喝什么，例如“来一杯伯牙绝弦”")
+    for t in unwanted:
+        # The option is left out; if nothing else says what is wanted instead, it is asked, never guessed.
+        sig = [o for o in sig if o is not t]
+        key = _kind(t[0])
+        if not any(_kind(o[0]) == key for o in sig if o[0] in _SCOPED):
+            choices = _OPTION_CHOICES[key]
+            raise _Refuse("ambiguous", f"不要{t[1]}的话，想要哪种？{'、'.join(c for c in choices if c != t[1])}",
+                          tuple(f"要{c}的" for c in choices if c != t[1]))
     sig = _drop_stutter(sig)
     brands: list[int] = []
     for t in sig:

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 # Punctuation that separates parts of an order: they all become one separator, ",".
 _SEPARATORS = ",;|/、:\uff0c\uff1b\uff5c\uff0f\uff1a\u3001。.!?\n\r\t"
 # Decoration around an order carries no meaning: brackets, quotes, tildes, ellipses, bullets.
-_DECORATION = "~～【】[]()（）「」『』《》<>〈〉\"'“”‘’`^_=#@$%&…·•・—–-"
+_DECORATION = "~～【】[]()（）「」『』《》<>〈〉\"'“”‘’`^_=#@$&…·•・—–-"
 # Signs people use for "times": mapped onto the letter x, which the quantity reader understands.
 _TIMES = "×✕✖⨉╳"
 # Characters that are neither letters nor digits nor CJK and carry no order meaning.
