@@ -263,7 +263,7 @@ def compile_lexicon(brands: Iterable | None = None, product_rows: Iterable | Non
     # Typo matching: full names, aliases of 3+ characters, brand words of 2+ CJK characters.
     fuzzy_terms: list[tuple[str, str, object]] = []
     for w, (kind, value) in words.items():
-        if kind == "product" and value.strength != "weak" and sum(map(_is_cjk, w)) >= 2:  # type: ignore[union-attr]
+        if kind == "product" and value.strength in ("name", "alias") and sum(map(_is_cjk, w)) >= 2:  # type: ignore[union-attr]
             fuzzy_terms.append((w, kind, value))  # 2-character nicknames too ("伯芽" for 伯牙): half must be exact
         elif kind == "brand" and len(w) >= 2 and all(map(_is_cjk, w)):
             fuzzy_terms.append((w, kind, value))

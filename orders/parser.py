@@ -322,6 +322,7 @@ class _Item:
         self.same = False
 
 
+_UNSURE = frozenset(("weak", "frag"))
 _SCOPED = ("qty", "qtyadd", "size", "sugar", "ice", "hot", "less", "hotdrink")
 
 
@@ -345,11 +346,9 @@ class RuleParser:
         if not clean.strip(" ,"):
             return Refusal("请告诉我想喝什么，例如“帮我点一杯杨枝甘露”")
         tokens = tokenize(clean, lex)
-        if any(t[0] == "product" and t[1].strength == "frag" for t in tokens):  # type: ignore[union-attr]
-            tokens = _fragments(tokens)
         fixes: list[fuzzy.Correction] = []
         # Typos are looked for where the reading is unsure: unread characters and parts of names.
-        unknown = {p for t in tokens if t[0] == "unk" or (t[0] == "product" and t[1].strength == "weak")  # type: ignore[union-attr]
+        unknown = {p for t in tokens if t[0] == "unk" or (t[0] == "product" and t[1].strength in _UNSURE)  # type: ignore[union-attr]
                    for p in range(t[2], t[3]) if _is_cjk(clean[p])}
         if unknown and any(t[0] == "unk" or t[0] == "product" for t in tokens):
             fixes = fuzzy.corrections(clean, unknown, lex)
@@ -360,8 +359,10 @@ class RuleParser:
                     at = f.end
                 clean = "".join(parts) + clean[at:]
                 tokens = tokenize(clean, lex)
+        if any(t[0] == "product" and t[1].strength == "frag" for t in tokens):  # type: ignore[union-attr]
+            tokens = _fragments(tokens)
         try:
-            if any(t[0] == "fix" or (t[0] == "neg" and t[3] - t[2] == 2 and clean[t[2]:t[3]] == "不是") for t in tokens):
+            if any(t[0] == "fix" or (t[0] == "neg" and clean[t[2]:t[3]] == "不是") for t in tokens):
                 return _corrected(tokens, clean, lex, fixes)
             return _assemble(tokens, clean, lex, fixes)
         except _Refuse as refusal:
@@ -388,7 +389,8 @@ def _corrected(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Cor
         is_fix = t[0] == "fix"
         if not is_fix and t[0] == "neg" and text[t[2]:t[3]] == "不是":
             nxt = next((o for o in tokens[n + 1:] if o[0] != "filler"), None)
-            is_fix = nxt is None or nxt[0] == "sep"  # "两杯，不是，三杯"; "不是珍奶是杨枝甘露" is a negation
+            # "两杯，不是，三杯", "x3 不是 x2"; "不是珍奶是杨枝甘露" is a negation
+            is_fix = nxt is None or nxt[0] in ("sep", "qty")
         if is_fix:
             segments.append([])
             markers.append(str(t[1]) if t[0] == "fix" else "不是")
@@ -429,6 +431,9 @@ def _corrected(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Cor
 
 def _apply_correction(base: Intent, seg: list[Tok], brand_toks: list[Tok], text: str, lex: Lexicon,
                       fixes: list[fuzzy.Correction]) -> Intent:
+    first = next((n for n, t in enumerate(seg) if t[0] not in _MEANINGFUL_NOT), None)
+    if first is not None and seg[first][0] == "choice":
+        seg = seg[:first] + seg[first + 1:]  # "不对，还是少冰": "after all", not "A or B"
     kinds = {t[0] for t in seg}
     if "product" in kinds:
         if base.repeat_last:
