@@ -55,7 +55,7 @@ class ProductInfo:
 @dataclass
 class Lexicon:
     words: dict[str, tuple[str, object]]
-    starts: dict[str, tuple[int, ...]]
+    starts: dict[str, tuple[int, ...]]  # two first characters (or the one character) -> word lengths, longest first
     brand_names: dict[int, str]
     products: dict[Candidate, ProductInfo]
     # Typo matching (orders.fuzzy): CJK terms with the product or brand they stand for.
@@ -256,9 +256,18 @@ def compile_lexicon(brands: Iterable | None = None, product_rows: Iterable | Non
         if close:
             put(part, "product", Term(part, tuple(sorted(close)), "frag"))
 
+    # The tokenizer's candidate lengths, keyed by a word's first two characters (one-character words under
+    # their character): far fewer slices tried per position than keying by the first character alone.
     starts: dict[str, set[int]] = {}
     for w in words:
-        starts.setdefault(w[0], set()).add(len(w))
+        if len(w) >= 2:
+            starts.setdefault(w[:2], set()).add(len(w))
+    for key, lengths in starts.items():
+        if key[0] in words:
+            lengths.add(1)
+    for w in words:
+        if len(w) == 1:
+            starts.setdefault(w, set()).add(1)
 
     # Typo matching: full names, aliases of 3+ characters, brand words of 2+ CJK characters.
     fuzzy_terms: list[tuple[str, str, object]] = []
@@ -321,15 +330,22 @@ class RedFlags:
 
     def search(self, text: str) -> tuple[str, str] | None:
         """(why, phrase) of the most serious red flag in `text`, or None."""
-        todo = set(self.always)
-        by_char = self.by_char
-        for c in set(text):
-            more = by_char.get(c)
-            if more:
-                todo.update(more)
+        # One bit per check (bit n = checks[n]): a set union per character and no sorting.
+        mask = self.always_mask
+        masks = self.char_masks
+        for c in set(text).intersection(masks):
+            mask |= masks[c]
         checks = self.checks
-        for n in sorted(todo):
-            hit = checks[n][2].search(text)
-            if hit:
-                return checks[n][0], hit.group(0)
+        n = 0
+        while mask:
+            if mask & 1:
+                hit = checks[n][2].search(text)
+                if hit:
+                    return checks[n][0], hit.group(0)
+            mask >>= 1
+            n += 1
         return None
+
+    def __post_init__(self) -> None:
+        self.always_mask = sum(1 << n for n in self.always)
+        self.char_masks = {c: sum(1 << n for n in ns) for c, ns in self.by_char.items()}

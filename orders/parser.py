@@ -261,7 +261,7 @@ def tokenize(text: str, lex: Lexicon) -> list[Tok]:
             i += 1
             continue
         best: Tok | None = None
-        for length in starts.get(c, ()):
+        for length in starts.get(text[i:i + 2]) or starts.get(c, ()):
             end = i + length
             if end > n:
                 continue
