@@ -389,8 +389,8 @@ def _corrected(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Cor
         is_fix = t[0] == "fix"
         if not is_fix and t[0] == "neg" and text[t[2]:t[3]] == "不是":
             nxt = next((o for o in tokens[n + 1:] if o[0] != "filler"), None)
-            # "两杯，不是，三杯", "x3 不是 x2"; "不是珍奶是杨枝甘露" is a negation
-            is_fix = nxt is None or nxt[0] in ("sep", "qty")
+            # "两杯，不是，三杯" corrects; "不是珍奶是杨枝甘露", "三杯不是两杯" negate what follows
+            is_fix = nxt is None or nxt[0] == "sep"
         if is_fix:
             segments.append([])
             markers.append(str(t[1]) if t[0] == "fix" else "不是")
@@ -402,7 +402,12 @@ def _corrected(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Cor
     for marker, seg in zip(markers, segments[1:], strict=True):
         first = next((t for t in seg if t[0] not in ("filler", "unk") and not (t[0] == "sep" and t[1] in (",", ":"))),
                      None)
-        if first is not None and first[0] == "sep" and first[1] in _CONTINUES:
+        last = next((t for t in reversed(merged[-1]) if t[0] not in ("filler", "unk")), None)
+        if last is not None and last[0] == "qty" and text[last[2]:last[3]] in V.ONE_CUP_OF_SEVERAL:
+            # "两杯伯牙绝弦，其中一杯换成青青糯山": one of several cups changes; asked back, never all of them.
+            raise _Refuse("ambiguous", "几杯分别要什么？请分开说，例如“一杯伯牙绝弦，一杯青青糯山”")
+        if (first is not None and first[0] == "sep" and first[1] in _CONTINUES) or (
+                last is not None and last[0] == "sep" and last[1] in _CONTINUES):
             merged[-1] = merged[-1] + seg
         else:
             merged.append(seg)
@@ -661,8 +666,8 @@ def _assemble(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Corr
                     continue
                 if nxt[0] in ("product", "cat", "brand", "any", "repeat"):
                     negated.add(nxt[2])  # "不想喝奶茶，来杯果茶吧": 奶茶 is what is not wanted
-                elif nxt[0] in ("size", "sugar", "ice", "hotdrink"):
-                    unwanted.append(nxt)  # "不要热的", "不要大杯，要中杯": an option that is not wanted
+                elif nxt[0] in ("size", "sugar", "ice", "hotdrink", "qty"):
+                    unwanted.append(nxt)  # "不要热的", "不要大杯，要中杯", "三杯不是两杯": not wanted
                 break
     if glued or any(t[0] == "offmenu" for t in sig):
         has_product = any(t[0] == "product" for t in sig)
@@ -681,6 +686,8 @@ def _assemble(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Corr
         sig = [o for o in sig if o is not t]
         key = _kind(t[0])
         if not any(_kind(o[0]) == key for o in sig if o[0] in _SCOPED):
+            if key == "qty":
+                raise _Refuse("ambiguous", f"不要{t[1]}杯的话，要几杯？请说一个数量")
             choices = _OPTION_CHOICES[key]
             raise _Refuse("ambiguous", f"不要{t[1]}的话，想要哪种？{'、'.join(c for c in choices if c != t[1])}",
                           tuple(f"要{c}的" for c in choices if c != t[1]))

@@ -319,7 +319,9 @@ def test_a_correction_changes_only_what_it_says():
     assert items("两杯多肉葡萄 不对 三杯") == [("多肉葡萄", 3, None, None, None)]
     assert items("伯牙绝弦大杯少冰 啊不对 要热的") == [("伯牙绝弦", 1, "大杯", None, "热")]
     assert items("三杯青青糯山，我说错了，是两杯") == [("青青糯山", 2, None, None, None)]
-    assert items("花田乌龙x3 不是 x2") == [("花田乌龙", 2, None, None, None)]
+    assert items("花田乌龙两杯，不是，三杯") == [("花田乌龙", 3, None, None, None)]
+    assert items("花田乌龙三杯，不是两杯") == [("花田乌龙", 3, None, None, None)]  # "A, not B"
+    assert items("不是两杯是三杯伯牙绝弦") == [("伯牙绝弦", 3, None, None, None)]
     assert items("伯牙绝弦少冰，不对，去冰，不对，还是少冰") == [("伯牙绝弦", 1, None, None, "少冰")]
 
 
@@ -348,6 +350,8 @@ def test_corrections_that_leave_doubt_are_asked_back():
     assert refused("伯牙绝弦和青青糯山少冰，不对，去冰").why == "ambiguous"  # which one?
     assert refused("老样子，不对，来杯伯牙绝弦").why == "ambiguous"
     assert refused("两杯伯牙绝弦，不对，十一杯").why == "quantity"
+    assert refused("两杯伯牙绝弦，其中一杯换成青青糯山").why == "ambiguous"  # one of the two, never both
+    assert refused("伯牙绝弦，改天吧").why == "other_intent"
 
 
 def test_one_cup_half_sugar_is_not_one_and_a_half_cups():
