@@ -318,7 +318,9 @@ def _red_flags(known: set[str]) -> RedFlags:
         for c in triggers or ():
             by_char.setdefault(c, []).append(n)
     always = [n for n, (_, triggers, _) in enumerate(checks) if triggers is None]
-    return RedFlags(checks, {c: tuple(ns) for c, ns in by_char.items()}, tuple(always))
+    # All literal phrases as one pattern: most sentences have none, and then one search replaces three.
+    any_literal = re.compile("|".join(checks[n][2].pattern for n in always)) if always else None
+    return RedFlags(checks, {c: tuple(ns) for c, ns in by_char.items()}, tuple(always), any_literal)
 
 
 @dataclass
@@ -327,11 +329,14 @@ class RedFlags:
     checks: list[tuple[str, frozenset[str] | None, re.Pattern]]
     by_char: dict[str, tuple[int, ...]]  # character -> the checks it makes worth trying
     always: tuple[int, ...]  # the literal checks, tried on every sentence
+    any_literal: re.Pattern | None = None  # every literal of every reason: when it finds nothing, none is tried
 
     def search(self, text: str) -> tuple[str, str] | None:
         """(why, phrase) of the most serious red flag in `text`, or None."""
         # One bit per check (bit n = checks[n]): a set union per character and no sorting.
         mask = self.always_mask
+        if self.any_literal is not None and self.any_literal.search(text) is None:
+            mask = 0
         masks = self.char_masks
         for c in set(text).intersection(masks):
             mask |= masks[c]

@@ -348,9 +348,18 @@ class RuleParser:
         tokens = tokenize(clean, lex)
         fixes: list[fuzzy.Correction] = []
         # Typos are looked for where the reading is unsure: unread characters and parts of names.
-        unknown = {p for t in tokens if t[0] == "unk" or (t[0] == "product" and t[1].strength in _UNSURE)  # type: ignore[union-attr]
-                   for p in range(t[2], t[3]) if _is_cjk(clean[p])}
-        if unknown and any(t[0] == "unk" or t[0] == "product" for t in tokens):
+        unknown: set[int] = set()
+        has_unk = False
+        for t in tokens:
+            kind = t[0]
+            if kind == "unk":
+                has_unk = True
+            elif kind != "product" or t[1].strength not in _UNSURE:  # type: ignore[union-attr]
+                continue
+            for p in range(t[2], t[3]):
+                if "\u4e00" <= clean[p] <= "\u9fff":
+                    unknown.add(p)
+        if unknown and (has_unk or any(t[0] == "product" for t in tokens)):
             fixes = fuzzy.corrections(clean, unknown, lex)
             if fixes:
                 parts, at = [], 0

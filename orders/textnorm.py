@@ -105,7 +105,9 @@ def fold(text: str) -> str:
     Punctuation is kept: the red-flag search (orders.lexicon) reads this form, so "</s>" or "{" survive.
     """
     # Emoji, surrogates and controls go before the converter, which only takes clean text.
-    return to_simplified(unicodedata.normalize("NFKC", text).translate(_DROPMAP)).lower()
+    if not unicodedata.is_normalized("NFKC", text):  # the quick check: most sentences already are
+        text = unicodedata.normalize("NFKC", text)
+    return to_simplified(text.translate(_DROPMAP)).lower()
 
 
 def normalise(text: str) -> str:
