@@ -695,11 +695,14 @@ def _assemble(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Corr
         sig = [o for o in sig if o is not t]
         key = _kind(t[0])
         if not any(_kind(o[0]) == key for o in sig if o[0] in _SCOPED):
+            # Suggestions are whole sentences the app can send back as they are.
+            named = next((_name_of(o[1]) for o in sig if o[0] == "product"), "伯牙绝弦")  # type: ignore[arg-type]
             if key == "qty":
-                raise _Refuse("ambiguous", f"不要{t[1]}杯的话，要几杯？请说一个数量")
-            choices = _OPTION_CHOICES[key]
-            raise _Refuse("ambiguous", f"不要{t[1]}的话，想要哪种？{'、'.join(c for c in choices if c != t[1])}",
-                          tuple(f"要{c}的" for c in choices if c != t[1]))
+                raise _Refuse("ambiguous", "不要这个数量的话，要几杯？请说一个数量",
+                              tuple(f"{named}{w}" for n, w in ((1, "一杯"), (2, "两杯"), (3, "三杯")) if n != t[1]))
+            choices = [c for c in _OPTION_CHOICES[key] if c != t[1]]
+            raise _Refuse("ambiguous", f"不要{t[1]}的话，想要哪种？{'、'.join(choices)}",
+                          tuple(f"{named}，{c}" for c in choices))
     sig = _drop_stutter(sig)
     brands: list[int] = []
     for t in sig:
