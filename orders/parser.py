@@ -522,7 +522,9 @@ def _merge_items(base: Intent, patch: Intent, *, said_qty: bool) -> Intent:
         at = next(n for n, i in enumerate(base.items) if i.product == target)
         rest = [i for i in base.items if i.product != target]
         items = (*rest[:at], *new, *rest[at:])
-    return Intent(items=_checked(tuple(items)), corrections=(*base.corrections, *patch.corrections))
+    final = _checked(tuple(items))
+    kept = {i.product for i in final}  # a replaced drink's typo note would name a drink no longer ordered
+    return Intent(items=final, corrections=tuple(c for c in (*base.corrections, *patch.corrections) if c[1] in kept))
 
 
 def _checked(items: tuple[ItemIntent, ...]) -> tuple[ItemIntent, ...]:

@@ -333,6 +333,8 @@ def test_a_corrected_drink_replaces_the_one_before_and_keeps_what_is_not_restate
     assert items("珍珠奶茶不要了，换成杨枝甘露") == [("杨枝甘露", 1, None, None, None)]
     got = parse("古茗的珍珠奶茶，不对，换成杨枝甘露")
     assert isinstance(got, Intent) and got.items[0].brand == "古茗"  # the brand said first still holds
+    got = parse("喜茶的芝芝，不对，多肉葡萄")
+    assert isinstance(got, Intent) and got.corrections == ()  # no note about the replaced 芝芝莓莓
 
 
 def test_more_after_a_correction_word_is_added_not_replaced():
