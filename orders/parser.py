@@ -128,12 +128,20 @@ Tok = tuple[str, object, int, int]
 _DIGITS = frozenset("0123456789")
 # All option rewrites as one alternation (one scan of the sentence instead of one per rewrite); the group
 # that matched says which canonical phrase replaces it.
-_OPTION_REWRITE = re.compile("|".join(f"(?P<r{i}>{p})" for i, (p, _) in enumerate(V.OPTION_REWRITES)))
+_OPTION_REWRITE = re.compile("|".join(f"(?P<r{i}>{p})" for i, (p, _) in enumerate(V.OPTION_REWRITES) if "%" not in p))
+_PERCENT_REWRITE = re.compile("|".join(f"(?P<r{i}>{p})" for i, (p, _) in enumerate(V.OPTION_REWRITES) if "%" in p))
 _OPTION_CANONICAL = {f"r{i}": canonical for i, (_, canonical) in enumerate(V.OPTION_REWRITES)}
 
 
+def _canonical(m: re.Match) -> str:
+    return _OPTION_CANONICAL[m.lastgroup]  # type: ignore[index]
+
+
 def _rewrite_options(text: str) -> str:
-    return _OPTION_REWRITE.sub(lambda m: _OPTION_CANONICAL[m.lastgroup], text)  # type: ignore[index]
+    # The percent rules ("糖50%") only where there is a percent sign: one alternation fewer for every other sentence.
+    if "%" in text:
+        text = _PERCENT_REWRITE.sub(_canonical, text)
+    return _OPTION_REWRITE.sub(_canonical, text)
 _OPTION_ATTEMPT = re.compile(r"[0-9一二三四五六七八九十半多少去加不无微零]\s*分?\s*[糖甜冰]|[糖甜冰]\s*[多少半加去]|^[糖冰]$"
                              r"|^(?:ice|icy|sugar|sugars|sweet|sweetness|cold|less|more|extra)$")
 _HALF_OPTION = frozenset("糖甜")
@@ -350,12 +358,18 @@ class RuleParser:
         # Typos are looked for where the reading is unsure: unread characters and parts of names.
         unknown: set[int] = set()
         has_unk = False
+        special = False  # a correction word, 不是, or an everyday fragment of a name: the slower paths
         for t in tokens:
             kind = t[0]
             if kind == "unk":
                 has_unk = True
+            elif kind == "fix" or kind == "neg":
+                special = True
+                continue
             elif kind != "product" or t[1].strength not in _UNSURE:  # type: ignore[union-attr]
                 continue
+            elif t[1].strength == "frag":  # type: ignore[union-attr]
+                special = True
             for p in range(t[2], t[3]):
                 if "\u4e00" <= clean[p] <= "\u9fff":
                     unknown.add(p)
@@ -368,11 +382,13 @@ class RuleParser:
                     at = f.end
                 clean = "".join(parts) + clean[at:]
                 tokens = tokenize(clean, lex)
-        if any(t[0] == "product" and t[1].strength == "frag" for t in tokens):  # type: ignore[union-attr]
-            tokens = _fragments(tokens)
+                special = True
         try:
-            if any(t[0] == "fix" or (t[0] == "neg" and clean[t[2]:t[3]] == "不是") for t in tokens):
-                return _corrected(tokens, clean, lex, fixes)
+            if special:
+                if any(t[0] == "product" and t[1].strength == "frag" for t in tokens):  # type: ignore[union-attr]
+                    tokens = _fragments(tokens)
+                if any(t[0] == "fix" or (t[0] == "neg" and clean[t[2]:t[3]] == "不是") for t in tokens):
+                    return _corrected(tokens, clean, lex, fixes)
             return _assemble(tokens, clean, lex, fixes)
         except _Refuse as refusal:
             return refusal.result
@@ -705,7 +721,8 @@ def _assemble(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Corr
             choices = [c for c in _OPTION_CHOICES[key] if c != t[1]]
             raise _Refuse("ambiguous", f"不要{t[1]}的话，想要哪种？{'、'.join(choices)}",
                           tuple(f"{named}，{c}" for c in choices))
-    sig = _drop_stutter(sig)
+    if len(sig) > 1:
+        sig = _drop_stutter(sig)
     brands: list[int] = []
     for t in sig:
         if t[0] == "brand" and t[1] not in brands:
