@@ -145,6 +145,7 @@ def _rewrite_options(text: str) -> str:
 _OPTION_ATTEMPT = re.compile(r"[0-9一二三四五六七八九十半多少去加不无微零]\s*分?\s*[糖甜冰]|[糖甜冰]\s*[多少半加去]|^[糖冰]$"
                              r"|^(?:ice|icy|sugar|sugars|sweet|sweetness|cold|less|more|extra)$")
 _HALF_OPTION = frozenset("糖甜")
+_BARE_NO = re.compile(r"不(?=\s*,)")
 _PERCENT_OPTION = re.compile(r"[0-9]\s*%.{0,3}(?:糖|甜|冰|sugar|sweet|ice)|(?:糖|甜|冰|sugar|sweet|ice).{0,4}[0-9]\s*%")
 _SIZE_AFTER_NUMBER = ("超大杯", "特大杯", "大杯", "中杯", "小杯")
 _ASCII_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyz")
@@ -353,6 +354,8 @@ class RuleParser:
                 return Refusal("没听懂这个比例，甜度请说全糖/七分糖/半糖/三分糖/微糖/无糖，冰量请说正常冰/少冰/去冰/常温/温/热")
         if not clean.strip(" ,"):
             return Refusal("请告诉我想喝什么，例如“帮我点一杯杨枝甘露”")
+        if "不," in clean or "不 ," in clean:
+            clean = _BARE_NO.sub("不对", clean)  # "要三分糖，呃不，半糖", "伯牙绝弦不，青青糯山": a 不 before a pause corrects
         tokens = tokenize(clean, lex)
         fixes: list[fuzzy.Correction] = []
         # Typos are looked for where the reading is unsure: unread characters and parts of names.

@@ -323,6 +323,8 @@ def test_a_correction_changes_only_what_it_says():
     assert items("花田乌龙三杯，不是两杯") == [("花田乌龙", 3, None, None, None)]  # "A, not B"
     assert items("不是两杯是三杯伯牙绝弦") == [("伯牙绝弦", 3, None, None, None)]
     assert items("伯牙绝弦少冰，不对，去冰，不对，还是少冰") == [("伯牙绝弦", 1, None, None, "少冰")]
+    assert items("伯牙绝弦，要三分糖，额不，半糖") == [("伯牙绝弦", 1, None, "半糖", None)]  # a bare 不 before a pause
+    assert items("花田乌龙不，桂馥兰香") == [("桂馥兰香", 1, None, None, None)]
 
 
 def test_a_corrected_drink_replaces_the_one_before_and_keeps_what_is_not_restated():
