@@ -16,6 +16,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from . import chatvocab as V
@@ -36,7 +37,7 @@ class Term:
 
     text: str
     candidates: tuple[Candidate, ...]
-    strength: str  # "name" | "alias" | "weak"
+    strength: str  # "name" | "alias" | "weak" | "frag" (an everyday word that is part of a name)
 
     @property
     def names(self) -> frozenset[str]:
@@ -54,7 +55,7 @@ class ProductInfo:
 @dataclass
 class Lexicon:
     words: dict[str, tuple[str, object]]
-    starts: dict[str, tuple[int, ...]]
+    starts: dict[str, tuple[int, ...]]  # two first characters (or the one character) -> word lengths, longest first
     brand_names: dict[int, str]
     products: dict[Candidate, ProductInfo]
     # Typo matching (orders.fuzzy): CJK terms with the product or brand they stand for.
@@ -137,14 +138,21 @@ def _is_cjk(ch: str) -> bool:
     return "\u4e00" <= ch <= "\u9fff"
 
 
-def compile_lexicon() -> Lexicon:
-    from .models import Brand, Product
+def compile_lexicon(brands: Iterable | None = None, product_rows: Iterable | None = None) -> Lexicon:
+    """The lexicon of the live menu; `brands`/`product_rows` (objects with the models' fields) replace the
+    database reads, so a bench or a script can compile a menu without one."""
+    if brands is None or product_rows is None:
+        from .models import Brand, Product
+
+        brands = list(Brand.objects.all())
+        participating_ids = [b.pk for b in brands if b.participating]
+        product_rows = Product.objects.filter(active=True, brand_id__in=participating_ids).order_by("brand_id", "id")
 
     brand_names: dict[int, str] = {}
     participating: set[int] = set()
     brand_words: dict[str, int] = {}
     off_brands: list[str] = []
-    for brand in Brand.objects.all():
+    for brand in brands:
         brand_names[brand.pk] = brand.name
         words = [brand.name, brand.slug, *(brand.aliases or [])]
         if brand.participating:
@@ -160,7 +168,9 @@ def compile_lexicon() -> Lexicon:
     names: dict[str, set[Candidate]] = {}
     aliases: dict[str, set[Candidate]] = {}
     spellings: dict[Candidate, list[str]] = {}
-    for p in Product.objects.filter(active=True, brand_id__in=participating).order_by("brand_id", "id"):
+    for p in product_rows:
+        if not p.active or p.brand_id not in participating:
+            continue
         cand = (p.brand_id, p.name)
         products[cand] = ProductInfo(p.brand_id, p.name, p.category, p.is_default)
         name = normalise(p.name)
@@ -199,6 +209,7 @@ def compile_lexicon() -> Lexicon:
     fixed += [(w, "hotdrink", "热") for w in V.HOT_DRINKS]
     fixed += [(w, "qtybad", why) for w, why in V.BAD_QUANTITIES.items()]
     fixed += [(w, "qty", 1) for w in V.ONE_CUP_OF_SEVERAL]
+    fixed += [(w, "qty", n) for w, n in V.COUNT_WORDS.items()]
     fixed += [(w, "filler", None) for w in V.PEOPLE]
     fixed += [(w, "qty", n) for w, n in V.EN_NUMBERS.items()]
     fixed += [(w, "repeat", None) for w in V.REPEAT_PHRASES]
@@ -213,6 +224,8 @@ def compile_lexicon() -> Lexicon:
     fixed += [(w, "ref", None) for w in V.REFERENCE_WORDS]
     fixed += [(w, "choice", None) for w in V.CHOICE]
     fixed += [(w, "sep", w) for w in V.SEPARATORS]
+    fixed += [(w, "fix", w) for w in V.CORRECTIONS]
+    fixed += [(w, "later", w) for w in V.LATER_DAYS]
     fixed += [(w, "neg", None) for w in V.NEGATIONS]
     fixed += [(w, "filler", None) for w in V.FILLER]
     for w, kind, value in fixed:
@@ -234,15 +247,32 @@ def compile_lexicon() -> Lexicon:
                     if part in words or part in V.GENERIC_FRAGMENTS or "杯" in part or not _is_cjk(part[0]):
                         continue
                     put(part, "product", Term(part, tuple(sorted(containing(part))), "weak"))
+    # Fragments that are also everyday words ("花田", "青青", "宝藏"): a product only after a brand, alone, and
+    # close to the name (at least half of a spelling: "霸王家的花田" is 花田乌龙); otherwise unread text.
+    for part in sorted(V.GENERIC_FRAGMENTS):
+        if part in words:
+            continue
+        close = {c for c, forms in spellings.items() if any(part in f and 2 * len(part) >= len(f) for f in forms)}
+        if close:
+            put(part, "product", Term(part, tuple(sorted(close)), "frag"))
 
+    # The tokenizer's candidate lengths, keyed by a word's first two characters (one-character words under
+    # their character): far fewer slices tried per position than keying by the first character alone.
     starts: dict[str, set[int]] = {}
     for w in words:
-        starts.setdefault(w[0], set()).add(len(w))
+        if len(w) >= 2:
+            starts.setdefault(w[:2], set()).add(len(w))
+    for key, lengths in starts.items():
+        if key[0] in words:
+            lengths.add(1)
+    for w in words:
+        if len(w) == 1:
+            starts.setdefault(w, set()).add(1)
 
     # Typo matching: full names, aliases of 3+ characters, brand words of 2+ CJK characters.
     fuzzy_terms: list[tuple[str, str, object]] = []
     for w, (kind, value) in words.items():
-        if kind == "product" and value.strength != "weak" and sum(map(_is_cjk, w)) >= 2:  # type: ignore[union-attr]
+        if kind == "product" and value.strength in ("name", "alias") and sum(map(_is_cjk, w)) >= 2:  # type: ignore[union-attr]
             fuzzy_terms.append((w, kind, value))  # 2-character nicknames too ("伯芽" for 伯牙): half must be exact
         elif kind == "brand" and len(w) >= 2 and all(map(_is_cjk, w)):
             fuzzy_terms.append((w, kind, value))
@@ -288,7 +318,9 @@ def _red_flags(known: set[str]) -> RedFlags:
         for c in triggers or ():
             by_char.setdefault(c, []).append(n)
     always = [n for n, (_, triggers, _) in enumerate(checks) if triggers is None]
-    return RedFlags(checks, {c: tuple(ns) for c, ns in by_char.items()}, tuple(always))
+    # All literal phrases as one pattern: most sentences have none, and then one search replaces three.
+    any_literal = re.compile("|".join(checks[n][2].pattern for n in always)) if always else None
+    return RedFlags(checks, {c: tuple(ns) for c, ns in by_char.items()}, tuple(always), any_literal)
 
 
 @dataclass
@@ -297,18 +329,28 @@ class RedFlags:
     checks: list[tuple[str, frozenset[str] | None, re.Pattern]]
     by_char: dict[str, tuple[int, ...]]  # character -> the checks it makes worth trying
     always: tuple[int, ...]  # the literal checks, tried on every sentence
+    any_literal: re.Pattern | None = None  # every literal of every reason: when it finds nothing, none is tried
 
     def search(self, text: str) -> tuple[str, str] | None:
         """(why, phrase) of the most serious red flag in `text`, or None."""
-        todo = set(self.always)
-        by_char = self.by_char
-        for c in set(text):
-            more = by_char.get(c)
-            if more:
-                todo.update(more)
+        # One bit per check (bit n = checks[n]): a set union per character and no sorting.
+        mask = self.always_mask
+        if self.any_literal is not None and self.any_literal.search(text) is None:
+            mask = 0
+        masks = self.char_masks
+        for c in set(text).intersection(masks):
+            mask |= masks[c]
         checks = self.checks
-        for n in sorted(todo):
-            hit = checks[n][2].search(text)
-            if hit:
-                return checks[n][0], hit.group(0)
+        n = 0
+        while mask:
+            if mask & 1:
+                hit = checks[n][2].search(text)
+                if hit:
+                    return checks[n][0], hit.group(0)
+            mask >>= 1
+            n += 1
         return None
+
+    def __post_init__(self) -> None:
+        self.always_mask = sum(1 << n for n in self.always)
+        self.char_masks = {c: sum(1 << n for n in ns) for c, ns in self.by_char.items()}

@@ -128,13 +128,25 @@ Tok = tuple[str, object, int, int]
 _DIGITS = frozenset("0123456789")
 # All option rewrites as one alternation (one scan of the sentence instead of one per rewrite); the group
 # that matched says which canonical phrase replaces it.
-_OPTION_REWRITE = re.compile("|".join(f"(?P<r{i}>{p})" for i, (p, _) in enumerate(V.OPTION_REWRITES)))
+_OPTION_REWRITE = re.compile("|".join(f"(?P<r{i}>{p})" for i, (p, _) in enumerate(V.OPTION_REWRITES) if "%" not in p))
+_PERCENT_REWRITE = re.compile("|".join(f"(?P<r{i}>{p})" for i, (p, _) in enumerate(V.OPTION_REWRITES) if "%" in p))
 _OPTION_CANONICAL = {f"r{i}": canonical for i, (_, canonical) in enumerate(V.OPTION_REWRITES)}
 
 
+def _canonical(m: re.Match) -> str:
+    return _OPTION_CANONICAL[m.lastgroup]  # type: ignore[index]
+
+
 def _rewrite_options(text: str) -> str:
-    return _OPTION_REWRITE.sub(lambda m: _OPTION_CANONICAL[m.lastgroup], text)  # type: ignore[index]
-_OPTION_ATTEMPT = re.compile(r"[0-9一二三四五六七八九十半多少去加不无微零]\s*分?\s*[糖甜冰]|[糖甜冰]\s*[多少半加去]|^[糖冰]$")
+    # The percent rules ("糖50%") only where there is a percent sign: one alternation fewer for every other sentence.
+    if "%" in text:
+        text = _PERCENT_REWRITE.sub(_canonical, text)
+    return _OPTION_REWRITE.sub(_canonical, text)
+_OPTION_ATTEMPT = re.compile(r"[0-9一二三四五六七八九十半多少去加不无微零]\s*分?\s*[糖甜冰]|[糖甜冰]\s*[多少半加去]|^[糖冰]$"
+                             r"|^(?:ice|icy|sugar|sugars|sweet|sweetness|cold|less|more|extra)$")
+_HALF_OPTION = frozenset("糖甜")
+_BARE_NO = re.compile(r"不(?=\s*,)")
+_PERCENT_OPTION = re.compile(r"[0-9]\s*%.{0,3}(?:糖|甜|冰|sugar|sweet|ice)|(?:糖|甜|冰|sugar|sweet|ice).{0,4}[0-9]\s*%")
 _SIZE_AFTER_NUMBER = ("超大杯", "特大杯", "大杯", "中杯", "小杯")
 _ASCII_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyz")
 
@@ -197,6 +209,11 @@ def _read_number(text: str, i: int) -> Tok | None:
     k = j
     while k < n and text[k] == " ":
         k += 1
+    if k < n and (text[k] == "点" or (text[k] == ":" and not chinese and k + 2 < n and text[k + 1] in _DIGITS
+                                     and text[k + 2] in _DIGITS)) and not negative and c != "x":
+        clock = _clock(text, i, digits, k)
+        if clock is not None:
+            return clock
     for word in V.NOT_QUANTITY_AFTER:
         if text.startswith(word, k):
             return ("filler", None, i, k + len(word))
@@ -208,11 +225,33 @@ def _read_number(text: str, i: int) -> Tok | None:
     if value is None:
         return ("qtybad", "没看懂数量", i, k + (1 if unit else 0)) if unit or c == "x" else None
     end = k + 1 if unit else j
-    if unit and end < n and text[end] == "半":
-        return ("qtybad", "不能点半杯", i, end + 1)
+    if unit and end < n and text[end] == "半" and not (end + 1 < n and text[end + 1] in _HALF_OPTION):
+        return ("qtybad", "不能点半杯", i, end + 1)  # "一杯半"; "一杯半糖" is one cup, half sugar
     if negative:
         return ("qtybad", "数量不能是负数", i, end)
     return ("qty", value, i, end)
+
+
+def _clock(text: str, i: int, digits: str, k: int) -> Tok | None:
+    """"三点", "下午3点半", "15:30", "十点钟": a time of day (None for "一点" meaning "a little")."""
+    hour = chinese_number(digits)
+    if hour is None or hour > 24 or (text.startswith("点单", k) or text.startswith("点杯", k)):
+        return None
+    if digits == "一" and not any(text.endswith(w, 0, i) for w in V.TIMES_OF_DAY):
+        return None  # "少一点", "快一点"
+    end = k + 1
+    n = len(text)
+    if text[k] == ":":
+        end = k + 3
+    elif end < n and text[end] in "半钟整":
+        end += 1
+    else:
+        m = end
+        while m < n and (text[m] in _DIGITS or text[m] in V.NUMERAL_CHARS):
+            m += 1
+        if m > end:
+            end = m + 1 if m < n and text[m] == "分" else m
+    return ("clock", hour, i, end)
 
 
 def tokenize(text: str, lex: Lexicon) -> list[Tok]:
@@ -231,7 +270,7 @@ def tokenize(text: str, lex: Lexicon) -> list[Tok]:
             i += 1
             continue
         best: Tok | None = None
-        for length in starts.get(c, ()):
+        for length in starts.get(text[i:i + 2]) or starts.get(c, ()):
             end = i + length
             if end > n:
                 continue
@@ -242,6 +281,8 @@ def tokenize(text: str, lex: Lexicon) -> list[Tok]:
             if c in _ASCII_LETTERS and ((i > 0 and text[i - 1] in _ASCII_LETTERS) or
                                         (end < n and text[end] in _ASCII_LETTERS and text[end - 1] in _ASCII_LETTERS)):
                 continue
+            if hit[0] == "qtybad" and text[end - 1] == "半" and end < n and text[end] in _HALF_OPTION:
+                continue  # "一杯半糖": 一杯 + 半糖, not one and a half cups
             best = (hit[0], hit[1], i, end)
             break
         if c in _DIGITS or c in V.NUMERAL_CHARS or c == "x" or c == "-" or c == "负":
@@ -290,6 +331,7 @@ class _Item:
         self.same = False
 
 
+_UNSURE = frozenset(("weak", "frag"))
 _SCOPED = ("qty", "qtyadd", "size", "sugar", "ice", "hot", "less", "hotdrink")
 
 
@@ -305,16 +347,36 @@ class RuleParser:
         if flag is not None:
             return _red_flag(*flag)
         clean = punctuate(folded)
-        if "冰" in clean or "糖" in clean or "甜" in clean:
+        if "冰" in clean or "糖" in clean or "甜" in clean or "%" in clean:
             clean = _rewrite_options(clean)
+            if "%" in clean and _PERCENT_OPTION.search(clean):
+                # "糖40%": a sweetness the menu does not have, asked back rather than dropped.
+                return Refusal("没听懂这个比例，甜度请说全糖/七分糖/半糖/三分糖/微糖/无糖，冰量请说正常冰/少冰/去冰/常温/温/热")
         if not clean.strip(" ,"):
             return Refusal("请告诉我想喝什么，例如“帮我点一杯杨枝甘露”")
+        if "不," in clean or "不 ," in clean:
+            clean = _BARE_NO.sub("不对", clean)  # "要三分糖，呃不，半糖", "伯牙绝弦不，青青糯山": a 不 before a pause corrects
         tokens = tokenize(clean, lex)
         fixes: list[fuzzy.Correction] = []
         # Typos are looked for where the reading is unsure: unread characters and parts of names.
-        unknown = {p for t in tokens if t[0] == "unk" or (t[0] == "product" and t[1].strength == "weak")  # type: ignore[union-attr]
-                   for p in range(t[2], t[3]) if _is_cjk(clean[p])}
-        if unknown and any(t[0] == "unk" or t[0] == "product" for t in tokens):
+        unknown: set[int] = set()
+        has_unk = False
+        special = False  # a correction word, 不是, or an everyday fragment of a name: the slower paths
+        for t in tokens:
+            kind = t[0]
+            if kind == "unk":
+                has_unk = True
+            elif kind == "fix" or kind == "neg":
+                special = True
+                continue
+            elif kind != "product" or t[1].strength not in _UNSURE:  # type: ignore[union-attr]
+                continue
+            elif t[1].strength == "frag":  # type: ignore[union-attr]
+                special = True
+            for p in range(t[2], t[3]):
+                if "\u4e00" <= clean[p] <= "\u9fff":
+                    unknown.add(p)
+        if unknown and (has_unk or any(t[0] == "product" for t in tokens)):
             fixes = fuzzy.corrections(clean, unknown, lex)
             if fixes:
                 parts, at = [], 0
@@ -323,10 +385,248 @@ class RuleParser:
                     at = f.end
                 clean = "".join(parts) + clean[at:]
                 tokens = tokenize(clean, lex)
+                special = True
         try:
+            if special:
+                if any(t[0] == "product" and t[1].strength == "frag" for t in tokens):  # type: ignore[union-attr]
+                    tokens = _fragments(tokens)
+                if any(t[0] == "fix" or (t[0] == "neg" and clean[t[2]:t[3]] == "不是") for t in tokens):
+                    return _corrected(tokens, clean, lex, fixes)
             return _assemble(tokens, clean, lex, fixes)
         except _Refuse as refusal:
             return refusal.result
+
+
+# --- self-corrections ----------------------------------------------------------------------------
+
+_MEANINGFUL_NOT = frozenset(("filler", "sweet", "unk", "sep"))
+_CONTINUES = frozenset(V.SEPARATORS) - {",", ":"}  # "…，等一下，再加一杯": more, not a correction
+
+
+def _corrected(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Correction]) -> Intent:
+    """A sentence that corrects itself ("两杯多肉葡萄 不对 三杯", "来杯珍奶，算了，换成杨枝甘露", "少冰 啊不对 要热的").
+
+    The sentence is cut at each correction word. The first part is read as an order; each later part
+    changes only what it says: a count or options change the drink before it, a drink that was already
+    named is changed, a new drink replaces the one before it (keeping the count and options the
+    correction does not restate). Whatever cannot be placed for sure is asked back.
+    """
+    segments: list[list[Tok]] = [[]]
+    markers: list[str] = []
+    for n, t in enumerate(tokens):
+        is_fix = t[0] == "fix"
+        if not is_fix and t[0] == "neg" and text[t[2]:t[3]] == "不是":
+            nxt = next((o for o in tokens[n + 1:] if o[0] != "filler"), None)
+            # "两杯，不是，三杯" corrects; "不是珍奶是杨枝甘露", "三杯不是两杯" negate what follows
+            is_fix = nxt is None or nxt[0] == "sep"
+        if is_fix:
+            segments.append([])
+            markers.append(str(t[1]) if t[0] == "fix" else "不是")
+        else:
+            segments[-1].append(t)
+    # A part that starts with a joiner adds to the order ("等一下，再加一杯青青糯山"): not a correction.
+    merged: list[list[Tok]] = [segments[0]]
+    kinds: list[str] = []
+    for marker, seg in zip(markers, segments[1:], strict=True):
+        first = next((t for t in seg if t[0] not in ("filler", "unk") and not (t[0] == "sep" and t[1] in (",", ":"))),
+                     None)
+        last = next((t for t in reversed(merged[-1]) if t[0] not in ("filler", "unk")), None)
+        if last is not None and last[0] == "qty" and text[last[2]:last[3]] in V.ONE_CUP_OF_SEVERAL:
+            # "两杯伯牙绝弦，其中一杯换成青青糯山": one of several cups changes; asked back, never all of them.
+            raise _Refuse("ambiguous", "几杯分别要什么？请分开说，例如“一杯伯牙绝弦，一杯青青糯山”")
+        if (first is not None and first[0] == "sep" and first[1] in _CONTINUES) or (
+                last is not None and last[0] == "sep" and last[1] in _CONTINUES):
+            merged[-1] = merged[-1] + seg
+        else:
+            merged.append(seg)
+            kinds.append(marker)
+
+    def meaningful(seg: list[Tok]) -> bool:
+        return any(t[0] not in _MEANINGFUL_NOT for t in seg)
+
+    while len(merged) > 1 and not meaningful(merged[0]):
+        merged.pop(0)  # "算了，来杯伯牙绝弦": nothing before the correction to correct
+        kinds.pop(0)
+    if len(merged) == 1:
+        return _assemble(merged[0], text, lex, fixes)
+    base = _assemble(merged[0], text, lex, fixes)
+    brand_toks = [t for t in merged[0] if t[0] == "brand"]
+    for marker, seg in zip(kinds, merged[1:], strict=True):
+        if not meaningful(seg):
+            if seg is merged[-1]:
+                if marker in V.RETRACTIONS:
+                    raise _Refuse("other_intent", "好的，这单先不点了。想喝什么随时告诉我")
+                raise _Refuse("ambiguous", "哪里需要改？请把想要的完整说一遍，例如“两杯伯牙绝弦，大杯少冰”")
+            continue  # "不对，换成…": two correction words in a row
+        base = _apply_correction(base, seg, brand_toks, text, lex, fixes)
+    return base
+
+
+def _apply_correction(base: Intent, seg: list[Tok], brand_toks: list[Tok], text: str, lex: Lexicon,
+                      fixes: list[fuzzy.Correction]) -> Intent:
+    first = next((n for n, t in enumerate(seg) if t[0] not in _MEANINGFUL_NOT), None)
+    if first is not None and seg[first][0] == "choice":
+        seg = seg[:first] + seg[first + 1:]  # "不对，还是少冰": "after all", not "A or B"
+    kinds = {t[0] for t in seg}
+    if "product" in kinds:
+        if base.repeat_last:
+            raise _Refuse("ambiguous", "“老样子”和新点的饮品请分开说：想要哪个？", ("老样子",))
+        has_brand = "brand" in kinds
+        patch = _assemble(seg if has_brand else brand_toks + seg, text, lex, fixes)
+        if patch.repeat_last or patch.wish is not None or not base.items:
+            return patch  # a concrete drink replaces a wish ("随便来一杯，算了，来杯伯牙绝弦")
+        return _merge_items(base, patch, said_qty="qty" in kinds)
+    if kinds & {"repeat", "any", "cat"}:
+        return _assemble(seg, text, lex, fixes)  # "伯牙绝弦，算了，老样子吧": the whole order is replaced
+    if kinds & {"brand", "offmenu", "offbrand", "neg", "choice", "ref", "same", "each"}:
+        raise _Refuse("ambiguous", "没听懂要改成什么，请把想要的完整说一遍，例如“两杯伯牙绝弦，大杯少冰”")
+    opts = {k: v for k, v in _merge([t for t in seg if t[0] in _SCOPED and t[0] not in ("qty", "qtyadd")]).items()
+            if v is not None}
+    qtys = [t for t in seg if t[0] in ("qty", "qtyadd")]
+    bad = next((t for t in seg if t[0] == "qtybad"), None)
+    if bad is not None:
+        raise _Refuse("quantity", f"{bad[1]}，每单 1～{MAX_CUPS} 杯")
+    if len(qtys) > 1:
+        raise _Refuse("ambiguous", "改成几杯？请只说一个数量")
+    qty = int(qtys[0][1]) if qtys else None  # type: ignore[call-overload]
+    if qty is not None and not 1 <= qty <= MAX_CUPS:
+        raise _Refuse("quantity", f"每单 1～{MAX_CUPS} 杯")
+    if not opts and qty is None:
+        raise _Refuse("ambiguous", "哪里需要改？请把想要的完整说一遍，例如“两杯伯牙绝弦，大杯少冰”")
+    if base.repeat_last:
+        overrides = {**base.overrides, **opts}
+        if qty is not None:
+            overrides["quantity"] = qty
+        return Intent(repeat_last=True, overrides=overrides)
+    if base.wish is not None:
+        w = base.wish
+        wish = Wish(brand_id=w.brand_id, brand=w.brand, category=w.category, hot=w.hot, less_sweet=w.less_sweet,
+                    quantity=qty or w.quantity, size=opts.get("size", w.size), sugar=opts.get("sugar", w.sugar),
+                    ice=opts.get("ice", w.ice))
+        if "ice" in opts:
+            wish.hot = opts["ice"] in ("热", "温")
+        if "sugar" in opts:
+            wish.less_sweet = opts["sugar"] != "全糖"
+        return Intent(wish=wish)
+    if len(base.items) != 1 and not ("all" in kinds and qty is None):
+        raise _Refuse("ambiguous", "要改的是哪一杯？请把想要的完整说一遍，例如“两杯伯牙绝弦，大杯少冰”",
+                      _suggest(lex, [c for i in base.items for c in i.candidates]))
+    items = tuple(_changed(i, qty, opts) for i in base.items)
+    return Intent(items=_checked(items), corrections=base.corrections)
+
+
+def _changed(item: ItemIntent, qty: int | None, opts: dict) -> ItemIntent:
+    return ItemIntent(candidates=item.candidates, product=item.product, brand=item.brand, brand_id=item.brand_id,
+                      quantity=item.quantity if qty is None else qty, size=opts.get("size", item.size),
+                      sugar=opts.get("sugar", item.sugar), ice=opts.get("ice", item.ice))
+
+
+def _merge_items(base: Intent, patch: Intent, *, said_qty: bool) -> Intent:
+    """A corrected drink: a drink named before is changed; a new one replaces the drink said last."""
+    names = list(dict.fromkeys(i.product for i in patch.items))
+    base_names = list(dict.fromkeys(i.product for i in base.items))
+    if len(names) > 1:
+        items = patch.items  # "不对，要伯牙绝弦和青青糯山": the whole order again
+    else:
+        target = names[0] if names[0] in base_names else base_names[-1]
+        old = [i for i in base.items if i.product == target]
+        new = list(patch.items)
+        if len(old) == 1 and len(new) == 1:
+            o, p = old[0], new[0]
+            new = [ItemIntent(candidates=p.candidates, product=p.product, brand=p.brand, brand_id=p.brand_id,
+                              quantity=p.quantity if said_qty else o.quantity, size=p.size or o.size,
+                              sugar=p.sugar or o.sugar, ice=p.ice or o.ice)]
+        elif len(old) > 1 and not said_qty:
+            raise _Refuse("ambiguous", "几杯分别要什么？请把想要的完整说一遍，例如“两杯伯牙绝弦，一杯少冰一杯去冰”")
+        at = next(n for n, i in enumerate(base.items) if i.product == target)
+        rest = [i for i in base.items if i.product != target]
+        items = (*rest[:at], *new, *rest[at:])
+    final = _checked(tuple(items))
+    kept = {i.product for i in final}  # a replaced drink's typo note would name a drink no longer ordered
+    return Intent(items=final, corrections=tuple(c for c in (*base.corrections, *patch.corrections) if c[1] in kept))
+
+
+def _checked(items: tuple[ItemIntent, ...]) -> tuple[ItemIntent, ...]:
+    """After a correction: one brand for the whole order, 1-10 cups."""
+    common = set.intersection(*({b for b, _ in i.candidates} for i in items))
+    if not common:
+        raise _Refuse("two_brands", "这几款不在同一个品牌，一单只能点同一家店的饮品，请分开下单",
+                      tuple(f"来一杯{i.product}" for i in items))
+    out = []
+    for i in items:
+        cands = tuple(c for c in i.candidates if c[0] in common)
+        bids = {b for b, _ in cands}
+        bid = next(iter(bids)) if len(bids) == 1 else None
+        brand = i.brand if bid is not None and bid == i.brand_id else None
+        out.append(ItemIntent(candidates=cands, product=i.product, brand=brand, brand_id=bid, quantity=i.quantity,
+                              size=i.size, sugar=i.sugar, ice=i.ice))
+    total = sum(i.quantity for i in out)
+    if any(i.quantity < 1 for i in out) or total > MAX_CUPS:
+        raise _Refuse("quantity", f"每单最多 {MAX_CUPS} 杯，这次一共 {total} 杯，请减少数量后再试")
+    return tuple(out)
+
+
+_OPTION_CHOICES = {"size": ("中杯", "大杯", "超大杯"), "sugar": ("全糖", "七分糖", "半糖", "三分糖", "微糖", "无糖"),
+                   "ice": ("正常冰", "少冰", "去冰", "常温", "温", "热")}
+_ORDERISH = frozenset(("product", "qty", "qtyadd", "brand", "cat", "any", "repeat", "size", "sugar", "ice", "hotdrink"))
+
+
+def _scheduled(tokens: list[Tok], idx: int, text: str) -> bool:
+    """Whether a day to come or a clock time says when the order is for: its clause (up to the next comma)
+    names a drink, a count, an option or an order verb ("明天下午三点帮我点一杯", "三点送到"); context
+    ("明天考试，…", "三点了，…") does not."""
+    t = tokens[idx]
+    if t[0] == "clock" and t[3] < len(text) and text[t[3]] in "了啦":
+        return False  # "都三点了": the time now
+    for o in tokens[idx + 1:]:
+        kind = o[0]
+        if kind == "sep" and o[1] == ",":
+            break
+        if kind in _ORDERISH:
+            return True
+        if (kind == "filler" or kind == "unk") and not V.ORDER_VERBS.isdisjoint(text[o[2]:o[3]]):
+            return True
+    return False
+
+
+def _fragments(tokens: list[Tok]) -> list[Tok]:
+    """An everyday word that is part of a name ("花田", "青青") names that drink only where nothing else could:
+    after a brand that has it, with no other drink in the sentence ("霸王家的花田"). Elsewhere ("去花田拍照了")
+    it stays unread text."""
+    brands = {t[1] for t in tokens if t[0] == "brand"}
+    others = any(t[0] in ("product", "cat", "any", "repeat") and not (t[0] == "product" and t[1].strength == "frag")  # type: ignore[union-attr]
+                 for t in tokens)
+    frags = [t for t in tokens if t[0] == "product" and t[1].strength == "frag"]  # type: ignore[union-attr]
+    out: list[Tok] = []
+    for n, t in enumerate(tokens):
+        if t[0] == "product" and t[1].strength == "frag":  # type: ignore[union-attr]
+            term: Term = t[1]  # type: ignore[assignment]
+            mine = tuple(c for c in term.candidates if c[0] in brands)
+            asked = _asked_as_item(tokens, n) or all(o[0] in ("filler", "sep") for o in tokens if o is not t)
+            if len(brands) == 1 and mine and ((not others and len(frags) == 1) or asked):
+                out.append(("product", Term(term.text, mine, "weak"), t[2], t[3]))
+            elif asked:
+                # "一杯花田", "花田和伯牙绝弦": asked for as a drink, so asked back, never dropped.
+                out.append(("product", Term(term.text, term.candidates, "weak"), t[2], t[3]))
+            else:
+                out.append(("unk", term.text, t[2], t[3]))
+        else:
+            out.append(t)
+    return out
+
+
+def _asked_as_item(tokens: list[Tok], n: int) -> bool:
+    """A word with a count, an option or a joiner to another drink next to it is asked for as a drink."""
+    for step in (-1, 1):
+        j = n + step
+        while 0 <= j < len(tokens) and tokens[j][0] == "filler":
+            j += step
+        if not 0 <= j < len(tokens):
+            continue
+        kind = tokens[j][0]
+        if kind in ("qty", "size", "sugar", "ice", "hotdrink", "product") or (kind == "sep" and tokens[j][1] in _CONTINUES):
+            return True
+    return False
 
 
 def _red_flag(why: str, phrase: str) -> Refusal:
@@ -352,10 +652,16 @@ def _assemble(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Corr
     # -- checks on the raw token stream ---------------------------------------------------------
     glued: list[tuple[int, str]] = []
     negated: set[int] = set()
+    unwanted: list[Tok] = []
     sig: list[Tok] = []  # the tokens that carry meaning, in order
     for idx, t in enumerate(tokens):
         kind = t[0]
         if kind == "filler" or kind == "sweet":
+            continue
+        if kind == "later" or kind == "clock":
+            if _scheduled(tokens, idx, text):
+                raise _Refuse("other_intent", "现在只能马上下单，还不能预约以后的订单。到时候再跟我说就行",
+                              ("帮我点一杯杨枝甘露", "老样子"))
             continue
         if kind == "unk":
             if _OPTION_ATTEMPT.search(str(t[1])):
@@ -390,6 +696,8 @@ def _assemble(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Corr
                     continue
                 if nxt[0] in ("product", "cat", "brand", "any", "repeat"):
                     negated.add(nxt[2])  # "不想喝奶茶，来杯果茶吧": 奶茶 is what is not wanted
+                elif nxt[0] in ("size", "sugar", "ice", "hotdrink", "qty"):
+                    unwanted.append(nxt)  # "不要热的", "不要大杯，要中杯", "三杯不是两杯": not wanted
                 break
     if glued or any(t[0] == "offmenu" for t in sig):
         has_product = any(t[0] == "product" for t in sig)
@@ -403,6 +711,21 @@ def _assemble(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Corr
         sig = [t for t in sig if t[2] not in negated and t[0] != "neg"]
         if not any(t[0] in ("product", "cat", "brand", "any", "repeat") for t in sig):
             raise _Refuse("other_intent", "听起来您不想点这个。请直接说想喝什么，例如“来一杯伯牙绝弦”")
+    for t in unwanted:
+        # The option is left out; if nothing else says what is wanted instead, it is asked, never guessed.
+        sig = [o for o in sig if o is not t]
+        key = _kind(t[0])
+        if not any(_kind(o[0]) == key for o in sig if o[0] in _SCOPED):
+            # Suggestions are whole sentences the app can send back as they are.
+            named = next((_name_of(o[1]) for o in sig if o[0] == "product"), "伯牙绝弦")  # type: ignore[arg-type]
+            if key == "qty":
+                raise _Refuse("ambiguous", "不要这个数量的话，要几杯？请说一个数量",
+                              tuple(f"{named}{w}" for n, w in ((1, "一杯"), (2, "两杯"), (3, "三杯")) if n != t[1]))
+            choices = [c for c in _OPTION_CHOICES[key] if c != t[1]]
+            raise _Refuse("ambiguous", f"不要{t[1]}的话，想要哪种？{'、'.join(choices)}",
+                          tuple(f"{named}，{c}" for c in choices))
+    if len(sig) > 1:
+        sig = _drop_stutter(sig)
     brands: list[int] = []
     for t in sig:
         if t[0] == "brand" and t[1] not in brands:
@@ -461,6 +784,11 @@ def _assemble(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Corr
             else:
                 _split_unseparated(gap, item, nxt_item, scoped)
         else:
+            if (gap and gap[0][0] == "sep" and gap[0][1] == ":" and len(items) > 1
+                    and all(any(t[0] == "qty" for t in it.lead + it.trail) for it in items if it is not item)):
+                # "伯牙绝弦：两杯，大杯；青青糯山：一杯，少冰": what follows the last label is its own, like the others'
+                _distribute(gap[1:], item, None, scoped)
+                continue
             seps = [i for i, t in enumerate(gap) if t[0] == "sep"]
             if seps and len(items) > 1:
                 _distribute(gap[:seps[0]], item, None, scoped)
@@ -539,6 +867,24 @@ def _assemble(tokens: list[Tok], text: str, lex: Lexicon, fixes: list[fuzzy.Corr
     return Intent(items=tuple(out), corrections=tuple(corrections))
 
 
+def _drop_stutter(sig: list[Tok]) -> list[Tok]:
+    """Dictation repeats words: "伯牙绝弦 伯牙绝弦 一杯", "两杯两杯伯牙绝弦" say one drink and one count.
+
+    Only a repeat with nothing meaningful between is dropped: "两杯伯牙绝弦，两杯青青糯山" are two counts.
+    """
+    out: list[Tok] = []
+    for n, t in enumerate(sig):
+        prev = out[-1] if out else None
+        if prev is not None and prev[0] == t[0]:
+            if t[0] == "product" and prev[1].candidates == t[1].candidates:  # type: ignore[union-attr]
+                continue
+            if (t[0] == "qty" and prev[1] == t[1] and (len(out) < 2 or out[-2][0] == "sep")
+                    and n + 1 < len(sig) and sig[n + 1][0] == "product"):
+                continue
+        out.append(t)
+    return out
+
+
 def _name_of(term: Term) -> str:
     return next(iter(term.names)) if len(term.names) == 1 else term.text
 
@@ -589,7 +935,7 @@ def _asked_for(sig: list[Tok], n: int) -> bool:
             return True
         # A joiner counts when it joins drinks ("伯牙绝弦加蛋糕"), not people ("跟朋友聊到奶茶").
         other = j + step
-        if kind == "sep" and value != "," and 0 <= other < len(sig) and sig[other][0] in drinkish:
+        if kind == "sep" and value not in (",", ":") and 0 <= other < len(sig) and sig[other][0] in drinkish:
             return True
     return False
 

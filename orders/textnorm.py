@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 # Punctuation that separates parts of an order: they all become one separator, ",".
 _SEPARATORS = ",;|/、:\uff0c\uff1b\uff5c\uff0f\uff1a\u3001。.!?\n\r\t"
 # Decoration around an order carries no meaning: brackets, quotes, tildes, ellipses, bullets.
-_DECORATION = "~～【】[]()（）「」『』《》<>〈〉\"'“”‘’`^_=#@$%&…·•・—–-"
+_DECORATION = "~～【】[]()（）「」『』《》<>〈〉\"'“”‘’`^_=#@$&…·•・—–-"
 # Signs people use for "times": mapped onto the letter x, which the quantity reader understands.
 _TIMES = "×✕✖⨉╳"
 # Characters that are neither letters nor digits nor CJK and carry no order meaning.
@@ -60,7 +60,8 @@ class _CharMap(dict):
 
 
 _DROPMAP = _DropMap()
-_CHARMAP = _CharMap({ord("-"): "-", ord("*"): "x", ord("+"): "+", ord("."): "."})
+# A colon stays a colon: "多肉葡萄：两杯" labels the count of the drink before it (a comma would not).
+_CHARMAP = _CharMap({ord("-"): "-", ord("*"): "x", ord("+"): "+", ord("."): ".", ord(":"): ":", 0xFF1A: ":"})
 
 
 @functools.cache
@@ -104,7 +105,9 @@ def fold(text: str) -> str:
     Punctuation is kept: the red-flag search (orders.lexicon) reads this form, so "</s>" or "{" survive.
     """
     # Emoji, surrogates and controls go before the converter, which only takes clean text.
-    return to_simplified(unicodedata.normalize("NFKC", text).translate(_DROPMAP)).lower()
+    if not unicodedata.is_normalized("NFKC", text):  # the quick check: most sentences already are
+        text = unicodedata.normalize("NFKC", text)
+    return to_simplified(text.translate(_DROPMAP)).lower()
 
 
 def normalise(text: str) -> str:

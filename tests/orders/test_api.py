@@ -434,3 +434,13 @@ def test_chat_per_cup_options_place_separate_items(card, auth_client):
     r = chat(auth_client, "两杯多肉葡萄，一杯少冰一杯去冰")
     assert r.status_code == 201, r.content
     assert [(i["product"], i["quantity"], i["ice"]) for i in r.json()["items"]] == [("多肉葡萄", 1, "少冰"), ("多肉葡萄", 1, "去冰")]
+
+
+def test_repeat_with_an_option_the_earlier_drink_does_not_offer_is_asked_back(card, auth_client, campaign):
+    """"老样子但是要热的" after a 多肉葡萄 (never hot): asked back with the store's options, not dropped."""
+    assert chat(auth_client, "一杯多肉葡萄，少冰", pay_full_price=True).status_code == 201
+    r = chat(auth_client, "老样子但是要热的", preview=True, pay_full_price=True)
+    assert r.status_code == 422 and r.json()["why"] == "option_not_offered", r.content
+    assert "要少冰的" in r.json()["suggestions"]
+    r = chat(auth_client, "跟上回一样，不对，改成去冰", preview=True, pay_full_price=True)
+    assert r.status_code == 200 and r.json()["items"][0]["ice"] == "去冰", r.content

@@ -311,3 +311,117 @@ def test_parser_is_fast():
     # A generous floor (the target is 20,000/s, measured by bench/orders.py --parse-only): it only guards
     # against an accidental slow path.
     assert rate > 5_000
+
+
+# --- round 2: how people correct themselves, label and time their orders ------------------------------
+
+def test_a_correction_changes_only_what_it_says():
+    assert items("两杯多肉葡萄 不对 三杯") == [("多肉葡萄", 3, None, None, None)]
+    assert items("伯牙绝弦大杯少冰 啊不对 要热的") == [("伯牙绝弦", 1, "大杯", None, "热")]
+    assert items("三杯青青糯山，我说错了，是两杯") == [("青青糯山", 2, None, None, None)]
+    assert items("花田乌龙两杯，不是，三杯") == [("花田乌龙", 3, None, None, None)]
+    assert items("花田乌龙三杯，不是两杯") == [("花田乌龙", 3, None, None, None)]  # "A, not B"
+    assert items("不是两杯是三杯伯牙绝弦") == [("伯牙绝弦", 3, None, None, None)]
+    assert items("伯牙绝弦少冰，不对，去冰，不对，还是少冰") == [("伯牙绝弦", 1, None, None, "少冰")]
+    assert items("伯牙绝弦，要三分糖，额不，半糖") == [("伯牙绝弦", 1, None, "半糖", None)]  # a bare 不 before a pause
+    assert items("花田乌龙不，桂馥兰香") == [("桂馥兰香", 1, None, None, None)]
+
+
+def test_a_corrected_drink_replaces_the_one_before_and_keeps_what_is_not_restated():
+    assert items("来杯珍奶，算了，换成杨枝甘露") == [("杨枝甘露", 1, None, None, None)]
+    assert items("两杯珍珠奶茶少冰，不对，换成杨枝甘露") == [("杨枝甘露", 2, None, None, "少冰")]
+    assert items("伯牙绝弦和青青糯山，不对，青青糯山要大杯") == [("伯牙绝弦", 1, None, None, None),
+                                                          ("青青糯山", 1, "大杯", None, None)]
+    assert items("珍珠奶茶不要了，换成杨枝甘露") == [("杨枝甘露", 1, None, None, None)]
+    got = parse("古茗的珍珠奶茶，不对，换成杨枝甘露")
+    assert isinstance(got, Intent) and got.items[0].brand == "古茗"  # the brand said first still holds
+    got = parse("喜茶的芝芝，不对，多肉葡萄")
+    assert isinstance(got, Intent) and got.corrections == ()  # no note about the replaced 芝芝莓莓
+
+
+def test_more_after_a_correction_word_is_added_not_replaced():
+    assert items("来一杯伯牙绝弦，等一下，再加一杯青青糯山") == [("伯牙绝弦", 1, None, None, None),
+                                                            ("青青糯山", 1, None, None, None)]
+    assert items("来一杯伯牙绝弦，不对，还要一杯青青糯山") == [("伯牙绝弦", 1, None, None, None),
+                                                          ("青青糯山", 1, None, None, None)]
+
+
+def test_corrections_that_leave_doubt_are_asked_back():
+    assert refused("来杯伯牙绝弦，算了").why == "other_intent"
+    assert refused("来杯伯牙绝弦，不对").why == "ambiguous"
+    assert refused("伯牙绝弦 不对 少冰去冰").why == "contradiction"
+    assert refused("两杯多肉葡萄 不对 三杯 四杯").why == "ambiguous"
+    assert refused("伯牙绝弦和青青糯山少冰，不对，去冰").why == "ambiguous"  # which one?
+    assert refused("老样子，不对，来杯伯牙绝弦").why == "ambiguous"
+    assert refused("两杯伯牙绝弦，不对，十一杯").why == "quantity"
+    assert refused("两杯伯牙绝弦，其中一杯换成青青糯山").why == "ambiguous"  # one of the two, never both
+    assert refused("伯牙绝弦，改天吧").why == "other_intent"
+
+
+def test_one_cup_half_sugar_is_not_one_and_a_half_cups():
+    assert items("一杯半糖伯牙绝弦") == [("伯牙绝弦", 1, None, "半糖", None)]
+    assert items("两杯半糖少冰珍珠奶茶") == [("珍珠奶茶", 2, None, "半糖", "少冰")]
+    assert items("一份半糖杨枝甘露") == [("杨枝甘露", 1, None, "半糖", None)]
+    assert refused("伯牙绝弦一杯半").why == "quantity"
+    assert refused("青青糯山两杯半，半糖").why == "quantity"
+
+
+def test_colon_labels_give_each_drink_its_count():
+    assert items("多肉葡萄：两杯") == [("多肉葡萄", 2, None, None, None)]
+    assert items("伯牙绝弦：两杯；青青糯山：一杯") == [("伯牙绝弦", 2, None, None, None), ("青青糯山", 1, None, None, None)]
+    assert items("伯牙绝弦：两杯，大杯；青青糯山：一杯，少冰") == [("伯牙绝弦", 2, "大杯", None, None),
+                                                              ("青青糯山", 1, None, None, "少冰")]
+    assert items("品名：伯牙绝弦 数量：2 杯型：大杯 甜度：半糖 温度：热") == [("伯牙绝弦", 2, "大杯", "半糖", "热")]
+    assert refused("伯牙绝弦和青青糯山：两杯").why == "ambiguous"  # two each, or two in all?
+    assert items("帮我点三杯：伯牙绝弦、青青糯山、花田乌龙") == [("伯牙绝弦", 1, None, None, None),
+                                                            ("青青糯山", 1, None, None, None),
+                                                            ("花田乌龙", 1, None, None, None)]
+
+
+def test_half_a_dozen_is_six_and_a_dozen_is_refused():
+    assert items("半打珍珠奶茶") == [("珍珠奶茶", 6, None, None, None)]
+    assert items("珍珠奶茶半打，少冰") == [("珍珠奶茶", 6, None, None, "少冰")]
+    for text in ("一打珍珠奶茶", "一打半珍珠奶茶", "两打伯牙绝弦", "半打伯牙绝弦，再加半打青青糯山"):
+        assert refused(text).why == "quantity", text
+
+
+def test_an_everyday_fragment_of_a_name_is_that_drink_only_after_its_brand():
+    got = parse("霸王家的花田")
+    assert isinstance(got, Intent) and got.items[0].product == "花田乌龙" and got.corrections == (("花田", "花田乌龙"),)
+    assert items("霸王的青青 大杯") == [("青青糯山", 1, "大杯", None, None)]
+    assert items("霸王的花田和伯牙绝弦") == [("花田乌龙", 1, None, None, None), ("伯牙绝弦", 1, None, None, None)]
+    assert items("去花田拍照了，霸王来杯伯牙绝弦") == [("伯牙绝弦", 1, None, None, None)]  # context
+    for text in ("花田", "一杯花田", "花田和伯牙绝弦"):  # asked for as a drink without its brand: asked back
+        got = refused(text)
+        assert got.why == "ambiguous" and "来一杯霸王茶姬的花田乌龙" in got.suggestions, text
+    assert refused("古茗的花田").why == "no_product"
+    assert refused("喜茶的多肉").why == "ambiguous"
+
+
+def test_an_order_for_later_is_refused_and_time_as_context_is_not():
+    for text in ("明天下午三点帮我点一杯伯牙绝弦", "下午三点帮我点一杯伯牙绝弦", "伯牙绝弦一杯，15:30送到", "帮我点一杯伯牙绝弦明天送",
+                 "下周一给我来杯杨枝甘露", "凌晨一点帮我点杯伯牙绝弦"):
+        assert refused(text).why == "other_intent", text
+    for text in ("三点了，来杯伯牙绝弦提神", "明天考试，来杯伯牙绝弦", "凌晨一点了，来杯伯牙绝弦", "伯牙绝弦少一点冰"):
+        assert isinstance(parse(text), Intent), text
+
+
+def test_an_unwanted_option_is_left_out_or_asked_back():
+    assert items("伯牙绝弦不要大杯，要中杯") == [("伯牙绝弦", 1, "中杯", None, None)]
+    assert items("伯牙绝弦不要少冰要去冰") == [("伯牙绝弦", 1, None, None, "去冰")]
+    got = refused("伯牙绝弦 不要热的")
+    assert got.why == "ambiguous" and "伯牙绝弦，热" not in got.suggestions and "伯牙绝弦，去冰" in got.suggestions
+
+
+def test_dictation_repeats_are_one_drink_and_one_count():
+    assert items("嗯 呃 伯牙绝弦 伯牙绝弦 一杯") == [("伯牙绝弦", 1, None, None, None)]
+    assert items("两杯两杯伯牙绝弦") == [("伯牙绝弦", 2, None, None, None)]
+    assert items("两杯伯牙绝弦，两杯青青糯山") == [("伯牙绝弦", 2, None, None, None), ("青青糯山", 2, None, None, None)]
+
+
+def test_sweetness_in_percent_and_english_options():
+    assert items("伯牙绝弦 糖50%") == [("伯牙绝弦", 1, None, "半糖", None)]
+    assert items("青青糯山 30%糖 少冰") == [("青青糯山", 1, None, "三分糖", "少冰")]
+    assert refused("伯牙绝弦 糖40%").why == "no_product"
+    assert items("花田乌龙 light ice half sugar") == [("花田乌龙", 1, None, "半糖", "少冰")]
+    assert refused("伯牙绝弦 ice").why == "no_product"  # an option word we cannot read is asked, not dropped
