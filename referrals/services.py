@@ -383,7 +383,7 @@ def referral_revoke(*, referral: Referral, actor, note: str) -> tuple[Referral, 
     ref.status = Referral.Status.REJECTED
     ref.reviewed_by, ref.reviewed_at, ref.review_note = actor, timezone.now(), note
     ref.save(update_fields=["status", "reviewed_by", "reviewed_at", "review_note"])
-    report = [{"side": c.side, "voucher_id": c.voucher_id, "action": c.action, "amount": str(c.amount),
+    report = [{"side": c.side, "voucher_id": c.voucher_id, "action": str(c.action), "amount": str(c.amount),
                "order_id": c.order_id} for c in clawbacks]
     audit(actor=actor, action="referral.revoke", obj=ref, campaign=ref.campaign, before=before,
           after={**_snapshot(ref), "clawback": report}, reason=note)
