@@ -41,15 +41,19 @@ class Event(models.Model):
     created_at = models.DateTimeField("发生时间", default=timezone.now)
     # Given by the delivery worker to committed rows only, in the order it sees them: ids are drawn at insert
     # time, so a transaction that started earlier can commit a smaller id after a larger one was delivered.
-    seq = models.BigIntegerField("投递顺序号", null=True, blank=True, unique=True)
+    seq = models.BigIntegerField("投递顺序号", null=True, blank=True)
 
     class Meta:
         verbose_name = "业务事件"
         verbose_name_plural = "业务事件（事件流）"
+        # The insert on the hot path touches two indexes only (the primary key and the small "not yet numbered"
+        # one): the seq indexes are partial, so their entries are written by the sequencer, off the hot path.
         indexes = [
-            models.Index(fields=["campaign_id", "seq"], name="event_campaign_seq"),
+            models.Index(fields=["campaign_id", "seq"], name="event_campaign_seq", condition=Q(seq__isnull=False)),
             models.Index(fields=["id"], name="event_unsequenced", condition=Q(seq__isnull=True)),
-            models.Index(fields=["campaign_id", "created_at"], name="event_campaign_time"),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["seq"], name="event_seq_unique", condition=Q(seq__isnull=False)),
         ]
 
     def __str__(self) -> str:
@@ -141,8 +145,15 @@ class Delivery(models.Model):
         return f"{self.endpoint} ← #{self.event_id}（{self.get_outcome_display()}）"
 
 
+class DeadLetterManager(models.Manager):
+    def get_queryset(self):
+        return super().get_queryset().filter(outcome=Delivery.Outcome.DEAD)
+
+
 class DeadLetter(Delivery):
     """The dead-letter view in admin: deliveries given up after the retry window (same table)."""
+
+    objects = DeadLetterManager()
 
     class Meta:
         proxy = True

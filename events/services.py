@@ -29,7 +29,7 @@ from typing import Any
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
-from django.db.models import Max, Q
+from django.db.models import Exists, Max, OuterRef, Q
 from django.utils import timezone
 
 from .models import Cursor, Delivery, Endpoint, Event
@@ -215,19 +215,18 @@ def endpoint_start_seq() -> int:
 def _claim(*, limit: int, now: dt.datetime) -> list[int]:
     """Lease up to `limit` due cursors that have events to send (SKIP LOCKED: parallel workers take others)."""
     lease = now + dt.timedelta(seconds=settings.MIANDAN_EVENTS_LEASE_SECONDS)
+    # Only cursors with an event after their position (one probe of event_campaign_seq each): idle campaigns'
+    # cursors never crowd out the ones with work.
+    has_work = Event.objects.filter(campaign_id=OuterRef("campaign_id"), seq__gt=OuterRef("last_seq"))
     ids = list(
         Cursor.objects.select_for_update(skip_locked=True, of=("self",))
-        .filter(endpoint__active=True, next_attempt_at__lte=now)
+        .filter(Exists(has_work), endpoint__active=True, next_attempt_at__lte=now)
         .filter(Q(leased_until__isnull=True) | Q(leased_until__lt=now))
-        .order_by("next_attempt_at").values_list("pk", flat=True)[:limit * 4]
+        .order_by("next_attempt_at").values_list("pk", flat=True)[:limit]
     )
-    if not ids:
-        return []
-    # Only the cursors that have an event after their position (one indexed probe each).
-    with_work = [c.pk for c in Cursor.objects.filter(pk__in=ids).only("pk", "campaign_id", "last_seq")
-                 if Event.objects.filter(campaign_id=c.campaign_id, seq__gt=c.last_seq).exists()][:limit]
-    Cursor.objects.filter(pk__in=with_work).update(leased_until=lease)
-    return with_work
+    if ids:
+        Cursor.objects.filter(pk__in=ids).update(leased_until=lease)
+    return ids
 
 
 @transaction.atomic(durable=True)
