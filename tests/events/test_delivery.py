@@ -165,3 +165,12 @@ def test_export_command_writes_the_same_lines(tmp_path):
     call_command("events_export", "--campaign", str(campaign.pk), "--since", "2000-01-01", "--out", str(out))
     assert out.read_bytes() == b"".join(export_lines(campaign_id=campaign.pk))
     assert len(out.read_bytes().splitlines()) == 2
+
+
+def test_the_beat_task_runs_one_pass():
+    from events.tasks import events_deliver_task
+
+    campaign = CampaignFactory()
+    _cards(campaign, 1)
+    assert events_deliver_task()["sequenced"] == 1
+    assert Event.objects.get().seq == 1
