@@ -171,7 +171,7 @@ class CampaignChangeForm(forms.ModelForm):
         fields = ["slug", "name", "status", "starts_at", "ends_at", "face_value", "card_cap", "min_app_version",
                   "card_validity", "total_budget", "bucket_count", "claims_enabled", "referrals_enabled",
                   "orders_enabled", "referral_inviter_hourly_limit", "referral_inviter_daily_limit",
-                  "referral_device_max_accounts", "referral_ip_burst_limit"]
+                  "referral_device_max_accounts", "referral_ip_burst_limit", "referral_clawback"]
 
     def _post_clean(self):
         _skip_constraint_messages(self.instance)

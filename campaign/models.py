@@ -54,6 +54,10 @@ class Campaign(models.Model):
     referral_inviter_daily_limit = models.PositiveIntegerField("每位邀请人每天最多成功邀请", default=100)
     referral_device_max_accounts = models.PositiveIntegerField("同一设备最多被邀请账号数", default=1)
     referral_ip_burst_limit = models.PositiveIntegerField("同一 IP 十分钟内新账号接受邀请上限", default=5)
+    # Clawback (referrals.services.referral_revoke): a referral rejected after the fact voids its unused rewards.
+    referral_clawback = models.BooleanField(
+        "事后拒绝邀请时收回未使用的奖励卡", default=True,
+        help_text="开启：客服事后判定邀请作弊并拒绝时，未使用的奖励卡自动作废、预算退回；已使用的列出待跟进")
 
     created_at = models.DateTimeField("创建时间", auto_now_add=True)
     updated_at = models.DateTimeField("更新时间", auto_now=True)

@@ -17,6 +17,8 @@ from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from events.models import EventType
+from events.services import event_record
 from miandan.db import advisory_lock, retry_on_conflict
 
 from .errors import BudgetBelowCommitted, BudgetExhausted, InvalidCampaign
@@ -344,6 +346,9 @@ def campaign_budget_change(*, campaign: Campaign, new_total: Decimal, actor, rea
     campaign.save(update_fields=["total_budget", "updated_at"])
     audit(actor=actor, action="campaign.budget_change", obj=campaign, campaign=campaign,
           before={"total_budget": str(old_total)}, after={"total_budget": str(new_total)}, reason=reason)
+    event_record(type=EventType.BUDGET_CHANGED, campaign_id=campaign.pk,
+                 data={"old_total": old_total, "new_total": new_total, "delta": delta, "reason": reason,
+                       "actor": getattr(actor, "username", None)})
     transaction.on_commit(lambda: _budget_changed(campaign.pk))
     return campaign
 
@@ -389,6 +394,9 @@ def campaign_set_switches(*, campaign: Campaign, actor, **switches: bool) -> Cam
     campaign.save(update_fields=[*switches, "updated_at"])
     audit(actor=actor, action="campaign.switches", obj=campaign, campaign=campaign, before=before,
           after={k: getattr(campaign, k) for k in switches})
+    event_record(type=EventType.SWITCHES_CHANGED, campaign_id=campaign.pk,
+                 data={"before": before, "after": {k: getattr(campaign, k) for k in switches},
+                       "actor": getattr(actor, "username", None)})
     transaction.on_commit(lambda: _budget_changed(campaign.pk))
     return campaign
 

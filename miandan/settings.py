@@ -80,6 +80,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",  # Swagger UI served by us: /api/docs/ works offline, pinned version
     "miandan.api",
     "accounts",
+    "events",  # the event stream (outbox + webhooks): below campaign, whose services and those above write to it
     "campaign",
     "vouchers",
     "referrals",
@@ -355,6 +356,17 @@ CELERY_BEAT_SCHEDULE["orders-sweep"] = {"task": "orders.sweep", "schedule": 30.0
 CELERY_BEAT_SCHEDULE["reports-ledger-rollup"] = {"task": "reports.ledger_rollup", "schedule": 30.0}
 # Orders due for a check (no news from the merchant, or never sent) are asked about in batches: no worker waits.
 CELERY_BEAT_SCHEDULE["orders-poll"] = {"task": "orders.poll", "schedule": 5.0}
+# Event stream (events/, docs/events.md): business events written in the transaction of the change (outbox),
+# pushed to the endpoints configured in admin, signed, in order per campaign, retried with exponential backoff
+# (base doubling up to the max) for MIANDAN_EVENTS_RETRY_SECONDS (3 days), then dead-lettered.
+MIANDAN_EVENTS_ENABLED = env_bool("MIANDAN_EVENTS_ENABLED", True)
+MIANDAN_EVENTS_HTTP_TIMEOUT = env_float("MIANDAN_EVENTS_HTTP_TIMEOUT", 10.0)
+MIANDAN_EVENTS_BACKOFF_BASE_SECONDS = env_float("MIANDAN_EVENTS_BACKOFF_BASE_SECONDS", 10.0)
+MIANDAN_EVENTS_BACKOFF_MAX_SECONDS = env_float("MIANDAN_EVENTS_BACKOFF_MAX_SECONDS", 3600.0)
+MIANDAN_EVENTS_RETRY_SECONDS = env_int("MIANDAN_EVENTS_RETRY_SECONDS", 3 * 24 * 3600)
+# A worker owns a cursor this long; one killed mid-batch lets it run out and another picks the cursor up.
+MIANDAN_EVENTS_LEASE_SECONDS = env_int("MIANDAN_EVENTS_LEASE_SECONDS", 60)
+CELERY_BEAT_SCHEDULE["events-deliver"] = {"task": "events.deliver", "schedule": 5.0}
 
 LOGGING = {
     "version": 1,

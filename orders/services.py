@@ -31,6 +31,8 @@ from campaign.errors import CampaignNotFound, CampaignNotLive
 from campaign.gate import campaign_is_live, campaign_paused
 from campaign.models import Campaign
 from campaign.selectors import campaign_get_cached
+from events.models import EventType
+from events.services import event_record
 from miandan.api.errors import InvalidInput, NotFound
 from miandan.db import retry_on_conflict
 from miandan.tasks import enqueue, enqueue_on_commit
@@ -296,6 +298,14 @@ def _pricing(quote: Quote, card: Voucher | None) -> tuple[Decimal, Decimal]:
     return subsidy, quote.total - subsidy
 
 
+def _order_event(order: Order, *, previous: str, to_status: str, note: str) -> None:
+    """The `order.status_changed` event of the stream, in the transition's transaction (docs/events.md)."""
+    event_record(type=EventType.ORDER_STATUS_CHANGED, campaign_id=order.campaign_id, data={
+        "order_id": order.pk, "from": previous, "to": to_status, "user_id": order.user_id, "store_id": order.store_id,
+        "voucher_id": order.voucher_id, "total_price": order.total_price, "subsidy": order.subsidy, "note": note[:255],
+    })
+
+
 @retry_on_conflict()
 @transaction.atomic(durable=True)
 def _place_tx(*, user, campaign: Campaign | None, quote: Quote, request: OrderRequest, db_capacity: bool) -> Order:
@@ -326,6 +336,7 @@ def _place_tx(*, user, campaign: Campaign | None, quote: Quote, request: OrderRe
         subsidy = min(quote.total, card.face_value)
         Order.objects.filter(pk=order.pk).update(voucher=card, subsidy=subsidy, amount_to_pay=quote.total - subsidy)
         order.voucher, order.subsidy, order.amount_to_pay = card, subsidy, quote.total - subsidy
+    _order_event(order, previous="", to_status=S.PLACED, note="")
     event = OrderEvent.objects.create(order=order, from_status="", to_status=S.PLACED,
                                       note=f"下单：{quote.store.name}" + (f"，使用免单卡 {card.code}" if card else "，原价"))
     # The caller renders the order from memory (what was just written) instead of reading it back.
@@ -478,6 +489,7 @@ def _transition_locked(order: Order, *, to_status: str, note: str = "", **fields
     if updated != 1:
         return None
     OrderEvent.objects.create(order_id=order.pk, from_status=previous, to_status=to_status, note=note[:255])
+    _order_event(order, previous=previous, to_status=to_status, note=note)
     if order.voucher_id is not None:
         if to_status == S.COMPLETED:
             voucher_redeem(voucher_id=order.voucher_id, order_id=order.pk, order_amount=order.total_price)

@@ -22,9 +22,9 @@ from miandan.api.admin_scale import LargeTableAdminMixin, digits, ids_or_none, p
 from miandan.api.errors import DomainError
 
 from .errors import ReferralNotPending
-from .models import InviteCode, PendingReferral, Referral
+from .models import Clawback, InviteCode, PendingReferral, Referral
 from .selectors import mask_phone, referral_chain, top_inviters
-from .services import REVIEW_REASONS, referral_approve, referral_reject
+from .services import REVIEW_REASONS, referral_approve, referral_reject, referral_revoke
 
 
 def _who(user) -> str:
@@ -88,6 +88,27 @@ class InviteCodeAdmin(LargeTableAdminMixin, admin.ModelAdmin):
         return False
 
 
+class ClawbackInline(admin.TabularInline):
+    """The referral's detail page: what happened to each reward card when it was rejected after the fact."""
+
+    model = Clawback
+    extra = 0
+    can_delete = False
+    verbose_name_plural = "奖励收回记录（事后拒绝）"
+    fields = ("side", "voucher", "action", "amount", "order_id", "actor", "note", "created_at")
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        # Part of the referral's page: whoever may see the referral sees what was clawed back.
+        return request.user.has_perm("referrals.view_referral") or request.user.has_perm("referrals.review_referral")
+
+
 @admin.register(Referral)
 class ReferralAdmin(LargeTableAdminMixin, admin.ModelAdmin):
     change_list_template = "referrals/admin/referral_change_list.html"
@@ -96,7 +117,8 @@ class ReferralAdmin(LargeTableAdminMixin, admin.ModelAdmin):
     list_filter = ("status", "campaign", "inviter_outcome", "invitee_outcome")
     search_fields = ("inviter__phone", "invitee__phone", "invite_code__code", "device_id")
     list_select_related = ("campaign", "inviter", "invitee")
-    actions = ("approve_selected", "reject_selected")
+    actions = ("approve_selected", "reject_selected", "revoke_selected")
+    inlines = (ClawbackInline,)
     # No raw graph fields (root, the materialised path "/5/19/"): the chain is shown as people, masked.
     readonly_fields = (
         "campaign", "invite_code", "inviter_link", "invitee_link", "chain_col", "status",
@@ -157,6 +179,8 @@ class ReferralAdmin(LargeTableAdminMixin, admin.ModelAdmin):
         extra_context = dict(extra_context or {})
         extra_context["can_review"] = (obj is not None and obj.status == Referral.Status.UNDER_REVIEW
                                        and self.has_review_permission(request))
+        extra_context["can_revoke"] = (obj is not None and obj.status == Referral.Status.ACCEPTED
+                                       and self.has_review_permission(request))
         extra_context["action_checkbox_name"] = helpers.ACTION_CHECKBOX_NAME
         return super().change_view(request, object_id, form_url, extra_context)
 
@@ -170,25 +194,33 @@ class ReferralAdmin(LargeTableAdminMixin, admin.ModelAdmin):
     def reject_selected(self, request, queryset):
         return self._review(request, queryset, approve=False)
 
-    def _review(self, request, queryset, *, approve: bool):
+    @admin.action(description="事后拒绝所选已接受邀请（作弊查实：收回未使用的奖励卡，已使用的列出）",
+                  permissions=["review"])
+    def revoke_selected(self, request, queryset):
+        return self._review(request, queryset, approve=False, revoke=True)
+
+    def _review(self, request, queryset, *, approve: bool, revoke: bool = False):
         """First POST shows a confirmation page asking why; the second (confirm=yes) decides."""
-        action = "approve_selected" if approve else "reject_selected"
+        action = "revoke_selected" if revoke else "approve_selected" if approve else "reject_selected"
         error = ""
         if request.POST.get("confirm") == "yes":
             note = request.POST.get("note", "").strip()
             if note:
-                self._decide(request, queryset, approve=approve, note=note)
+                if revoke:
+                    self._revoke(request, queryset, note=note)
+                else:
+                    self._decide(request, queryset, approve=approve, note=note)
                 return None  # back to the change list
             error = "请填写审核说明（会记入审计日志）"
-        pending = list(
-            queryset.filter(status=Referral.Status.UNDER_REVIEW).select_related("inviter", "invitee", "campaign")
-        )
+        wanted = Referral.Status.ACCEPTED if revoke else Referral.Status.UNDER_REVIEW
+        pending = list(queryset.filter(status=wanted).select_related("inviter", "invitee", "campaign"))
         for referral in pending:
             referral.reason_text = self.reasons(referral)
             referral.inviter_name, referral.invitee_name = _who(referral.inviter), _who(referral.invitee)
         context = {
             **self.admin_site.each_context(request),
-            "title": "批量通过邀请" if approve else "批量拒绝邀请",
+            "title": "事后拒绝邀请（收回奖励）" if revoke else "批量通过邀请" if approve else "批量拒绝邀请",
+            "revoke": revoke,
             "opts": self.model._meta,
             "approve": approve,
             "action": action,
@@ -221,6 +253,31 @@ class ReferralAdmin(LargeTableAdminMixin, admin.ModelAdmin):
             messages.warning(request, f"{skipped} 条邀请不在待审核状态，已跳过。")
         for failure in failures[:20]:
             messages.error(request, failure)
+
+    def _revoke(self, request, queryset, *, note: str) -> None:
+        done = skipped = 0
+        voided: list[Clawback] = []
+        used: list[Clawback] = []
+        for referral in queryset.order_by("pk"):
+            try:
+                _, clawbacks = referral_revoke(referral=referral, actor=request.user, note=note)
+            except ReferralNotPending:
+                skipped += 1
+                continue
+            except DomainError as exc:
+                messages.error(request, f"#{referral.pk}: {exc.detail}")
+                continue
+            done += 1
+            voided += [c for c in clawbacks if c.action == Clawback.Action.VOIDED]
+            used += [c for c in clawbacks if c.action in (Clawback.Action.USED, Clawback.Action.IN_USE)]
+        if done:
+            messages.success(request, f"已事后拒绝 {done} 条邀请，作废未使用的奖励卡 {len(voided)} 张"
+                                      f"（退回预算 {sum(c.amount for c in voided)} 元）。")
+        for c in used[:20]:
+            messages.warning(request, f"邀请 #{c.referral_id} 的{c.get_side_display()}奖励卡 #{c.voucher_id} "
+                                      f"{c.get_action_display()}：{c.amount} 元，订单 #{c.order_id}，请跟进。")
+        if skipped:
+            messages.warning(request, f"{skipped} 条邀请不是“已接受”状态，已跳过。")
 
     # --- chain and top inviters -----------------------------------------------------------
 
@@ -311,3 +368,24 @@ class PendingReferralAdmin(ReferralAdmin):
 
     def has_module_permission(self, request) -> bool:
         return self.has_view_permission(request)
+
+
+@admin.register(Clawback)
+class ClawbackAdmin(admin.ModelAdmin):
+    """Follow-up list: reward cards of referrals rejected after the fact (used ones need someone to act)."""
+
+    list_display = ("id", "referral", "side", "voucher", "action", "amount", "order_id", "actor", "created_at")
+    list_filter = ("action",)
+    list_select_related = ("referral", "voucher", "actor")
+    search_fields = ("=referral__id", "=order_id")
+    search_help_text = "邀请记录号或订单号"
+    show_full_result_count = False
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

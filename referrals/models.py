@@ -117,3 +117,35 @@ class PendingReferral(Referral):
         verbose_name = "待审核邀请"
         verbose_name_plural = "待审核邀请（审核队列）"
         default_permissions = ()
+
+
+class Clawback(models.Model):
+    """What happened to one reward card when its referral was rejected after the fact (the audit record)."""
+
+    class Action(models.TextChoices):
+        VOIDED = "voided", "已作废，预算已退回"
+        USED = "used", "已使用，待跟进"
+        IN_USE = "in_use", "订单进行中，待跟进"
+        ALREADY_CLOSED = "already_closed", "已过期或已作废，无需处理"
+        KEPT = "kept", "活动未开启收回，保留"
+
+    referral = models.ForeignKey(Referral, on_delete=models.PROTECT, related_name="clawbacks", verbose_name="邀请记录")
+    side = models.CharField("奖励方", max_length=8, choices=[("inviter", "邀请人"), ("invitee", "受邀人")])
+    voucher = models.ForeignKey(Voucher, on_delete=models.PROTECT, related_name="+", verbose_name="奖励卡")
+    action = models.CharField("处理结果", max_length=16, choices=Action.choices)
+    # Voided: the face value returned to the budget; used: the subsidy paid (in use: the face value at stake).
+    amount = models.DecimalField("金额（元）", max_digits=12, decimal_places=2)
+    order_id = models.BigIntegerField("订单号", null=True, blank=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True,
+                              related_name="+", verbose_name="操作人")
+    note = models.CharField("说明", max_length=255, blank=True, default="")
+    created_at = models.DateTimeField("时间", auto_now_add=True)
+
+    class Meta:
+        verbose_name = "奖励收回记录"
+        verbose_name_plural = "奖励收回记录"
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["referral", "voucher"], name="clawback_once_per_card")]
+
+    def __str__(self) -> str:
+        return f"收回 #{self.pk}"

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
+from decimal import Decimal
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
@@ -24,11 +26,13 @@ from campaign.errors import BudgetExhausted, CampaignNotLive
 from campaign.gate import campaign_require_open
 from campaign.models import Campaign
 from campaign.services import audit
+from events.models import EventType
+from events.services import event_record
 from miandan.api.errors import InvalidInput
 from miandan.db import is_postgres, retry_on_conflict
 from vouchers.errors import CardLimitReached
 from vouchers.models import Voucher
-from vouchers.services import voucher_issue_in_tx
+from vouchers.services import voucher_issue_in_tx, voucher_void_in_tx
 
 from .codes import extract_code, new_invite_code
 from .errors import (
@@ -40,8 +44,9 @@ from .errors import (
     ReviewForbidden,
     SelfReferral,
 )
-from .models import InviteCode, Referral
+from .models import Clawback, InviteCode, Referral
 
+logger = logging.getLogger(__name__)
 PATH_MAX = Referral._meta.get_field("path").max_length
 IP_BURST_WINDOW = dt.timedelta(minutes=10)
 
@@ -243,11 +248,23 @@ def _accept_db(*, user, campaign: Campaign, invite: InviteCode, device_id: str, 
     # Cards first, then the referral row with both outcomes in one INSERT (the budget rows the cards
     # locked are held for one statement less).
     rewards = {} if reasons else _reward(inviter=inviter, invitee=user, campaign=campaign)
-    return Referral.objects.create(
+    referral = Referral.objects.create(
         campaign=campaign, invite_code=invite, inviter=inviter, invitee=user, root_id=root_id, depth=depth,
         path=path, status=Referral.Status.UNDER_REVIEW if reasons else Referral.Status.ACCEPTED,
         review_reasons=reasons, device_id=device_id, ip=ip or None, **rewards,
     )
+    _referral_event(referral, EventType.REFERRAL_HELD if reasons else EventType.REFERRAL_ACCEPTED)
+    return referral
+
+
+def _referral_event(ref: Referral, event_type: str, **extra: Any) -> None:
+    """The referral's event of the stream, in the caller's transaction (docs/events.md)."""
+    event_record(type=event_type, campaign_id=ref.campaign_id, data={
+        "referral_id": ref.pk, "inviter_id": ref.inviter_id, "invitee_id": ref.invitee_id, "status": ref.status,
+        "inviter_outcome": ref.inviter_outcome, "invitee_outcome": ref.invitee_outcome,
+        "inviter_voucher_id": ref.inviter_voucher_id, "invitee_voucher_id": ref.invitee_voucher_id,
+        "review_reasons": ref.review_reasons or [], **extra,
+    })
 
 
 # --- staff review ---------------------------------------------------------------------
@@ -294,6 +311,7 @@ def referral_approve(*, referral: Referral, actor, note: str) -> Referral:
                             "inviter_voucher", "invitee_voucher"])
     audit(actor=actor, action="referral.approve", obj=ref, campaign=ref.campaign, before=before,
           after=_snapshot(ref), reason=note)
+    _referral_event(ref, EventType.REFERRAL_ACCEPTED, reviewed=True, note=note)
     return ref
 
 
@@ -310,4 +328,69 @@ def referral_reject(*, referral: Referral, actor, note: str) -> Referral:
     ref.save(update_fields=["status", "inviter_outcome", "invitee_outcome", "reviewed_by", "reviewed_at", "review_note"])
     audit(actor=actor, action="referral.reject", obj=ref, campaign=ref.campaign, before=before,
           after=_snapshot(ref), reason=note)
+    _referral_event(ref, EventType.REFERRAL_REJECTED, after_the_fact=False, note=note)
     return ref
+
+
+# --- rejecting after the fact: clawback -------------------------------------------------
+
+def _claw_one(*, ref: Referral, side: str, voucher_id: int, enabled: bool, actor, note: str) -> Clawback:
+    """Decide and record what happens to one reward card. The card row is locked first (a concurrent order
+    either locked it before, and it is reported as in use, or finds it void)."""
+    card = Voucher.objects.select_for_update().get(pk=voucher_id)
+    S = Voucher.Status
+    order_id = card.order_id
+    if not enabled:
+        action = Clawback.Action.KEPT
+        amount = (card.subsidy or Decimal("0.00")) if card.status == S.REDEEMED else card.face_value
+    elif card.status == S.ISSUED:
+        # The one void path: release ledger row, budget back in the card's bucket, card.voided event, audit.
+        voucher_void_in_tx(card=card, actor=actor, reason=f"邀请 #{ref.pk} 事后拒绝：{note}", ledger_prefix="收回奖励")
+        action, amount = Clawback.Action.VOIDED, card.face_value
+    elif card.status == S.REDEEMED:
+        action, amount = Clawback.Action.USED, card.subsidy or Decimal("0.00")
+    elif card.status == S.LOCKED:
+        action, amount = Clawback.Action.IN_USE, card.face_value
+    else:
+        action, amount, order_id = Clawback.Action.ALREADY_CLOSED, Decimal("0.00"), None
+    return Clawback.objects.create(referral=ref, side=side, voucher=card, action=action, amount=amount,
+                                   order_id=order_id, actor=actor if getattr(actor, "pk", None) else None, note=note)
+
+
+@retry_on_conflict()
+@transaction.atomic(durable=True)
+def referral_revoke(*, referral: Referral, actor, note: str) -> tuple[Referral, list[Clawback]]:
+    """Support rejects an accepted referral after the fact (fraud found later) and claws its rewards back.
+
+    Per reward card, if the campaign's `referral_clawback` is on: unused -> voided through the one void path
+    (release ledger row, face value back in its bucket); used -> reported (subsidy paid, order) for follow-up;
+    in an order in flight -> reported. Off: the cards are kept and listed. Every card gets a Clawback row,
+    the referral an audit row and a `referral.rejected` event (after_the_fact) carrying the clawback.
+    """
+    note = _check_reviewer(actor, note)
+    row = Referral.objects.only("campaign_id", "inviter_id", "invitee_id").get(pk=referral.pk)
+    _lock_all(*[("referral", row.campaign_id, user_id) for user_id in sorted({row.inviter_id, row.invitee_id})])
+    ref = Referral.objects.select_for_update().select_related("campaign").get(pk=referral.pk)
+    if ref.status != Referral.Status.ACCEPTED:
+        raise ReferralNotPending(f"邀请记录 #{ref.pk} 当前状态为「{ref.get_status_display()}」，只有已接受的邀请可以事后拒绝")
+    before = _snapshot(ref)
+    enabled = ref.campaign.referral_clawback
+    clawbacks = [
+        _claw_one(ref=ref, side=side, voucher_id=voucher_id, enabled=enabled, actor=actor, note=note)
+        for side, voucher_id in (("inviter", ref.inviter_voucher_id), ("invitee", ref.invitee_voucher_id))
+        if voucher_id is not None
+    ]
+    ref.status = Referral.Status.REJECTED
+    ref.reviewed_by, ref.reviewed_at, ref.review_note = actor, timezone.now(), note
+    ref.save(update_fields=["status", "reviewed_by", "reviewed_at", "review_note"])
+    report = [{"side": c.side, "voucher_id": c.voucher_id, "action": str(c.action), "amount": str(c.amount),
+               "order_id": c.order_id} for c in clawbacks]
+    audit(actor=actor, action="referral.revoke", obj=ref, campaign=ref.campaign, before=before,
+          after={**_snapshot(ref), "clawback": report}, reason=note)
+    for c in clawbacks:
+        if c.action in (Clawback.Action.USED, Clawback.Action.IN_USE):
+            logger.warning("referral %s rejected after the fact: %s card %s already used (%s yuan, order %s)",
+                           ref.pk, c.side, c.voucher_id, c.amount, c.order_id)
+    logger.info("referral %s rejected after the fact by %s: %s", ref.pk, getattr(actor, "username", actor), report)
+    _referral_event(ref, EventType.REFERRAL_REJECTED, after_the_fact=True, note=note, clawback=report)
+    return ref, clawbacks

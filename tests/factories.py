@@ -15,8 +15,9 @@ from django.utils import timezone
 from accounts.models import AuthToken, Device, OtpCode, User
 from campaign.models import AuditLog, BudgetBucket, Campaign, LedgerEntry
 from campaign.services import CampaignSpec, campaign_create
+from events.models import Cursor, DeadLetter, Delivery, Endpoint, Event
 from orders.models import Brand, Order, OrderEvent, OrderItem, Product, Store
-from referrals.models import InviteCode, Referral
+from referrals.models import Clawback, InviteCode, Referral
 from vouchers.models import Voucher
 from vouchers.services import voucher_issue
 
@@ -254,3 +255,64 @@ class ExportJobFactory(factory.django.DjangoModelFactory):
         model = "reports.ExportJob"
 
     campaign = factory.SubFactory(CampaignFactory)
+
+
+class EventFactory(factory.django.DjangoModelFactory):
+    """A bare outbox row; the services write the real ones in the transaction of each change."""
+
+    class Meta:
+        model = Event
+
+    type = "card.issued"
+    campaign_id = 0
+    data = factory.LazyFunction(lambda: {"voucher_id": 1})
+
+
+class EndpointFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Endpoint
+
+    name = factory.Sequence(lambda n: f"推送 {n}")
+    url = "http://127.0.0.1:9/hook"
+
+
+class CursorFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Cursor
+
+    endpoint = factory.SubFactory(EndpointFactory)
+    campaign_id = factory.Sequence(lambda n: n + 1)
+
+
+class DeliveryFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Delivery
+
+    endpoint = factory.SubFactory(EndpointFactory)
+    event = factory.SubFactory(EventFactory)
+    attempt = 1
+    outcome = Delivery.Outcome.DELIVERED
+    status_code = 204
+
+
+class DeadLetterFactory(DeliveryFactory):
+    class Meta:
+        model = DeadLetter
+
+    outcome = Delivery.Outcome.DEAD
+    status_code = 500
+    error = "HTTP 500"
+
+
+class ClawbackFactory(factory.django.DjangoModelFactory):
+    """A bare record; use referrals.services.referral_revoke for the real flow."""
+
+    class Meta:
+        model = Clawback
+
+    referral = factory.SubFactory(ReferralFactory)
+    side = "inviter"
+    voucher = factory.LazyAttribute(lambda o: VoucherFactory(campaign=o.referral.campaign, user=o.referral.inviter))
+    action = Clawback.Action.USED
+    amount = Decimal("18.00")
+    order_id = 1

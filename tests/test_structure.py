@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS = {
     "miandan": 0,
     "accounts": 1,
+    "events": 1,  # beside accounts: the outbox every business service writes to (campaign and above import it)
     "campaign": 2,
     "vouchers": 3,
     "orders": 4,

@@ -28,6 +28,8 @@ from campaign.services import (
     budget_reserve_sql,
     budget_spend,
 )
+from events.models import EventType
+from events.services import event_record, event_record_many, event_record_sql
 from miandan.api.errors import InvalidInput
 from miandan.api.metrics import CARDS_ISSUED
 from miandan.db import advisory_lock, is_postgres, retry_on_conflict
@@ -103,6 +105,22 @@ def _new_card(*, user, campaign: Campaign, source: str, slot: int, bucket_id: in
     )
 
 
+def _card_data(card: Voucher, **extra) -> dict:
+    """The payload of a card event (docs/events.md)."""
+    return {"voucher_id": card.pk, "code": card.code, "user_id": card.user_id, "source": card.source,
+            "face_value": card.face_value, **extra}
+
+
+def _issued_event_sql(card: Voucher, *, source: str = "v") -> tuple[str, list] | None:
+    """The `card.issued` event as an INSERT ... SELECT over the statement's new card row (no extra round trip)."""
+    return event_record_sql(
+        type=EventType.CARD_ISSUED, campaign_id=card.campaign_id, source=source,
+        data_sql=("jsonb_build_object('voucher_id', v.id, 'code', %s::text, 'user_id', %s::bigint, 'source', %s::text, "
+                  "'face_value', %s::text, 'bucket_id', v.bucket_id, 'expires_at', %s::text)"),
+        data_params=[card.code, card.user_id, card.source, str(card.face_value), card.expires_at.isoformat()],
+    )
+
+
 def _insert_reserved_pg(*, user, campaign: Campaign, source: str, slot: int, actor, reason: str,
                         joined_app_version: str) -> Voucher | None:
     """The hot path in ONE statement: reserve in a free bucket, insert the card, write its ledger row.
@@ -130,6 +148,10 @@ def _insert_reserved_pg(*, user, campaign: Campaign, source: str, slot: int, act
         campaign.pk, user.pk,
         *ledger_params,
     ]
+    event = _issued_event_sql(card)
+    if event is not None:
+        sql += f", e AS ({event[0]}) "
+        params += event[1]
     record_version = bool(joined_app_version) and not user.joined_app_version
     if record_version:
         # Only if a card was issued (FROM v): the first app version the user joined with.
@@ -161,6 +183,8 @@ def _insert_reserved_orm(*, user, campaign: Campaign, source: str, slot: int, ac
     card.save(force_insert=True)
     budget_record(bucket=bucket.pk, campaign_id=campaign.pk, kind=LedgerEntry.Kind.RESERVE, amount=card.face_value,
                   voucher_id=card.pk, actor=actor, reason=reason)
+    event_record(type=EventType.CARD_ISSUED, campaign_id=campaign.pk,
+                 data=_card_data(card, bucket_id=card.bucket_id, expires_at=card.expires_at))
     _record_joined_version(user, joined_app_version)
     return card
 
@@ -303,6 +327,11 @@ def _join_insert_pg(*, user, campaign: Campaign, app_version: str) -> tuple[Vouc
         campaign.pk, user.pk,
         *ledger_params,
     ]
+    event = _issued_event_sql(card)
+    if event is not None:
+        # Same statement, same transaction: the event exists iff the card does.
+        sql += f", e AS ({event[0]}) "
+        params += event[1]
     if app_version and not user.joined_app_version:
         qn = connection.ops.quote_name
         sql += (f", u AS (UPDATE {qn(type(user)._meta.db_table)} SET joined_app_version = %s "
@@ -375,6 +404,9 @@ def voucher_redeem(*, voucher_id: int, order_id: int, order_amount: Decimal) -> 
                       amount=rest, voucher_id=voucher.pk, order_id=order_id, reason="订单完成：面额未用完部分退回")
         transaction.on_commit(lambda: admission.clear_exhausted(voucher.campaign_id))
     voucher.refresh_from_db()
+    event_record(type=EventType.CARD_REDEEMED, campaign_id=voucher.campaign_id,
+                 data=_card_data(voucher, order_id=order_id, order_amount=order_amount, subsidy=subsidy,
+                                 released=rest))
     return voucher
 
 
@@ -383,12 +415,13 @@ def voucher_release(*, voucher_id: int, order_id: int) -> bool:
 
     Nothing is spent and the reservation stays. Returns False if it was not locked by that order.
     """
-    return (
-        Voucher.objects.filter(pk=voucher_id, status=Voucher.Status.LOCKED, order_id=order_id).update(
-            status=Voucher.Status.ISSUED, order_id=None, locked_at=None
-        )
-        == 1
-    )
+    released = Voucher.objects.filter(pk=voucher_id, status=Voucher.Status.LOCKED, order_id=order_id).update(
+        status=Voucher.Status.ISSUED, order_id=None, locked_at=None
+    ) == 1
+    if released:
+        card = Voucher.objects.only("pk", "code", "user_id", "source", "face_value", "campaign_id").get(pk=voucher_id)
+        event_record(type=EventType.CARD_RELEASED, campaign_id=card.campaign_id, data=_card_data(card, order_id=order_id))
+    return released
 
 
 # --- closing cards: expiry and void ------------------------------------------------
@@ -408,6 +441,8 @@ def _close_cards(cards: list[Voucher], *, status: str, actor=None, reason: str) 
                     reason=reason[:255])
         for c in cards
     )
+    event_type = EventType.CARD_EXPIRED if status == Voucher.Status.EXPIRED else EventType.CARD_VOIDED
+    event_record_many((event_type, c.campaign_id, _card_data(c, bucket_id=c.bucket_id, reason=reason)) for c in cards)
     campaign_ids = {c.campaign_id for c in cards}
     transaction.on_commit(lambda: [admission.clear_exhausted(cid) for cid in campaign_ids])
 
@@ -440,7 +475,18 @@ def voucher_void(*, voucher: Voucher, actor, reason: str) -> Voucher:
     card = Voucher.objects.select_for_update().get(pk=voucher.pk)
     if card.status != Voucher.Status.ISSUED:
         raise VoucherStateConflict(f"只有未使用的卡可以作废（当前状态：{card.get_status_display()}）")
-    _close_cards([card], status=Voucher.Status.VOID, actor=actor, reason=f"作废：{reason}")
+    return voucher_void_in_tx(card=card, actor=actor, reason=reason)
+
+
+def voucher_void_in_tx(*, card: Voucher, actor, reason: str, ledger_prefix: str = "作废") -> Voucher:
+    """Void an issued card the caller has locked (SELECT ... FOR UPDATE) in its transaction: the one void path.
+
+    The reservation goes back to its bucket with a `release` ledger row ("<ledger_prefix>：<reason>"), a
+    `card.voided` event and an audit row are written. The referral clawback uses it with its own prefix.
+    """
+    if card.status != Voucher.Status.ISSUED:
+        raise VoucherStateConflict(f"只有未使用的卡可以作废（当前状态：{card.get_status_display()}）")
+    _close_cards([card], status=Voucher.Status.VOID, actor=actor, reason=f"{ledger_prefix}：{reason}")
     card.void_reason = reason[:255]
     card.save(update_fields=["void_reason"])
     audit(actor=actor, action="voucher.void", obj=card, campaign=card.campaign,
@@ -452,4 +498,5 @@ def voucher_void(*, voucher: Voucher, actor, reason: str) -> Voucher:
 __all__ = [
     "campaign_join", "new_voucher_code", "voucher_expire_batch", "voucher_issue",
     "voucher_issue_in_tx", "voucher_lock_for_order", "voucher_redeem", "voucher_release", "voucher_void",
+    "voucher_void_in_tx",
 ]

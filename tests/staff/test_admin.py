@@ -202,7 +202,7 @@ def test_money_fields_are_read_only_on_the_change_form(client, staff, live):
         "ends_at_0": ends.strftime("%Y-%m-%d"), "ends_at_1": ends.strftime("%H:%M:%S"),
         "min_app_version": "1.0.0", "card_validity": "30",
         "referral_inviter_hourly_limit": "20", "referral_inviter_daily_limit": "100",
-        "referral_device_max_accounts": "1", "referral_ip_burst_limit": "5",
+        "referral_device_max_accounts": "1", "referral_ip_burst_limit": "5", "referral_clawback": "on",
         "total_budget": "999999.00", "face_value": "1.00", "claims_enabled": "",
         "buckets-TOTAL_FORMS": "4", "buckets-INITIAL_FORMS": "4", "buckets-MIN_NUM_FORMS": "0",
         "buckets-MAX_NUM_FORMS": "0",
