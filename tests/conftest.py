@@ -1,10 +1,10 @@
-import os
 import socket
 
 import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
 
+from tests.ci_guard import check_services, pytest_collection_modifyitems, pytest_runtest_makereport  # noqa: F401
 from tests.factories import CampaignFactory, UserFactory
 
 
@@ -25,14 +25,7 @@ def pytest_configure(config):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         settings.MIANDAN_MERCHANT_URL = f"http://127.0.0.1:{s.getsockname()[1]}"
-    if os.environ.get("CI", "").lower() == "true":
-        problems = []
-        if not settings.USING_POSTGRES:
-            problems.append("DATABASE_URL is not PostgreSQL")
-        if not settings.REDIS_URL:
-            problems.append("REDIS_URL is not set")
-        if problems:
-            raise pytest.UsageError("CI=true but " + "; ".join(problems))
+    check_services(settings)  # CI=true: PostgreSQL, Redis and the brokers must answer (tests/ci_guard.py)
 
 
 @pytest.fixture(autouse=True)
