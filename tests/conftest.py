@@ -2,6 +2,7 @@ import socket
 
 import pytest
 from django.conf import settings
+from hypothesis import settings as hypothesis_settings
 from rest_framework.test import APIClient
 
 from tests.ci_guard import check_services, pytest_collection_modifyitems, pytest_runtest_makereport  # noqa: F401
@@ -14,6 +15,12 @@ def _answers(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+# `pytest --hypothesis-profile=deep` (nightly): many more and longer programs for the state machines and the
+# property tests that take their size from the profile. The default profile is Hypothesis' own (CI-sized
+# tests set their size in the test).
+hypothesis_settings.register_profile("deep", max_examples=400, stateful_step_count=120, deadline=None)
 
 
 def pytest_configure(config):
