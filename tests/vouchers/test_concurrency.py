@@ -19,7 +19,9 @@ from vouchers.selectors import reconcile
 from vouchers.services import campaign_join, voucher_issue
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("guard_off")]
-THREADS = 25  # PostgreSQL here allows 100 connections, shared with other test runs
+# 64 threads, each its own PostgreSQL connection (max_connections is 300 here, shared with other test runs):
+# the "200 claims" below are 200 attempts of which 64 are in flight at any moment, not 25.
+THREADS = 64
 
 
 def chunks(items, n):
@@ -117,10 +119,10 @@ def _join_users(campaign_id, user_ids):
 
 
 def test_budget_for_n_cards_and_10n_users_in_processes():
-    n = 8
+    n = 16
     campaign = CampaignFactory(total_budget=Decimal("25.00") * n, bucket_count=4)
     users = [UserFactory().pk for _ in range(10 * n)]
-    procs = 8
+    procs = 16  # forked processes, each with its own connection and its own Python (no GIL between them)
     results = run_processes(_join_users, procs, args=[(campaign.pk, c) for c in chunks(users, procs)])
     assert_all_ok(results)
     answers = [a for r in results for a in r.value]
