@@ -254,6 +254,13 @@ class CampaignLife(RuleBasedStateMachine):
         campaign_budget_change(campaign=self.campaign, new_total=new_total, actor=self.staff, reason="状态机加预算")
         self.total = new_total
 
+    @rule(who=st.integers(0, USERS - 1))
+    def raise_then_join(self, who):
+        """Marketing adds budget while users are being refused: the very next join must see it (no stale
+        "exhausted" hint answering for the old budget)."""
+        self.raise_budget(1, "0.00")
+        self.join(who)
+
     @rule(cut=st.sampled_from(["0.01", "10.00", "25.00", "60.00", "1000.00"]))
     def lower_budget(self, cut):
         new_total = max(self.total - Decimal(cut), Decimal("0.00"))
