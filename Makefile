@@ -14,7 +14,7 @@ MERCHANT_URL = $${MIANDAN_MERCHANT_URL:-http://127.0.0.1:$(MERCHANT_PORT)}
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/miandan
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: demo test run worker beat lint bench install clean
+.PHONY: demo test money-coverage run worker beat lint bench install clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -40,11 +40,27 @@ demo: install ## run the platform with the demo campaign on http://127.0.0.1:800
 	trap 'kill $$merchant 2>/dev/null' EXIT INT TERM; \
 	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(PY) manage.py runserver --insecure --noreload $(HOST):$(PORT)
 
-test: install ## run the whole suite against PostgreSQL and Redis on 127.0.0.1
+# Branch coverage (pytest-cov, settings in pyproject.toml) is measured on every `make test` (COVERAGE=0 turns it
+# off); a whole-suite run (no PYTEST_ARGS) then fails when a money module is under MONEY_COVERAGE % of branches.
+COVERAGE ?= 1
+MONEY_MODULES := campaign/services.py,vouchers/services.py,orders/services.py,referrals/services.py
+MONEY_COVERAGE ?= 95
+comma := ,
+
+test: install ## run the whole suite against PostgreSQL and Redis on 127.0.0.1 (with branch coverage)
 	DATABASE_URL="$${DATABASE_URL:-$(TEST_DATABASE_URL)}" \
 	REDIS_URL="$${REDIS_URL:-$(TEST_REDIS_URL)}" \
 	CELERY_BROKER_URL="$${CELERY_BROKER_URL:-$${REDIS_URL:-$(TEST_REDIS_URL)}}" \
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest $(if $(filter 1,$(COVERAGE)),--cov --cov-report=term) $(PYTEST_ARGS)
+	@if [ "$(COVERAGE)" = 1 ] && [ -z "$(strip $(PYTEST_ARGS))" ]; then $(MAKE) --no-print-directory money-coverage; fi
+
+money-coverage: ## each money module at >= MONEY_COVERAGE % branch coverage, from the last `make test`'s .coverage
+	@echo "money modules, branch coverage (each must be >= $(MONEY_COVERAGE) %):"
+	@$(VENV)/bin/coverage report --include=$(MONEY_MODULES) --no-skip-covered
+	@status=0; for module in $(subst $(comma), ,$(MONEY_MODULES)); do \
+	  $(VENV)/bin/coverage report --include=$$module --fail-under=$(MONEY_COVERAGE) >/dev/null \
+	    || { echo "FAIL: $$module is under $(MONEY_COVERAGE) % branch coverage"; status=1; }; \
+	done; exit $$status
 
 run: install ## production-like: gunicorn (shape from gunicorn.conf.py) + Celery worker + beat (+ the simulated merchant unless MIANDAN_MERCHANT_ADAPTER names a real one)
 	@test -n "$$DATABASE_URL" -a -n "$$REDIS_URL" || { echo "set DATABASE_URL and REDIS_URL (see README)"; exit 1; }

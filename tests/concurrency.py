@@ -45,19 +45,24 @@ def _call(fn: Callable, args: tuple) -> Outcome:
         connections.close_all()
 
 
-def run_threads(fn: Callable, n: int, args: Sequence[tuple] | None = None, timeout: float = 120) -> list[Outcome]:
-    """Call fn(*args[i]) from n threads released together by a barrier."""
+def run_threads(fn: Callable, n: int, args: Sequence[tuple] | None = None, timeout: float = 120,
+                barrier_timeout: float | None = None) -> list[Outcome]:
+    """Call fn(*args[i]) from n threads released together by a barrier (BrokenBarrier if they never all meet)."""
     require_postgres()
     args = list(args) if args is not None else [()] * n
     assert len(args) == n
     barrier = threading.Barrier(n)
     results: list[Outcome | None] = [None] * n
+    broken: list[int] = []
 
     def worker(i: int) -> None:
         try:
-            barrier.wait(timeout=timeout)
+            barrier.wait(timeout=barrier_timeout or timeout)
         except threading.BrokenBarrierError:
-            pass
+            # Not everyone arrived: the calls would not overlap, so the race was never run. Say so.
+            broken.append(i)
+            connections.close_all()
+            return
         results[i] = _call(fn, args[i])
 
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(n)]
@@ -65,18 +70,25 @@ def run_threads(fn: Callable, n: int, args: Sequence[tuple] | None = None, timeo
         t.start()
     for t in threads:
         t.join(timeout)
+    if broken:
+        raise BrokenBarrier(f"{len(broken)} of {n} worker thread(s) never met at the barrier: the calls did not overlap")
     missing = [i for i, r in enumerate(results) if r is None]
     if missing:
         pytest.fail(f"{len(missing)} worker thread(s) did not finish within {timeout}s")
     return results  # type: ignore[return-value]
 
 
-def _process_main(fn, arg, barrier, queue, index):
+class BrokenBarrier(AssertionError):
+    """The workers never all met: whatever they did, it was not a race."""
+
+
+def _process_main(fn, arg, barrier, queue, index, timeout):
     connections.close_all()  # never share the parent's socket
     try:
-        barrier.wait(timeout=120)
+        barrier.wait(timeout=timeout)
     except threading.BrokenBarrierError:
-        pass
+        queue.put((index, None, _BROKEN, ""))
+        return
     out = _call(fn, arg)
     # Exceptions may not pickle; send their repr and type name.
     if out.error is not None:
@@ -85,11 +97,15 @@ def _process_main(fn, arg, barrier, queue, index):
         queue.put((index, out.value, None, ""))
 
 
+_BROKEN = "\0broken-barrier"
+
+
 class ProcessError(Exception):
     """An exception raised in a child process, carried back as text."""
 
 
-def run_processes(fn: Callable, n: int, args: Sequence[tuple] | None = None, timeout: float = 180) -> list[Outcome]:
+def run_processes(fn: Callable, n: int, args: Sequence[tuple] | None = None, timeout: float = 180,
+                  barrier_timeout: float = 120) -> list[Outcome]:
     """Call fn(*args[i]) in n forked processes released together. fn and its result must pickle."""
     require_postgres()
     args = list(args) if args is not None else [()] * n
@@ -98,13 +114,19 @@ def run_processes(fn: Callable, n: int, args: Sequence[tuple] | None = None, tim
     barrier = ctx.Barrier(n)
     queue = ctx.Queue()
     connections.close_all()
-    procs = [ctx.Process(target=_process_main, args=(fn, args[i], barrier, queue, i)) for i in range(n)]
+    procs = [ctx.Process(target=_process_main, args=(fn, args[i], barrier, queue, i, barrier_timeout)) for i in range(n)]
     for p in procs:
         p.start()
     results: list[Outcome | None] = [None] * n
+    broken = 0
     for _ in range(n):
         index, value, error, trace = queue.get(timeout=timeout)
+        if error == _BROKEN:
+            broken += 1
+            continue
         results[index] = Outcome(value=value, error=ProcessError(error) if error else None, trace=trace)
     for p in procs:
         p.join(10)
+    if broken:
+        raise BrokenBarrier(f"{broken} of {n} worker process(es) never met at the barrier: the calls did not overlap")
     return results  # type: ignore[return-value]

@@ -1,10 +1,11 @@
-import os
 import socket
 
 import pytest
 from django.conf import settings
+from hypothesis import settings as hypothesis_settings
 from rest_framework.test import APIClient
 
+from tests.ci_guard import check_services, pytest_collection_modifyitems, pytest_runtest_makereport  # noqa: F401
 from tests.factories import CampaignFactory, UserFactory
 
 
@@ -16,6 +17,12 @@ def _answers(host: str, port: int) -> bool:
         return False
 
 
+# `pytest --hypothesis-profile=deep` (nightly): many more and longer programs for the state machines and the
+# property tests that take their size from the profile. The default profile is Hypothesis' own (CI-sized
+# tests set their size in the test).
+hypothesis_settings.register_profile("deep", max_examples=400, stateful_step_count=120, deadline=None)
+
+
 def pytest_configure(config):
     """In CI the real services are mandatory: fail the run instead of silently testing less.
 
@@ -25,14 +32,7 @@ def pytest_configure(config):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         settings.MIANDAN_MERCHANT_URL = f"http://127.0.0.1:{s.getsockname()[1]}"
-    if os.environ.get("CI", "").lower() == "true":
-        problems = []
-        if not settings.USING_POSTGRES:
-            problems.append("DATABASE_URL is not PostgreSQL")
-        if not settings.REDIS_URL:
-            problems.append("REDIS_URL is not set")
-        if problems:
-            raise pytest.UsageError("CI=true but " + "; ".join(problems))
+    check_services(settings)  # CI=true: PostgreSQL, Redis and the brokers must answer (tests/ci_guard.py)
 
 
 @pytest.fixture(autouse=True)

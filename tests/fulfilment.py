@@ -73,6 +73,25 @@ def app_on_broker(url: str, queue: str):
         app._after_fork()
 
 
+@contextlib.contextmanager
+def broker_down():
+    """This process's Celery app sends to a port nothing listens on (fast failure, no retries), then back."""
+    from miandan.celery import app
+
+    keys = ("broker_read_url", "broker_write_url", "broker_connection_timeout", "broker_connection_retry",
+            "broker_connection_max_retries", "task_publish_retry")
+    old = {k: app.conf.get(k) for k in keys}
+    dead = f"amqp://guest:guest@127.0.0.1:{free_port()}//"
+    app.conf.update(broker_read_url=dead, broker_write_url=dead, broker_connection_timeout=1,
+                    broker_connection_retry=False, broker_connection_max_retries=0, task_publish_retry=False)
+    app._after_fork()
+    try:
+        yield
+    finally:
+        app.conf.update(old)
+        app._after_fork()
+
+
 class MerchantProcess:
     """`manage.py simulated_merchant` in its own process group, with its state file kept across restarts."""
 

@@ -57,7 +57,8 @@ class OwnRedis:
 
 
 @contextlib.contextmanager
-def serve(command: Callable[[int], list[str]], env: dict[str, str], log_path: Path) -> Iterator[str]:
+def serve(command: Callable[[int], list[str]], env: dict[str, str], log_path: Path,
+          ready_timeout: float = 30) -> Iterator[str]:
     """Run `command(port)` (a web server) with `env`; yield its base URL once /healthz answers, then stop it.
 
     The server gets its own process group, so a pre-forking server (gunicorn) is stopped with its workers.
@@ -68,7 +69,7 @@ def serve(command: Callable[[int], list[str]], env: dict[str, str], log_path: Pa
                                 start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + ready_timeout
         while True:
             try:
                 urllib.request.urlopen(f"{url}/healthz", timeout=1)

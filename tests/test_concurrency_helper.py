@@ -99,3 +99,34 @@ def test_refuses_to_run_on_sqlite(monkeypatch, runner):
     with pytest.raises(pytest.fail.Exception, match="PostgreSQL"):
         runner(lambda: called.append(1), 2)
     assert not called
+
+
+class _OneShort:
+    """A multiprocessing context whose barriers wait for one party more than the helper starts."""
+
+    def __init__(self, ctx):
+        self._ctx = ctx
+
+    def Barrier(self, n):
+        return self._ctx.Barrier(n + 1)
+
+    def __getattr__(self, name):
+        return getattr(self._ctx, name)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_broken_thread_barrier_fails_the_test_instead_of_running_unraced(monkeypatch):
+    called = []
+    real = concurrency.threading.Barrier
+    monkeypatch.setattr(concurrency.threading, "Barrier", lambda n: real(n + 1))
+    with pytest.raises(concurrency.BrokenBarrier, match="never met"):
+        run_threads(lambda: called.append(1), 3, barrier_timeout=0.5)
+    assert not called  # nobody ran the function one after another
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_broken_process_barrier_fails_the_test_instead_of_running_unraced(monkeypatch):
+    real = concurrency.multiprocessing.get_context
+    monkeypatch.setattr(concurrency.multiprocessing, "get_context", lambda method: _OneShort(real(method)))
+    with pytest.raises(concurrency.BrokenBarrier, match="never met"):
+        run_processes(os.getpid, 3, barrier_timeout=0.5, timeout=30)

@@ -107,8 +107,15 @@ def test_parallel_first_invite_requests_share_one_code():
     assert campaign.invite_codes.filter(user=user).count() == 1
 
 
-def test_fifty_parallel_http_accepts_from_one_invitee():
-    """The same race through the whole stack (guard, idempotency, API): one 201, the rest refused."""
+def test_fifty_parallel_http_accepts_from_one_invitee(settings):
+    """The same race through the whole stack (idempotency, API) with the guard off, so that all 50 requests
+    reach the service: one 201, the other 49 already_referred (the guard's own answers are tested with it on,
+    against gunicorn, in tests/flash/test_multiprocess_races.py)."""
+    from tests.vouchers.conftest import RATES_OFF
+
+    settings.MIANDAN_SHED_ENABLED = False
+    settings.RATELIMIT_ENABLE = False
+    settings.MIANDAN_RATELIMITS = dict(RATES_OFF)
     from rest_framework.test import APIClient
 
     from accounts.services import token_create
@@ -128,10 +135,7 @@ def test_fifty_parallel_http_accepts_from_one_invitee():
     assert all(r.ok for r in results), [r.trace for r in results if not r.ok][:1]
     answers = [r.value for r in results]
     assert sum(1 for status, _ in answers if status == 201) == 1, answers
-    # Everyone else: already referred, or stopped before the view by the guard (per-user rate limit,
-    # 10/min by default, or the adaptive concurrency limit shedding the burst).
-    refused = {(409, "already_referred"), (429, "rate_limited"), (503, "busy")}
-    assert {a for a in answers if a[0] != 201} <= refused, answers
+    assert [a for a in answers if a[0] != 201] == [(409, "already_referred")] * 49, answers
     assert Referral.objects.filter(campaign=campaign).count() == 1
     assert Voucher.objects.filter(campaign=campaign).count() == 2
     assert reconcile(campaign=campaign).ok

@@ -19,7 +19,9 @@ from vouchers.selectors import reconcile
 from vouchers.services import campaign_join, voucher_issue
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("guard_off")]
-THREADS = 25  # PostgreSQL here allows 100 connections, shared with other test runs
+# 64 threads, each its own PostgreSQL connection (max_connections is 300 here, shared with other test runs):
+# the "200 claims" below are 200 attempts of which 64 are in flight at any moment, not 25.
+THREADS = 64
 
 
 def chunks(items, n):
@@ -117,10 +119,10 @@ def _join_users(campaign_id, user_ids):
 
 
 def test_budget_for_n_cards_and_10n_users_in_processes():
-    n = 8
+    n = 16
     campaign = CampaignFactory(total_budget=Decimal("25.00") * n, bucket_count=4)
     users = [UserFactory().pk for _ in range(10 * n)]
-    procs = 8
+    procs = 16  # forked processes, each with its own connection and its own Python (no GIL between them)
     results = run_processes(_join_users, procs, args=[(campaign.pk, c) for c in chunks(users, procs)])
     assert_all_ok(results)
     answers = [a for r in results for a in r.value]
@@ -201,7 +203,9 @@ def private_redis(settings):
     server.start()
     settings.REDIS_URL = server.url
     miandan.redis._client.cache_clear()
-    yield redis.Redis(port=server.port, decode_responses=True)
+    client = redis.Redis(port=server.port, decode_responses=True)
+    client.server = server  # the test that stops Redis needs the process
+    yield client
     miandan.redis._client.cache_clear()
     server.stop()
 
@@ -256,3 +260,51 @@ def test_redis_flushed_in_the_middle_of_a_claim_storm(private_redis):
     assert not created
     assert admission.user_state(campaign.pk, holder.pk).welcome_code == card.code
     assert admission.user_state(campaign.pk, holder.pk).count == 1
+
+
+def test_redis_stopped_in_the_middle_of_a_claim_storm(private_redis, settings):
+    """Redis (a private redis-server) is STOPPED, not flushed, while 64 threads claim: every claim is served
+    from PostgreSQL or refused as budget_exhausted, exactly n cards exist, the money is exact; and once Redis
+    is back the next claims use it again."""
+    server = private_redis.server
+    n = 15
+    campaign = CampaignFactory(total_budget=Decimal("25.00") * n, bucket_count=4)
+    users = [UserFactory() for _ in range(6 * n)]
+    calls = users + users  # 180 claims, ~3 per thread
+    started = threading.Event()
+    stopped_at: list[float] = []
+    began: list[float] = []
+
+    def stopper():
+        started.wait(30)
+        server.stop()
+        stopped_at.append(time.monotonic())
+
+    def claim_all(batch):
+        answers = []
+        for user in batch:
+            began.append(time.monotonic())
+            try:
+                card, created = campaign_join(user=user, campaign=campaign, app_version="1.0.0")
+                answers.append((user.pk, card.pk, created))
+            except BudgetExhausted:
+                answers.append((user.pk, None, False))
+            started.set()  # the first claim is through: stop Redis under the rest
+        return answers
+
+    thread = threading.Thread(target=stopper, daemon=True)
+    thread.start()
+    results = run_threads(claim_all, THREADS, args=[(c,) for c in chunks(calls, THREADS)])
+    thread.join(10)
+    assert stopped_at, "redis-server was not stopped"
+    assert sum(1 for t in began if t > stopped_at[0]) >= 10, "the storm was over before Redis stopped"
+    assert_all_ok(results)  # no RedisError reached the caller
+    answers = [a for r in results for a in r.value]
+    assert sum(1 for a in answers if a[2]) == n
+    cards = Voucher.objects.filter(campaign=campaign)
+    assert cards.count() == n and len(set(cards.values_list("user_id", flat=True))) == n
+    for user_pk, card_pk, _ in answers:  # a user told "here is your card" holds exactly that card
+        if card_pk is not None:
+            assert cards.get(pk=card_pk).user_id == user_pk
+    assert remaining(campaign) == 0
+    assert_reconciled(campaign)
