@@ -100,40 +100,33 @@ def assert_final_once(order_id: int, card: Voucher, campaign) -> None:
     assert reconcile(campaign=campaign).ok
 
 
-def test_worker_killed_inside_submit_the_broker_redelivers_it(stack, campaign):
+def test_worker_killed_inside_submit_then_inside_the_redeem_step_the_broker_redelivers_each(stack, campaign):
+    """One order, two deaths on one stack (the two moments share the set-up; each is checked on its own)."""
     stack.start(merchant_args=("--no-callbacks",))
-    stack.worker.stop()  # the message waits in the queue while the test takes its lock
+    stack.worker.stop()  # the submit waits in the queue while the test takes its lock
     user = UserFactory()
     card = VoucherFactory(user=user, campaign=campaign)
     order_id = stack.place(token_create(user=user, device_id="t"))["id"]
+    worker_env = stack.env(MIANDAN_MERCHANT_POLL_SECONDS="1")  # no beat anywhere: nothing re-sends or polls
+
+    # 1. Inside the submit: the merchant has the order, placed -> sent_to_store is not committed.
     with row_lock("orders_order", order_id) as holder:
-        stack.worker.start(**stack.env())
+        stack.worker.start(**worker_env)
         backend = wait_until(lambda: blocked_behind(holder, '"orders_order"'), timeout=30,
                              what="the worker blocked in _record_sent\n" + stack.logs())
-        first = received(after_restart(stack), "orders.submit")
-        assert len(first) == 1
-        stack.worker.kill()  # the merchant has the order; placed -> sent_to_store is not committed
-    assert Order.objects.get(pk=order_id).status == "placed"
+        submit = received(after_restart(stack), "orders.submit")
+        assert len(submit) == 1
+        stack.worker.kill()
     wait_until(lambda: backend_gone(backend), timeout=10, what="the dead worker's backend gone (its transaction aborted)")
-    # The second worker polls (beat, 1 s) so the merchant's answers arrive; it does not re-send a placed order
-    # before MIANDAN_ORDER_STUCK_SECONDS, so what records the submit is the redelivered message.
-    stack.worker.start(beat=True, **stack.env(MIANDAN_MERCHANT_POLL_SECONDS="1"))
-    wait_until(lambda: Order.objects.get(pk=order_id).status == "completed", timeout=60,
-               what="order completed after the kill\n" + stack.logs())
-    assert first[0] in received(after_restart(stack), "orders.submit"), stack.worker.log()[-3000:]
-    assert_final_once(order_id, card, campaign)
-    assert Order.objects.get(pk=order_id).merchant_ref.startswith(f"SIM-{order_id}-")
+    assert Order.objects.get(pk=order_id).status == "placed"
+    stack.worker.start(**worker_env)
+    wait_until(lambda: Order.objects.get(pk=order_id).status == "sent_to_store", timeout=30,
+               what="the redelivered submit recorded\n" + stack.logs())
+    assert submit[0] in received(after_restart(stack), "orders.submit"), stack.worker.log()[-3000:]
     health = stack.merchant.health()
     assert health["received"] == 1 and health["repeats"] >= 1, health  # sent twice, one order to the merchant
 
-
-def test_worker_killed_inside_the_redeem_step_the_broker_redelivers_the_poll(stack, campaign):
-    stack.start(merchant_args=("--no-callbacks",), worker_env={"MIANDAN_MERCHANT_POLL_SECONDS": "1"})
-    user = UserFactory()
-    card = VoucherFactory(user=user, campaign=campaign)
-    order_id = stack.place(token_create(user=user, device_id="t"))["id"]
-    wait_until(lambda: Order.objects.get(pk=order_id).status == "sent_to_store", timeout=30,
-               what="submitted\n" + stack.logs())
+    # 2. Inside the redeem step: order completed and card redeemed (uncommitted), the bucket being charged.
     wait_until(lambda: stack.merchant.held_rows() == {"done": 1}, timeout=30, what="merchant delivered")
     wait_until(lambda: Order.objects.filter(pk=order_id, next_check_at__lte=timezone.now()).exists(), timeout=10,
                what="order due for a poll")
@@ -141,7 +134,7 @@ def test_worker_killed_inside_the_redeem_step_the_broker_redelivers_the_poll(sta
     with row_lock("campaign_budgetbucket", card.bucket_id) as holder:
         assert enqueue("orders.poll", task_id=poll_id)
         backend = wait_until(lambda: blocked_behind(holder, '"campaign_budgetbucket"'), timeout=30,
-                   what="the worker blocked in budget_spend\n" + stack.logs())
+                             what="the worker blocked in budget_spend\n" + stack.logs())
         # Committed so far: accepted and dispatched (one transaction per event); the completion is in flight.
         assert Order.objects.get(pk=order_id).status == "delivering"
         stack.worker.kill()
@@ -149,8 +142,9 @@ def test_worker_killed_inside_the_redeem_step_the_broker_redelivers_the_poll(sta
     card.refresh_from_db()
     assert Order.objects.get(pk=order_id).status == "delivering" and card.status == "locked"
     assert not LedgerEntry.objects.filter(order_id=order_id, kind="spend").exists()
-    stack.worker.start(**stack.env(MIANDAN_MERCHANT_POLL_SECONDS="1"))  # no beat: nothing else sends a poll
+    stack.worker.start(**worker_env)
     wait_until(lambda: Order.objects.get(pk=order_id).status == "completed", timeout=60,
                what="order completed by the redelivered poll\n" + stack.logs())
     assert poll_id in received(after_restart(stack), "orders.poll"), stack.worker.log()[-3000:]
     assert_final_once(order_id, card, campaign)
+    assert Order.objects.get(pk=order_id).merchant_ref.startswith(f"SIM-{order_id}-")
