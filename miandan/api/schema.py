@@ -124,6 +124,8 @@ def document_error_responses(result, generator, request, public):
                 _add(responses, "400", ["invalid"])
             if method == "post":
                 _add(responses, "413", ["payload_too_large"])
+            # Any operation that reads the database: unreachable for a moment (failover, network) -> 503 busy.
+            _add(responses, "503", ["busy"])
             if method == "post" and path in IDEMPOTENT_POSTS:
                 _add(responses, "409", ["idempotency_in_progress"])
                 _add(responses, "422", ["idempotency_key_reused"])

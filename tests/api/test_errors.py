@@ -48,6 +48,11 @@ def test_database_unavailable_is_503_busy_with_retry_after_not_500(settings):
         response = client.get(path)
         assert_error(response, 503, "busy")
         assert response["Retry-After"] == "2" and response.json()["retry_after"] == 2
+    schema = Client().get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            if path.startswith("/api/"):
+                assert "busy" in operation["responses"]["503"]["description"], (method, path)
 
 
 def test_method_not_allowed_and_auth_errors(auth_client, api_client, campaign):

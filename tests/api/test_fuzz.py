@@ -71,8 +71,8 @@ def schemathesis(url: str, workdir: Path, *args: str, timeout: int) -> None:
     assert " passed" in report and "0 generated" not in report, report[-3000:]
 
 
-@pytest.mark.timeout(240)
-@pytest.mark.parametrize("examples", [8, pytest.param(150, marks=[LONG, pytest.mark.long])])
+@pytest.mark.parametrize("examples", [pytest.param(8, marks=pytest.mark.timeout(300)),
+                                      pytest.param(150, marks=[LONG, pytest.mark.long, pytest.mark.timeout(3600)])])
 def test_contract_fuzz_with_and_without_a_token(fuzz_target, examples):
     url, token, workdir = fuzz_target
     schemathesis(url, workdir, "-H", f"Authorization: Bearer {token}", "--exclude-path", "/api/v1/auth/logout",

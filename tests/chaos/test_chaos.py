@@ -282,8 +282,8 @@ def assert_nothing_lost(campaign, report) -> None:
     assert not redeemed.exclude(orders__status=Order.Status.COMPLETED).exists()
 
 
-@pytest.mark.timeout(600)
-@pytest.mark.parametrize("size", ["bounded", pytest.param("long", marks=[LONG, pytest.mark.long])])
+@pytest.mark.parametrize("size", [pytest.param("bounded", marks=pytest.mark.timeout(600)),
+                                  pytest.param("long", marks=[LONG, pytest.mark.long, pytest.mark.timeout(1800)])])
 def test_chaos_run_settles_with_every_invariant_and_nothing_lost(tmp_path, settings, size):
     if size == "bounded":
         run_chaos(tmp_path, settings, users=30, orders=60, seconds=50, interval=2.5, wait=150)
