@@ -62,8 +62,10 @@ def fuzz_target(tmp_path):
 
 
 def schemathesis(url: str, workdir: Path, *args: str, timeout: int) -> None:
+    # One worker: CPython 3.11's ast module is not thread-safe (gh-106905) and hypothesis parses lambdas with it,
+    # so two generator threads can crash the tool ("AST constructor recursion depth mismatch").
     command = [ST, "--no-color", "run", f"{url}/api/schema/", "--checks", CHECKS, "--request-timeout", "20",
-               "-w", "2", *args]
+               "-w", "1", *args]
     result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=timeout)
     report = result.stdout + result.stderr
     log = workdir / "web.log"
