@@ -308,7 +308,8 @@ SPECTACULAR_SETTINGS = {
     "PREPROCESSING_HOOKS": ["miandan.api.schema.drop_slash_aliases"],
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums",
                              "miandan.api.schema.document_guard_responses",
-                             "miandan.api.schema.document_error_responses"],
+                             "miandan.api.schema.document_error_responses",
+                             "miandan.api.schema.document_links"],
 }
 
 # --- Miandan ------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Django-level error views: JSON in the api.md shape under /api/, Django's defaults elsewhere."""
 
+import sys
+
 from django.views import defaults
 
-from .errors import error_response
+from .errors import database_unavailable, error_response
 
 
 def _is_api(request) -> bool:
@@ -29,5 +31,11 @@ def not_found(request, exception=None):
 
 def server_error(request):
     if _is_api(request):
+        # Called while the exception is being handled: a database outage outside a DRF view (middleware) is 503.
+        unavailable = database_unavailable(sys.exc_info()[1])
+        if unavailable is not None:
+            response = error_response(status=503, **unavailable)
+            response["Retry-After"] = str(unavailable["retry_after"])
+            return response
         return error_response("server_error", "服务开小差了，请稍后再试", 500)
     return defaults.server_error(request)

@@ -1,7 +1,10 @@
 from django.core.paginator import Page
 from drf_spectacular.utils import inline_serializer
 from rest_framework import serializers
+from rest_framework.exceptions import NotFound
 from rest_framework.pagination import PageNumberPagination
+
+from miandan.api.errors import InvalidInput
 
 
 class Pagination(PageNumberPagination):
@@ -23,7 +26,12 @@ class Pagination(PageNumberPagination):
                 self.page = Page(rows, 1, paginator)
                 self.request = request
                 return rows
-        return super().paginate_queryset(queryset, request, view)
+        try:
+            return super().paginate_queryset(queryset, request, view)
+        except NotFound:
+            # DRF answers a bad page number (0, -1, "x", past the last page) with a 404 the contract does not
+            # list for a list endpoint (found by contract fuzzing): it is malformed input, 400 `invalid`.
+            raise InvalidInput("页码无效", extra={"fields": {"page": ["页码须为从 1 开始且不超过总页数的整数"]}}) from None
 
 
 def paginated(item_serializer: type[serializers.Serializer], name: str) -> serializers.Serializer:

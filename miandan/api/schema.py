@@ -75,8 +75,10 @@ DOMAIN_CODES: dict[tuple[str, str], dict[str, list[str]]] = {
         "404": ["invalid_code"],
         "409": ["self_referral", "already_referred", "referral_cycle", "campaign_not_live"],
     },
-    ("post", "/api/v1/orders/chat"): {"409": ["no_store_available", "no_voucher"], "422": ["not_understood"]},
-    ("post", "/api/v1/orders"): {"409": ["no_store_available", "no_voucher"]},
+    # A named campaign that does not exist is 404 not_found; one not live is 409 (found by contract fuzzing).
+    ("post", "/api/v1/orders/chat"): {"404": ["not_found"], "409": ["no_store_available", "no_voucher", "campaign_not_live"],
+                                      "422": ["not_understood"]},
+    ("post", "/api/v1/orders"): {"404": ["not_found"], "409": ["no_store_available", "no_voucher", "campaign_not_live"]},
     ("post", "/api/v1/orders/{order_id}/cancel"): {"409": ["cannot_cancel"]},
     ("post", "/api/v1/merchants/{merchant}/events"): {
         "401": ["bad_signature", "stale_event"],
@@ -103,12 +105,16 @@ def document_error_responses(result, generator, request, public):
     """drf-spectacular postprocessing hook: every operation lists the error statuses and codes it can answer."""
     result.setdefault("components", {}).setdefault("schemas", {}).setdefault("Error", ERROR_SCHEMA)
     for path, operations in result.get("paths", {}).items():
-        if not path.startswith("/api/"):
-            continue
         for method, operation in operations.items():
             if not isinstance(operation, dict) or "responses" not in operation:
                 continue
             responses = operation["responses"]
+            # Answered by gunicorn (limit_request_line) before the app sees the request, so in its own plain
+            # body, not the error shape (found by contract fuzzing: a query string of 6 KiB).
+            responses.setdefault("414", {"description": "URI Too Long：请求行超过 4094 字节，由 Web 服务器直接拒绝"
+                                                        "（非 JSON 错误体）"})
+            if not path.startswith("/api/"):
+                continue
             if any("bearerAuth" in scheme for scheme in operation.get("security", [])) and \
                     not any(scheme == {} for scheme in operation.get("security", [])):
                 _add(responses, "401", ["not_authenticated"])
@@ -118,6 +124,8 @@ def document_error_responses(result, generator, request, public):
                 _add(responses, "400", ["invalid"])
             if method == "post":
                 _add(responses, "413", ["payload_too_large"])
+            # Any operation that reads the database: unreachable for a moment (failover, network) -> 503 busy.
+            _add(responses, "503", ["busy"])
             if method == "post" and path in IDEMPOTENT_POSTS:
                 _add(responses, "409", ["idempotency_in_progress"])
                 _add(responses, "422", ["idempotency_key_reused"])
@@ -163,4 +171,70 @@ def document_guard_responses(result, generator, request, public):
                 existing = responses.get("503", {})
                 description = "；".join(filter(None, [existing.get("description", ""), *reasons]))
                 responses["503"] = {**existing, "description": description, "content": ref, "headers": retry}
+    return result
+
+
+# --- links between operations (OpenAPI 3 `links`) ----------------------------------------------------
+
+# (method, path, status) -> {link name: link}. What a client does next with what it got: find a campaign,
+# join it, look at the card, order with it, look at / cancel the order; share an invite, accept it. Clients
+# read them as documentation; a stateful contract fuzzer (schemathesis, tests/api/test_fuzz.py) follows
+# them, so its call sequences chain real campaigns, cards and orders instead of guessing ids.
+_ORDER_TEXT = {"text": "一杯伯牙绝弦", "lat": 30.2741, "lng": 120.1551}  # the demo catalogue's centre (Hangzhou)
+_CAMPAIGN_NEXT = {
+    "GetCampaign": ("api_v1_campaigns_retrieve", {"slug": "{slug}"}, None),
+    "JoinCampaign": ("api_v1_campaigns_join_create", {"slug": "{slug}"}, None),
+    "GetInvite": ("api_v1_campaigns_invite_retrieve", {"slug": "{slug}"}, None),
+    "ListReferrals": ("api_v1_campaigns_referrals_retrieve", {"slug": "{slug}"}, None),
+}
+_CARD_NEXT = {
+    "GetCard": ("api_v1_vouchers_retrieve", {"code": "$response.body#/code"}, None),
+    "OrderWithCard": ("api_v1_orders_chat_create", {}, {**_ORDER_TEXT, "campaign": "$response.body#/campaign"}),
+}
+_ORDER_NEXT = {
+    "GetOrder": ("api_v1_orders_retrieve", {"order_id": "$response.body#/id"}, None),
+    "CancelOrder": ("api_v1_orders_cancel_create", {"order_id": "$response.body#/id"}, None),
+}
+
+
+def _campaign(pointer: str) -> dict:
+    return {name: (op, {k: v.replace("{slug}", pointer) for k, v in params.items()}, body)
+            for name, (op, params, body) in _CAMPAIGN_NEXT.items()}
+
+
+LINKS: dict[tuple[str, str, str], dict] = {
+    ("get", "/api/v1/campaigns/", "200"): _campaign("$response.body#/0/slug"),
+    ("get", "/api/v1/campaigns/{slug}/", "200"): _campaign("$response.body#/slug"),
+    ("post", "/api/v1/campaigns/{slug}/join", "201"): _CARD_NEXT,
+    ("post", "/api/v1/campaigns/{slug}/join", "200"): _CARD_NEXT,
+    ("get", "/api/v1/vouchers/{code}/", "200"): _CARD_NEXT,
+    ("post", "/api/v1/orders/chat", "201"): _ORDER_NEXT,
+    ("post", "/api/v1/orders", "201"): _ORDER_NEXT,
+    ("get", "/api/v1/orders/{order_id}", "200"): {"CancelOrder": _ORDER_NEXT["CancelOrder"]},
+    ("get", "/api/v1/campaigns/{slug}/invite", "200"): {
+        "AcceptReferral": ("api_v1_campaigns_referrals_create", {"slug": "$request.path.slug"},
+                           {"code": "$response.body#/code"}),
+        "InvitePage": ("invite_retrieve", {"code": "$response.body#/code"}, None),
+    },
+}
+
+
+def document_links(result, generator, request, public):
+    """drf-spectacular postprocessing hook: add LINKS to the responses they start from (skipped if absent)."""
+    operation_ids = {op.get("operationId") for ops in result.get("paths", {}).values() for op in ops.values()
+                     if isinstance(op, dict)}
+    for (method, path, status), links in LINKS.items():
+        response = result.get("paths", {}).get(path, {}).get(method, {}).get("responses", {}).get(status)
+        if response is None:
+            continue
+        out = response.setdefault("links", {})
+        for name, (operation_id, parameters, body) in links.items():
+            if operation_id not in operation_ids:
+                continue
+            link: dict = {"operationId": operation_id}
+            if parameters:
+                link["parameters"] = parameters
+            if body is not None:
+                link["requestBody"] = body
+            out[name] = link
     return result

@@ -20,7 +20,30 @@ class DrfBoom(APIView):
         raise RuntimeError("boom")
 
 
+def _statement_cancelled() -> None:
+    """A real PostgreSQL error of the kind an outage gives (OperationalError): the statement timeout fires."""
+    from django.db import connection, transaction
+
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL statement_timeout = 1")
+        cursor.execute("SELECT pg_sleep(1)")
+
+
+def plain_db_down(request):
+    _statement_cancelled()
+
+
+class DrfDbDown(APIView):
+    permission_classes = [AllowAny]
+    authentication_classes: list = []
+
+    def get(self, request):
+        _statement_cancelled()
+
+
 urlpatterns = [
+    path("api/v1/test-db-down-plain", plain_db_down),
+    path("api/v1/test-db-down-drf", DrfDbDown.as_view()),
     path("api/v1/test-boom-plain", plain_boom),
     path("api/v1/test-boom-drf", DrfBoom.as_view()),
     *real,

@@ -62,3 +62,65 @@ def test_schema_documents_error_statuses_and_paginated_lists(api_client):
         ok = paths[path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
         ref = ok["$ref"].rsplit("/", 1)[-1]
         assert set(schema["components"]["schemas"][ref]["properties"]) == {"count", "next", "previous", "results"}, path
+
+
+# --- found by contract fuzzing (tests/api/test_fuzz.py) -----------------------------------------------
+
+@pytest.mark.parametrize("path", ["/api/v1/vouchers/", "/api/v1/orders/", "/api/v1/campaigns/{slug}/referrals"])
+@pytest.mark.parametrize("page", ["0", "-1", "x", "99"])
+def test_a_page_that_does_not_exist_is_400_invalid_not_an_undocumented_404(auth_client, campaign, path, page):
+    response = auth_client.get(path.format(slug=campaign.slug), {"page": page, "page_size": "0"})
+    assert response.status_code == 400, response.content
+    assert response.json()["code"] == "invalid" and "page" in response.json()["fields"]
+
+
+@pytest.fixture
+def menu(db):
+    from demo.catalog import catalog_load
+    from orders import parser
+
+    catalog_load(stores_per_city=0)
+    parser.catalogue_changed()
+    yield
+    parser.catalogue_changed()
+
+
+@pytest.mark.parametrize("path", ["/api/v1/orders", "/api/v1/orders/chat"])
+def test_orders_name_a_missing_campaign_with_a_documented_404(api_client, auth_client, menu, path):
+    body = {"text": "一杯伯牙绝弦", "lat": 30.2741, "lng": 120.1551, "campaign": "no-such-campaign",
+            "store": 1, "items": [{"product": 1, "quantity": 1}]}
+    response = auth_client.post(path, body, format="json")
+    assert response.status_code == 404 and response.json()["code"] == "not_found", response.content
+    schema = api_client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    documented = schema["paths"][path]["post"]["responses"]
+    assert "404" in documented and "not_found" in documented["404"]["description"]
+    assert "campaign_not_live" in documented["409"]["description"]
+
+
+def test_schema_links_chain_campaign_join_card_order_cancel_and_invite_referral(api_client):
+    """The OpenAPI links a stateful client (or fuzzer) follows with real resources instead of guessed ids."""
+    schema = api_client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    paths = schema["paths"]
+    ids = {op["operationId"]: (path, method) for path, ops in paths.items() for method, op in ops.items()}
+
+    def follow(path: str, method: str, status: str, name: str) -> tuple[str, str, dict]:
+        link = paths[path][method]["responses"][status]["links"][name]
+        return (*ids[link["operationId"]], link)
+
+    assert follow("/api/v1/campaigns/", "get", "200", "JoinCampaign")[:2] == ("/api/v1/campaigns/{slug}/join", "post")
+    target, _, link = follow("/api/v1/campaigns/{slug}/join", "post", "201", "GetCard")
+    assert target == "/api/v1/vouchers/{code}/" and link["parameters"] == {"code": "$response.body#/code"}
+    target, _, link = follow("/api/v1/campaigns/{slug}/join", "post", "201", "OrderWithCard")
+    assert target == "/api/v1/orders/chat" and link["requestBody"]["campaign"] == "$response.body#/campaign"
+    target, _, link = follow("/api/v1/orders/chat", "post", "201", "CancelOrder")
+    assert target == "/api/v1/orders/{order_id}/cancel" and link["parameters"] == {"order_id": "$response.body#/id"}
+    target, _, link = follow("/api/v1/campaigns/{slug}/invite", "get", "200", "AcceptReferral")
+    assert target == "/api/v1/campaigns/{slug}/referrals" and link["requestBody"] == {"code": "$response.body#/code"}
+
+
+def test_schema_documents_the_servers_414_for_an_overlong_request_line(api_client):
+    """Found by contract fuzzing: gunicorn answers a request line over 4094 bytes itself with 414."""
+    schema = api_client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            assert "414" in operation["responses"], (method, path)

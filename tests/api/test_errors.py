@@ -40,6 +40,21 @@ def test_unhandled_errors_are_json_500(settings):
     assert_error(client.get("/api/v1/test-boom-drf"), 500, "server_error")
 
 
+def test_database_unavailable_is_503_busy_with_retry_after_not_500(settings):
+    """Found by the chaos run: PostgreSQL unreachable for a moment gave 500s; it is transient, so 503 + Retry-After."""
+    settings.ROOT_URLCONF = "tests.api.boom_urls"
+    client = Client(raise_request_exception=False)
+    for path in ("/api/v1/test-db-down-plain", "/api/v1/test-db-down-drf"):
+        response = client.get(path)
+        assert_error(response, 503, "busy")
+        assert response["Retry-After"] == "2" and response.json()["retry_after"] == 2
+    schema = Client().get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            if path.startswith("/api/"):
+                assert "busy" in operation["responses"]["503"]["description"], (method, path)
+
+
 def test_method_not_allowed_and_auth_errors(auth_client, api_client, campaign):
     assert_error(auth_client.get(f"/api/v1/campaigns/{campaign.slug}/join"), 405, "method_not_allowed")
     assert_error(api_client.get("/api/v1/vouchers/"), 401, "not_authenticated")
