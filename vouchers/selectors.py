@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from campaign.models import BudgetBucket, Campaign, LedgerEntry
 
-from .models import Voucher
+from .models import DailyCardCount, Voucher
 
 ZERO = Decimal("0.00")
 OPEN = (Voucher.Status.ISSUED, Voucher.Status.LOCKED)
@@ -261,4 +261,25 @@ def _reconcile(*, campaign: Campaign, using: str) -> ReconcileReport:
         diffs.extend(bad)
     report.totals = dict(totals)
     report.totals["cards"] = Decimal(sum(row["n"] for row in cards.values()))
+    _reconcile_daily_cards(campaign=campaign, using=using, diffs=diffs)
+    for check in RECONCILE_CHECKS:
+        # Counters of the layers above (orders: store / brand daily subsidy), same snapshot.
+        diffs.extend(check(campaign=campaign, using=using))
     return report
+
+
+# Callables (campaign=, using=) -> list of differences, registered by higher layers in AppConfig.ready
+# (vouchers must not import them): their counters are proven in the same snapshot as the money.
+RECONCILE_CHECKS: list = []
+
+
+def _reconcile_daily_cards(*, campaign: Campaign, using: str, diffs: list[str]) -> None:
+    """Each daily card counter equals the cards that name its day (issue 20)."""
+    counters = dict(DailyCardCount.objects.using(using).filter(campaign=campaign).values_list("day", "cards"))
+    counted = dict(
+        Voucher.objects.using(using).filter(campaign=campaign, counted_on__isnull=False).order_by()
+        .values_list("counted_on").annotate(n=Count("id"))
+    )
+    for day in sorted(set(counters) | set(counted)):
+        if counters.get(day, 0) != counted.get(day, 0):
+            diffs.append(f"{day} 每日发卡计数 {counters.get(day, 0)} ≠ 当日计入的卡 {counted.get(day, 0)} 张")
