@@ -192,3 +192,14 @@ def test_exhausted_is_still_exhausted_with_a_plan():
     with pytest.raises(BudgetExhausted) as refused:
         campaign_join(user=UserFactory(), campaign=campaign, app_version="2.0.0")
     assert type(refused.value) is BudgetExhausted
+
+
+def test_join_over_http_answers_409_budget_paced_with_retry_after(auth_client):
+    campaign = CampaignFactory(bucket_count=2)
+    with_plan(campaign, pace_mode=PaceMode.REFUSE,
+              pace_points=[[campaign.starts_at.isoformat(), "0%"], [campaign.ends_at.isoformat(), "100%"]])
+    response = auth_client.post(f"/api/v1/campaigns/{campaign.slug}/join", {"app_version": "2.0.0"}, format="json")
+    assert response.status_code == 409, response.content
+    body = response.json()
+    assert body["code"] == "budget_paced" and body["detail"] == "今日免单卡已发完，明天再来"
+    assert int(response["Retry-After"]) == body["retry_after"] >= 1
