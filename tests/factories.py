@@ -15,9 +15,9 @@ from django.utils import timezone
 from accounts.models import AuthToken, Device, OtpCode, User
 from campaign.models import AuditLog, BudgetBucket, Campaign, LedgerEntry
 from campaign.services import CampaignSpec, campaign_create
-from orders.models import Brand, Order, OrderEvent, OrderItem, Product, Store
+from orders.models import Brand, BrandDaySubsidy, Order, OrderEvent, OrderItem, Product, Store, StoreDaySubsidy
 from referrals.models import InviteCode, Referral
-from vouchers.models import Voucher
+from vouchers.models import DailyCardCount, Voucher
 from vouchers.services import voucher_issue
 
 
@@ -254,3 +254,34 @@ class ExportJobFactory(factory.django.DjangoModelFactory):
         model = "reports.ExportJob"
 
     campaign = factory.SubFactory(CampaignFactory)
+
+
+class DailyCardCountFactory(factory.django.DjangoModelFactory):
+    """A daily card counter row (normally written only by claims; for admin pages)."""
+
+    class Meta:
+        model = DailyCardCount
+
+    campaign = factory.SubFactory(CampaignFactory)
+    day = factory.LazyFunction(lambda: timezone.localdate())
+    cards = 0
+
+
+class StoreDaySubsidyFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = StoreDaySubsidy
+
+    campaign = factory.SubFactory(CampaignFactory)
+    store = factory.SubFactory(StoreFactory)
+    day = factory.LazyFunction(lambda: timezone.localdate())
+    subsidy = Decimal("0.00")
+
+
+class BrandDaySubsidyFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = BrandDaySubsidy
+
+    campaign = factory.SubFactory(CampaignFactory)
+    brand = factory.SubFactory(BrandFactory)
+    day = factory.LazyFunction(lambda: timezone.localdate())
+    subsidy = Decimal("0.00")
