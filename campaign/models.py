@@ -133,6 +133,11 @@ class BudgetBucket(models.Model):
     allotment = models.DecimalField("额度", default=Decimal("0.00"), **MONEY)
     reserved = models.DecimalField("已预留", default=Decimal("0.00"), **MONEY)
     spent = models.DecimalField("已花费", default=Decimal("0.00"), **MONEY)
+    # Daily card cap (issue 20): cards this bucket issued on local day `day_on`. The cap is split over the buckets
+    # and counted on the row the reservation already updates (no extra row, no extra lock, the first claim of a
+    # new day restarts the count): a single per-day row would serialise every claim of the campaign.
+    day_on = models.DateField("计数日期（北京时间）", null=True, blank=True)
+    day_cards = models.PositiveIntegerField("当日发卡数", default=0)
 
     class Meta:
         verbose_name = "预算桶"

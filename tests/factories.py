@@ -17,7 +17,7 @@ from campaign.models import AuditLog, BudgetBucket, Campaign, LedgerEntry
 from campaign.services import CampaignSpec, campaign_create
 from orders.models import Brand, BrandDaySubsidy, Order, OrderEvent, OrderItem, Product, Store, StoreDaySubsidy
 from referrals.models import InviteCode, Referral
-from vouchers.models import DailyCardCount, Voucher
+from vouchers.models import Voucher
 from vouchers.services import voucher_issue
 
 
@@ -254,17 +254,6 @@ class ExportJobFactory(factory.django.DjangoModelFactory):
         model = "reports.ExportJob"
 
     campaign = factory.SubFactory(CampaignFactory)
-
-
-class DailyCardCountFactory(factory.django.DjangoModelFactory):
-    """A daily card counter row (normally written only by claims; for admin pages)."""
-
-    class Meta:
-        model = DailyCardCount
-
-    campaign = factory.SubFactory(CampaignFactory)
-    day = factory.LazyFunction(lambda: timezone.localdate())
-    cards = 0
 
 
 class StoreDaySubsidyFactory(factory.django.DjangoModelFactory):

@@ -22,7 +22,7 @@ from miandan.api.admin import ReadOnlyAdminMixin
 from miandan.api.admin_scale import LargeTableAdminMixin, digits, ids_or_none, phone_prefix
 from miandan.api.errors import DomainError
 
-from .models import DailyCardCount, Voucher
+from .models import Voucher
 from .services import voucher_issue, voucher_void
 
 
@@ -153,16 +153,3 @@ class VoucherAdmin(LargeTableAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
         }
         return TemplateResponse(request, "admin/vouchers/voucher/issue.html", context)
 
-
-@admin.register(DailyCardCount)
-class DailyCardCountAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    """The daily card cap's counters (issue 20): written only by claims, proven by `reconcile`."""
-
-    list_display = ["day", "campaign", "cards", "cap_col"]
-    list_filter = ["campaign"]
-    date_hierarchy = "day"
-
-    @admin.display(description="当前每日上限")
-    def cap_col(self, obj):
-        cap = obj.campaign.daily_card_cap
-        return f"{cap} 张" if cap else "不限"

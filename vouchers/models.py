@@ -54,8 +54,8 @@ class Voucher(models.Model):
     redeemed_at = models.DateTimeField("使用时间", null=True, blank=True)
     closed_at = models.DateTimeField("过期/作废时间", null=True, blank=True)
     void_reason = models.CharField("作废原因", max_length=255, blank=True, default="")
-    # The local (Asia/Shanghai) day whose DailyCardCount this card was counted in; null when no daily cap was
-    # configured at issue time. `reconcile` proves each counter equals the cards naming its day.
+    # The local (Asia/Shanghai) day this card was counted in against the daily card cap (its bucket's `day_cards`);
+    # null when no daily cap was set at issue time. `reconcile` proves each bucket's counter equals its cards.
     counted_on = models.DateField("计入每日发卡数的日期", null=True, blank=True)
 
     class Meta:
@@ -104,27 +104,3 @@ class Voucher(models.Model):
     def __str__(self) -> str:
         return self.code
 
-
-class DailyCardCount(models.Model):
-    """Cards issued per campaign and local day while a daily cap is set: the cap's counter.
-
-    Incremented in the claim's own statement by a conditional upsert (`cards < cap`), so concurrent
-    claims can never pass the cap; a new local day is a new row, which is the midnight reset.
-    """
-
-    campaign = models.ForeignKey(Campaign, on_delete=models.PROTECT, related_name="+", verbose_name="活动",
-                                 db_index=False)
-    day = models.DateField("日期（北京时间）")
-    cards = models.PositiveIntegerField("已发卡数", default=0)
-
-    class Meta:
-        verbose_name = "每日发卡计数"
-        verbose_name_plural = "每日发卡计数"
-        ordering = ["-day", "campaign"]
-        constraints = [
-            models.UniqueConstraint(fields=["campaign", "day"], name="daily_card_count_unique"),
-            models.CheckConstraint(condition=Q(cards__gte=0), name="daily_card_count_nonneg"),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.day} {self.cards}"

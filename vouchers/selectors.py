@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from campaign.models import BudgetBucket, Campaign, LedgerEntry
 
-from .models import DailyCardCount, Voucher
+from .models import Voucher
 
 ZERO = Decimal("0.00")
 OPEN = (Voucher.Status.ISSUED, Voucher.Status.LOCKED)
@@ -274,12 +274,16 @@ RECONCILE_CHECKS: list = []
 
 
 def _reconcile_daily_cards(*, campaign: Campaign, using: str, diffs: list[str]) -> None:
-    """Each daily card counter equals the cards that name its day (issue 20)."""
-    counters = dict(DailyCardCount.objects.using(using).filter(campaign=campaign).values_list("day", "cards"))
-    counted = dict(
-        Voucher.objects.using(using).filter(campaign=campaign, counted_on__isnull=False).order_by()
-        .values_list("counted_on").annotate(n=Count("id"))
-    )
-    for day in sorted(set(counters) | set(counted)):
-        if counters.get(day, 0) != counted.get(day, 0):
-            diffs.append(f"{day} 每日发卡计数 {counters.get(day, 0)} ≠ 当日计入的卡 {counted.get(day, 0)} 张")
+    """Each bucket's daily card count equals the cards counted on its day in that bucket (issue 20)."""
+    buckets = list(BudgetBucket.objects.using(using).filter(campaign=campaign, day_on__isnull=False)
+                   .values_list("pk", "index", "day_on", "day_cards"))
+    if not buckets:
+        return
+    counted = {
+        (bucket_id, day): n
+        for bucket_id, day, n in Voucher.objects.using(using).filter(campaign=campaign, counted_on__isnull=False)
+        .order_by().values_list("bucket_id", "counted_on").annotate(n=Count("id"))
+    }
+    for pk, index, day, cards in buckets:
+        if counted.get((pk, day), 0) != cards:
+            diffs.append(f"桶 #{index}: {day} 每日发卡计数 {cards} ≠ 当日计入该桶的卡 {counted.get((pk, day), 0)} 张")

@@ -23,6 +23,7 @@ from campaign.errors import BudgetExhausted, BudgetPaced, CampaignNotLive, Daily
 from campaign.gate import campaign_is_live, campaign_require_open
 from campaign.models import Campaign, LedgerEntry
 from campaign.services import (
+    DayCap,
     audit,
     budget_record,
     budget_record_sql,
@@ -37,7 +38,7 @@ from miandan.db import advisory_lock, is_postgres, retry_on_conflict
 
 from . import admission
 from .errors import AppUpgradeRequired, CardLimitReached, NoVoucher, VoucherStateConflict
-from .models import DailyCardCount, Voucher
+from .models import Voucher
 from .selectors import voucher_usable
 
 CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"  # no 0/O/1/I/L
@@ -63,14 +64,18 @@ def parse_app_version(value: object) -> Version:
 class Controls:
     """What the campaign's spend plan and daily cap say about one claim, decided once per claim.
 
-    `share`: the plan's bound per bucket (None: no limit); `day`: the local day the card counts in when a
-    daily cap is set (None: no cap). Staff cards are outside both (a person decided them, with a reason).
+    `share`: the plan's bound per bucket (None: no limit); `day_cap`: the local day and the daily cap when one
+    is set (counted on the bucket the card reserves in). Staff cards are outside both (a person decided them,
+    with a reason).
     """
 
     now: dt.datetime
     share: Decimal | None = None
-    day: dt.date | None = None
-    cap: int | None = None
+    day_cap: DayCap | None = None
+
+    @property
+    def day(self) -> dt.date | None:
+        return self.day_cap.day if self.day_cap else None
 
 
 def claim_controls(campaign: Campaign, source: str, now: dt.datetime | None = None) -> Controls:
@@ -81,36 +86,8 @@ def claim_controls(campaign: Campaign, source: str, now: dt.datetime | None = No
     ):
         return Controls(now=now)
     cap = campaign.daily_card_cap
-    return Controls(now=now, share=pacing.claim_share(campaign, now), day=pacing.local_day(now) if cap else None,
-                    cap=cap)
-
-
-def _daily_cap_reached(now: dt.datetime) -> DailyCapReached:
-    return DailyCapReached(retry_after=pacing.seconds_until(None, now))
-
-
-def day_count_sql(*, campaign_id: int, controls: Controls, only_if: str = "", only_if_params: list | None = None,
-                  ) -> tuple[str, list]:
-    """The daily cap's counter as one conditional upsert: +1 unless the day already holds `cap` cards.
-
-    Row locked until commit, so concurrent claims queue on it and each sees the others' increments: the cap
-    can never be passed. Composable as a CTE (`only_if`: precondition of the caller's statement).
-    """
-    table = connection.ops.quote_name(DailyCardCount._meta.db_table)
-    sql = (
-        f"INSERT INTO {table} AS t (campaign_id, day, cards) SELECT %s, %s, 1 WHERE {only_if or 'true'} "
-        "ON CONFLICT (campaign_id, day) DO UPDATE SET cards = t.cards + 1 WHERE t.cards < %s RETURNING t.cards"
-    )
-    return sql, [campaign_id, controls.day, *(only_if_params or []), controls.cap]
-
-
-def _count_day(*, campaign: Campaign, controls: Controls) -> None:
-    """The counter alone (the ORM path): raise DailyCapReached when the day is full."""
-    sql, params = day_count_sql(campaign_id=campaign.pk, controls=controls)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        if cursor.fetchone() is None:
-            raise _daily_cap_reached(controls.now)
+    return Controls(now=now, share=pacing.claim_share(campaign, now),
+                    day_cap=DayCap(day=pacing.local_day(now), cap=cap) if cap else None)
 
 
 def _after_commit_user(campaign_id: int, user_id: int) -> None:
@@ -119,14 +96,14 @@ def _after_commit_user(campaign_id: int, user_id: int) -> None:
 
 def _issue_locked(
     *, user, campaign: Campaign, source: str, actor=None, reason: str = "", used: int | None = None,
-    joined_app_version: str = "", controls: Controls | None = None, day_counted: bool = False,
+    joined_app_version: str = "", controls: Controls | None = None,
 ) -> Voucher:
     """Issue one card. Caller holds the (campaign, user) advisory lock inside its transaction.
 
     `used` is the number of cards the user already holds here, when the caller has just counted them.
     `joined_app_version` (welcome cards) is recorded on the user if none is yet.
     `controls`: the claim's plan / daily cap decision when the caller already made it (one throttle draw
-    per claim); `day_counted`: the caller's statement already took this card's place in the daily counter.
+    per claim).
     """
     controls = controls or claim_controls(campaign, source)
     if used is None:
@@ -137,13 +114,12 @@ def _issue_locked(
     reason = reason or f"发卡：{Voucher.Source(source).label}"
     voucher = None
     if is_postgres():
-        voucher, day_counted = _insert_reserved_pg(
+        voucher = _insert_reserved_pg(
             user=user, campaign=campaign, source=source, slot=slot, actor=actor, reason=reason,
-            joined_app_version=joined_app_version, controls=controls, day_counted=day_counted)
+            joined_app_version=joined_app_version, controls=controls)
     if voucher is None:
         voucher = _insert_reserved_orm(user=user, campaign=campaign, source=source, slot=slot, actor=actor,
-                                       reason=reason, joined_app_version=joined_app_version, controls=controls,
-                                       day_counted=day_counted)
+                                       reason=reason, joined_app_version=joined_app_version, controls=controls)
     if source == Voucher.Source.WELCOME:
         # Under the slot lock the count is exact; a card issued right after us forgets this on its own commit.
         transaction.on_commit(
@@ -167,35 +143,29 @@ def _new_card(*, user, campaign: Campaign, source: str, slot: int, bucket_id: in
 
 
 def _insert_reserved_pg(*, user, campaign: Campaign, source: str, slot: int, actor, reason: str,
-                        joined_app_version: str, controls: Controls, day_counted: bool,
-                        ) -> tuple[Voucher | None, bool]:
-    """The hot path in ONE statement: [count the day,] reserve in a free bucket, insert the card, its ledger row.
+                        joined_app_version: str, controls: Controls) -> Voucher | None:
+    """The hot path in ONE statement: reserve in a free bucket (plan bound and day count on the same row),
+    insert the card, write its ledger row.
 
     The money SQL comes from campaign.services (it owns the budget tables); this only composes it.
-    Returns (None, day_counted) when no free bucket had room (no card, no money moved; the day counter may
-    have been taken, which the caller's slow path then reuses): the caller takes the slow path.
-    Raises DailyCapReached when the day is full.
+    Returns None when no free bucket had room (nothing was written): the caller takes the slow path.
     """
     card = _new_card(user=user, campaign=campaign, source=source, slot=slot, controls=controls)
-    count_day = controls.day is not None and not day_counted
     reserve_sql, reserve_params = budget_reserve_sql(
-        campaign=campaign, amount=campaign.face_value, hint=user.pk, share=controls.share,
-        only_if="EXISTS (SELECT 1 FROM d)" if count_day else "")
+        campaign=campaign, amount=campaign.face_value, hint=user.pk, share=controls.share, day_cap=controls.day_cap)
     ledger_sql, ledger_params = budget_record_sql(
         campaign_id=campaign.pk, kind=LedgerEntry.Kind.RESERVE, amount=campaign.face_value, source="v",
         bucket_expr="v.bucket_id", voucher_expr="v.id", actor=actor, reason=reason,
     )
     qn = connection.ops.quote_name
-    day_sql, day_params = (day_count_sql(campaign_id=campaign.pk, controls=controls) if count_day else ("", []))
     sql = (
-        (f"WITH d AS ({day_sql}), b AS ({reserve_sql}), " if count_day else f"WITH b AS ({reserve_sql}), ")
-        + f"v AS (INSERT INTO {qn(Voucher._meta.db_table)} (code, slot, cap, source, status, face_value, issued_at, "
+        f"WITH b AS ({reserve_sql}), "
+        f"v AS (INSERT INTO {qn(Voucher._meta.db_table)} (code, slot, cap, source, status, face_value, issued_at, "
         "expires_at, void_reason, counted_on, bucket_id, campaign_id, user_id) "
         "SELECT %s, %s, %s, %s, %s, %s, %s, %s, '', %s, b.id, %s, %s FROM b RETURNING id, bucket_id), "
         f"l AS ({ledger_sql}) "
     )
     params = [
-        *day_params,
         *reserve_params,
         card.code, card.slot, card.cap, card.source, card.status, card.face_value, card.issued_at, card.expires_at,
         card.counted_on, campaign.pk, user.pk,
@@ -207,31 +177,25 @@ def _insert_reserved_pg(*, user, campaign: Campaign, source: str, slot: int, act
         sql += (f", u AS (UPDATE {qn(type(user)._meta.db_table)} SET joined_app_version = %s "
                 "WHERE id = %s AND joined_app_version = '' AND EXISTS (SELECT 1 FROM v)) ")
         params += [joined_app_version[:32], user.pk]
-    sql += "SELECT v.id, v.bucket_id, " + ("(SELECT count(*) FROM d)" if count_day else "0") + " FROM (SELECT 1) AS one "
-    sql += "LEFT JOIN v ON true"
+    sql += "SELECT id, bucket_id FROM v"
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        card_id, bucket_id, counted = cursor.fetchone()
-    if count_day:
-        if not counted:
-            raise _daily_cap_reached(controls.now)
-        day_counted = True
-    if card_id is None:
-        return None, day_counted
-    card.pk, card.bucket_id = card_id, bucket_id
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    card.pk, card.bucket_id = row
     card._state.adding = False
     card._state.db = connection.alias
-    return card, day_counted
+    return card
 
 
 def _insert_reserved_orm(*, user, campaign: Campaign, source: str, slot: int, actor, reason: str,
-                         joined_app_version: str, controls: Controls, day_counted: bool = False) -> Voucher:
-    """Any database, and PostgreSQL's slow path: [count the day,] reserve (or raise BudgetExhausted), insert, ledger."""
-    if controls.day is not None and not day_counted:
-        _count_day(campaign=campaign, controls=controls)
+                         joined_app_version: str, controls: Controls) -> Voucher:
+    """Any database, and PostgreSQL's slow path: reserve (or raise BudgetExhausted / BudgetPaced /
+    DailyCapReached), insert, ledger."""
     try:
         bucket = budget_reserve(campaign=campaign, amount=campaign.face_value, hint=user.pk, share=controls.share,
-                                now=controls.now)
+                                day_cap=controls.day_cap, now=controls.now)
     except (BudgetPaced, DailyCapReached):
         raise  # the plan's "not now", not an empty budget: nothing to remember
     except BudgetExhausted:
@@ -337,10 +301,8 @@ def _join_db(*, user, campaign: Campaign, app_version: str) -> tuple[Voucher | N
     """
     advisory_lock("slot", campaign.pk, user.pk)
     controls = claim_controls(campaign, Voucher.Source.WELCOME)
-    day_counted = False
     if is_postgres():
-        folded, day_counted = _join_insert_pg(user=user, campaign=campaign, app_version=app_version,
-                                              controls=controls)
+        folded = _join_insert_pg(user=user, campaign=campaign, app_version=app_version, controls=controls)
         if folded is not None:
             return folded
     cards = list(Voucher.objects.filter(campaign=campaign, user=user).values_list("source", "code"))
@@ -350,33 +312,26 @@ def _join_db(*, user, campaign: Campaign, app_version: str) -> tuple[Voucher | N
     if len(cards) >= campaign.card_cap:
         return None, False, len(cards), ""
     voucher = _issue_locked(user=user, campaign=campaign, source=Voucher.Source.WELCOME, used=len(cards),
-                            joined_app_version=app_version, controls=controls, day_counted=day_counted)
+                            joined_app_version=app_version, controls=controls)
     return voucher, True, len(cards) + 1, voucher.code
 
 
 def _join_insert_pg(*, user, campaign: Campaign, app_version: str, controls: Controls,
-                    ) -> tuple[tuple[Voucher | None, bool, int, str] | None, bool]:
+                    ) -> tuple[Voucher | None, bool, int, str] | None:
     """A join's count and its welcome card in ONE statement, under the slot lock the caller holds.
 
     The statement counts the user's cards, and only when they hold no welcome card and are under the cap
     reserves the face value in a free bucket, inserts the card (slot = count + 1) and its ledger row; the
     lock was taken by the statement before, so this one's snapshot sees every committed card of the user.
-    Same answer as `_join_db`, paired with "the daily counter was taken"; (None, ...) when no free bucket
-    had room (no card, no money: the slow path decides, reusing the counter this statement took).
-    With a daily cap the statement first takes the day's counter (same precondition), and the reserve runs
-    only if it got it; with a plan the reserve carries the plan's bound. Raises DailyCapReached.
+    Same answer as `_join_db`; None when no free bucket had room (nothing written: the slow path decides).
+    With a plan or a daily cap, the reserve carries the plan's bound and counts the day on the same bucket
+    row (campaign.services.budget_reserve_sql): no extra statement, no extra row.
     """
     vt = connection.ops.quote_name(Voucher._meta.db_table)
     card = _new_card(user=user, campaign=campaign, source=Voucher.Source.WELCOME, slot=0, controls=controls)
-    fresh = "(SELECT n FROM c) < %s AND (SELECT w FROM c) IS NULL"
-    count_day = controls.day is not None
-    day_sql, day_params = ("", [])
-    if count_day:
-        day_sql, day_params = day_count_sql(campaign_id=campaign.pk, controls=controls, only_if=fresh,
-                                            only_if_params=[campaign.card_cap])
     reserve_sql, reserve_params = budget_reserve_sql(
-        campaign=campaign, amount=campaign.face_value, hint=user.pk, share=controls.share,
-        only_if=fresh + (" AND EXISTS (SELECT 1 FROM d)" if count_day else ""), only_if_params=[campaign.card_cap])
+        campaign=campaign, amount=campaign.face_value, hint=user.pk, share=controls.share, day_cap=controls.day_cap,
+        only_if="(SELECT n FROM c) < %s AND (SELECT w FROM c) IS NULL", only_if_params=[campaign.card_cap])
     ledger_sql, ledger_params = budget_record_sql(
         campaign_id=campaign.pk, kind=LedgerEntry.Kind.RESERVE, amount=campaign.face_value, source="v",
         bucket_expr="v.bucket_id", voucher_expr="v.id", reason=f"发卡：{Voucher.Source.WELCOME.label}",
@@ -384,8 +339,7 @@ def _join_insert_pg(*, user, campaign: Campaign, app_version: str, controls: Con
     sql = (
         f"WITH c AS (SELECT count(*) AS n, max(code) FILTER (WHERE source = %s) AS w FROM {vt} "
         "WHERE campaign_id = %s AND user_id = %s), "
-        + (f"d AS ({day_sql}), " if count_day else "")
-        + f"b AS ({reserve_sql}), "
+        f"b AS ({reserve_sql}), "
         f"v AS (INSERT INTO {vt} (code, slot, cap, source, status, face_value, issued_at, expires_at, void_reason, "
         "counted_on, bucket_id, campaign_id, user_id) "
         "SELECT %s, (SELECT n FROM c) + 1, %s, %s, %s, %s, %s, %s, '', %s, b.id, %s, %s "
@@ -394,7 +348,6 @@ def _join_insert_pg(*, user, campaign: Campaign, app_version: str, controls: Con
     )
     params = [
         Voucher.Source.WELCOME, campaign.pk, user.pk,
-        *day_params,
         *reserve_params,
         card.code, card.cap, card.source, card.status, card.face_value, card.issued_at, card.expires_at,
         card.counted_on, campaign.pk, user.pk,
@@ -405,27 +358,24 @@ def _join_insert_pg(*, user, campaign: Campaign, app_version: str, controls: Con
         sql += (f", u AS (UPDATE {qn(type(user)._meta.db_table)} SET joined_app_version = %s "
                 "WHERE id = %s AND joined_app_version = '' AND EXISTS (SELECT 1 FROM v)) ")
         params += [app_version[:32], user.pk]
-    sql += ("SELECT c.n, c.w, v.id, v.bucket_id, v.slot, " + ("(SELECT count(*) FROM d)" if count_day else "0")
-            + " FROM c LEFT JOIN v ON true")
+    sql += "SELECT c.n, c.w, v.id, v.bucket_id, v.slot FROM c LEFT JOIN v ON true"
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        held, welcome, card_id, bucket_id, slot, counted = cursor.fetchone()
+        held, welcome, card_id, bucket_id, slot = cursor.fetchone()
     if welcome:
-        return (Voucher.objects.get(code=welcome), False, held, welcome), False
+        return Voucher.objects.get(code=welcome), False, held, welcome
     if held >= campaign.card_cap:
-        return (None, False, held, ""), False
-    if count_day and not counted:
-        raise _daily_cap_reached(controls.now)
+        return None, False, held, ""
     if card_id is None:
-        # No free bucket had room (or the plan's bound): the slow path (consolidation, BudgetPaced or
-        # BudgetExhausted) decides, with the daily counter this statement already took.
-        return None, bool(counted)
+        # No free bucket had room, under the plan's bound or the day's count: the slow path (consolidation,
+        # BudgetPaced, DailyCapReached or BudgetExhausted) decides.
+        return None
     card.pk, card.bucket_id, card.slot = card_id, bucket_id, slot
     card._state.adding = False
     card._state.db = connection.alias
     transaction.on_commit(lambda: admission.remember_user(campaign.pk, user.pk, count=slot, welcome_code=card.code))
     transaction.on_commit(lambda: CARDS_ISSUED.labels(Voucher.Source.WELCOME).inc())
-    return (card, True, held + 1, card.code), bool(counted)
+    return card, True, held + 1, card.code
 
 
 # --- the order side: lock, redeem, release -------------------------------------------
