@@ -1,4 +1,4 @@
-"""Issue 20: what the campaign controls cost the join, same server, same run, interleaved A/B/A/B.
+"""Issue 20: what the campaign controls cost the join, same server, same run, interleaved A/B.
 
 Two live campaigns in one database, both 3e9 yuan in 64 buckets:
 - `bench` (A): no plan, no daily cap — the hot path as before (no extra query, no extra condition);
@@ -8,7 +8,8 @@ Two live campaigns in one database, both 3e9 yuan in 64 buckets:
 
 Fresh users join (201) from a load generator in its own process(es) (bench/loadgen.py, keep-alive
 connections, closed loop) against gunicorn with the production shape; the scenarios alternate A, B, A, B, …
-so that a box loaded by others affects both alike. Afterwards `reconcile` runs on both (PASS includes the
+in the order A B, B A, A B, B A (so that a drift over the run, from other load on the box or the growing
+tables, falls on both sides alike). Afterwards `reconcile` runs on both (PASS includes the
 daily counters equal to the cards counted in them).
 
     .venv/bin/python bench/controls.py                              # 4 rounds A/B, 10 s each after 2 s warm-up
@@ -115,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
               "tokens": warm[k::2], "ips": _ips(len(warm[k::2]), 9 - k), "mode": "once"}
              for k, slug in enumerate((PLAIN, CONTROLLED))]
     for i in range(runs - 1):
-        slug = PLAIN if i % 2 == 0 else CONTROLLED
+        # A B, B A, A B, B A, …: a drift over the run (other load on the box, the tables growing) falls on
+        # both sides alike instead of always on the second run of a pair.
+        first_is_plain = (i // 2) % 2 == 0
+        slug = PLAIN if (i % 2 == 0) == first_is_plain else CONTROLLED
         tokens = data["pools"][i + 1]
         plans.append({"name": f"{'A-plain' if slug == PLAIN else 'B-controls'}-{i // 2 + 1}", "method": "POST",
                       "path": f"/api/v1/campaigns/{slug}/join", "body": body, "tokens": tokens,
@@ -139,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{plan['name']:<16}{rate:>9.1f}{lat['p50']:>9.1f}{lat['p99']:>9.1f}  {r['status']}")
     a = [row["ok_rps"] for row in rows if row["run"].startswith("A")]
     b = [row["ok_rps"] for row in rows if row["run"].startswith("B")]
-    pairs = [bb / aa for aa, bb in zip(a, b, strict=True) if aa]
+    pairs = [bb / aa for aa, bb in zip(a, b, strict=True) if aa]  # round i: its A and its B (order alternates)
     mean_a, mean_b = sum(a) / len(a), sum(b) / len(b)
     cost = 1 - mean_b / mean_a if mean_a else 0.0
     print(f"\nmean A (no controls) {mean_a:.1f}/s, mean B (plan + daily cap) {mean_b:.1f}/s: "
