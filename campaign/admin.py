@@ -216,8 +216,24 @@ class CampaignChangeForm(forms.ModelForm):
         _skip_constraint_messages(self.instance)
         super()._post_clean()
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # A post without the control fields (older scripts, a trimmed form) keeps the campaign's values.
+        for name in ("pace_mode", "pace_throttle_from", "pace_alert_margin"):
+            if name in self.fields:
+                self.fields[name].required = False
+
+    @property
+    def changed_data(self):
+        # Fields the post left out kept their values: not a change (nor an audit entry).
+        return [name for name in super().changed_data
+                if not (name in ("pace_mode", "pace_throttle_from", "pace_alert_margin") and name not in self.data)]
+
     def clean(self):
         data = super().clean()
+        for name in ("pace_mode", "pace_throttle_from", "pace_alert_margin"):
+            if name in self.fields and data.get(name) in (None, ""):
+                data[name] = getattr(self.instance, name)
         starts = data.get("starts_at", self.instance.starts_at)
         ends = data.get("ends_at", self.instance.ends_at)
         if starts and ends and ends <= starts:
