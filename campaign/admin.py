@@ -30,10 +30,11 @@ from miandan.api.admin_scale import LargeTableAdminMixin, digits
 from miandan.api.errors import DomainError
 from miandan.display import duration_cn, money_html, signed_yuan
 
+from . import pacing
 from .errors import InvalidCampaign
 from .gate import PAUSED_RETRY_AFTER, PAUSED_TEXT
-from .models import AuditLog, BudgetBucket, Campaign, LedgerEntry
-from .selectors import bucket_spread, budget_totals
+from .models import AuditLog, BudgetBucket, Campaign, LedgerEntry, PaceMode
+from .selectors import bucket_spread, budget_totals, pace_overview, pace_overviews
 from .services import (
     CampaignSpec,
     audit,
@@ -45,6 +46,9 @@ from .services import (
 )
 
 MONEY = DecimalField(max_digits=16, decimal_places=2)
+# Issue 20: the spend plan and the daily caps, on the campaign's change page.
+CONTROL_FIELDS = ["pace_mode", "pace_even_daily", "pace_points", "pace_throttle_from", "pace_alert_margin",
+                  "daily_card_cap", "store_daily_subsidy_cap", "brand_daily_subsidy_cap"]
 ZERO = Decimal("0.00")
 SWITCHES = {"claims_enabled": "领卡", "referrals_enabled": "邀请", "orders_enabled": "下单"}
 SWITCH_FEATURES = {"claims_enabled": "claims", "referrals_enabled": "referrals", "orders_enabled": "orders"}
@@ -163,26 +167,91 @@ class CampaignAddForm(forms.ModelForm):
         )
 
 
+class PacePointsField(forms.CharField):
+    """The plan curve as marketing types it: one "time, share or amount" a line (campaign.pacing)."""
+
+    def __init__(self, **kwargs):
+        example = "2026-02-01 10:00, 20%\n2026-02-03 00:00, 60%\n2026-02-07 00:00, 100%"
+        kwargs.setdefault("widget", forms.Textarea(attrs={"rows": 5, "cols": 60, "placeholder": example}))
+        kwargs.setdefault("required", False)
+        kwargs.setdefault("label", "投放计划曲线")
+        kwargs.setdefault("help_text", "每行一个点：“时间（北京时间）, 累计比例% 或 累计金额（元）”，点与点之间按直线；"
+                                       "活动开始时为 0。勾选“按天平均投放”时不用填。")
+        super().__init__(**kwargs)
+
+    def prepare_value(self, value):
+        if isinstance(value, list):
+            return pacing.plan_text(value)
+        if isinstance(value, str) and value.startswith("["):
+            import json
+
+            try:
+                return pacing.plan_text(json.loads(value))
+            except (ValueError, TypeError):
+                return value
+        return value
+
+    def to_python(self, value):
+        if isinstance(value, list):
+            return value
+        try:
+            return pacing.parse_plan_text(value or "")
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from exc
+
+
 class CampaignChangeForm(forms.ModelForm):
     card_validity = ValidityDaysField()
+    pace_points = PacePointsField()
 
     class Meta:
         model = Campaign
         fields = ["slug", "name", "status", "starts_at", "ends_at", "face_value", "card_cap", "min_app_version",
                   "card_validity", "total_budget", "bucket_count", "claims_enabled", "referrals_enabled",
                   "orders_enabled", "referral_inviter_hourly_limit", "referral_inviter_daily_limit",
-                  "referral_device_max_accounts", "referral_ip_burst_limit", "referral_clawback"]
+                  "referral_device_max_accounts", "referral_ip_burst_limit", "referral_clawback",
+                  *CONTROL_FIELDS]
 
     def _post_clean(self):
         _skip_constraint_messages(self.instance)
         super()._post_clean()
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # A post without the control fields (older scripts, a trimmed form) keeps the campaign's values.
+        for name in ("pace_mode", "pace_throttle_from", "pace_alert_margin"):
+            if name in self.fields:
+                self.fields[name].required = False
+
+    @property
+    def changed_data(self):
+        # Fields the post left out kept their values: not a change (nor an audit entry).
+        return [name for name in super().changed_data
+                if not (name in ("pace_mode", "pace_throttle_from", "pace_alert_margin") and name not in self.data)]
+
     def clean(self):
         data = super().clean()
+        for name in ("pace_mode", "pace_throttle_from", "pace_alert_margin"):
+            if name in self.fields and data.get(name) in (None, ""):
+                data[name] = getattr(self.instance, name)
         starts = data.get("starts_at", self.instance.starts_at)
         ends = data.get("ends_at", self.instance.ends_at)
         if starts and ends and ends <= starts:
             self.add_error("ends_at", "结束时间必须晚于开始时间")
+        mode = data.get("pace_mode")
+        if mode and mode != PaceMode.NONE and not data.get("pace_even_daily") and not data.get("pace_points"):
+            self.add_error("pace_points", "启用投放节奏控制时，请填写计划曲线或勾选“按天平均投放”")
+        for name in ("pace_throttle_from", "pace_alert_margin"):
+            value = data.get(name)
+            if value is not None and not 0 <= value <= 1:
+                self.add_error(name, "请填写 0 到 1 之间的比例，例如 0.9")
+        cap = data.get("daily_card_cap")
+        if cap is not None and cap < 1:
+            self.add_error("daily_card_cap", "每日发卡上限至少 1 张；不限请留空")
+        for name in ("store_daily_subsidy_cap", "brand_daily_subsidy_cap"):
+            value = data.get(name)
+            if value is not None and value < 0:
+                self.add_error(name, "补贴上限不能为负数；不限请留空")
         return data
 
 
@@ -214,6 +283,11 @@ def _switch_action(field: str, value: bool):
     return action
 
 
+def _pace_banner(campaign: Campaign, pace: dict) -> str:
+    return (f"【投放超计划】{campaign.name}：已承诺 {yuan(pace['committed'])} 元，计划此刻只允许 {yuan(pace['planned'])} 元"
+            f"（超出 {yuan(pace['ahead'])} 元，超过告警阈值 {pace['margin'] * 100:.1f}%）。请检查投放节奏或调整计划。")
+
+
 @admin.register(Campaign)
 class CampaignAdmin(admin.ModelAdmin):
     # Fits 1366 px: name and slug share a cell, the window is one cell, money reads as 万/亿 (exact in the tooltip).
@@ -230,6 +304,14 @@ class CampaignAdmin(admin.ModelAdmin):
     add_form = CampaignAddForm
 
     # --- list ------------------------------------------------------------------
+    def changelist_view(self, request, extra_context=None):
+        if request.method == "GET":
+            # The pace alert as an admin banner: live campaigns with a plan only (a handful of rows).
+            for campaign, pace in pace_overviews():
+                if pace["alert"]:
+                    messages.warning(request, _pace_banner(campaign, pace))
+        return super().changelist_view(request, extra_context)
+
     def get_queryset(self, request):
         # Counters come from the buckets (the truth), not from a cached column on the campaign.
         return super().get_queryset(request).annotate(
@@ -372,6 +454,9 @@ class CampaignAdmin(admin.ModelAdmin):
             extra_context["budget"] = budget_totals(campaign_id=obj.pk)
             extra_context["spread"] = bucket_spread(campaign=obj)
             extra_context["committed"] = extra_context["budget"]["reserved"] + extra_context["budget"]["spent"]
+            extra_context["pace"] = pace = pace_overview(campaign=obj, committed=extra_context["committed"])
+            if pace and pace["alert"] and request.method == "GET":
+                messages.warning(request, _pace_banner(obj, pace))
             extra_context["validity"] = duration_cn(obj.card_validity)
             if request.user.has_perm("campaign.view_budgetbucket"):
                 extra_context["buckets_url"] = (reverse("admin:campaign_budgetbucket_changelist")

@@ -11,7 +11,8 @@ class CampaignConfig(AppConfig):
         from miandan.api.metrics import register_state_reader
 
         from .gate import guard_switch_check
-        from .selectors import budget_gauges
+        from .selectors import budget_gauges, pace_gauges
 
         register_switch_check(guard_switch_check)  # the guard's kill-switch lookup
         register_state_reader("budget", budget_gauges)  # /metrics budget gauges
+        register_state_reader("pace", pace_gauges)  # /metrics spend plan vs actual, the pace alert

@@ -29,3 +29,20 @@ class InvalidCampaign(DomainError):
     code = "invalid"
     detail = "活动参数有误"
     status = 400
+
+
+class BudgetPaced(BudgetExhausted):
+    """The spend plan allows no more right now (issue 20). A kind of "exhausted for now": callers that
+    handle BudgetExhausted (referral rewards) treat it the same way; the API answers with its own code."""
+
+    code = "budget_paced"
+    detail = "今日免单卡已发完，明天再来"
+    status = 409
+
+
+class DailyCapReached(BudgetExhausted):
+    """The campaign's daily card cap is used up for this local day."""
+
+    code = "daily_cap_reached"
+    detail = "今日免单卡已发完，明天再来"
+    status = 409

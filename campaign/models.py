@@ -26,6 +26,13 @@ class CampaignQuerySet(models.QuerySet):
         return self.filter(status=Campaign.Status.LIVE, starts_at__lte=now, ends_at__gt=now)
 
 
+class PaceMode(models.TextChoices):
+    NONE = "none", "不控制"
+    ALERT = "alert", "仅告警"
+    REFUSE = "refuse", "超出计划即拒绝"
+    THROTTLE = "throttle", "接近计划时按概率限流"
+
+
 class Campaign(models.Model):
     class Status(models.TextChoices):
         DRAFT = "draft", "草稿"
@@ -59,6 +66,28 @@ class Campaign(models.Model):
         "事后拒绝邀请时收回未使用的奖励卡", default=True,
         help_text="开启：客服事后判定邀请作弊并拒绝时，未使用的奖励卡自动作废、预算退回；已使用的列出待跟进")
 
+    # Spend plan (issue 20): how much of the budget may be committed by each moment (campaign.pacing).
+    pace_mode = models.CharField("投放节奏控制", max_length=16, choices=PaceMode.choices, default=PaceMode.NONE)
+    pace_even_daily = models.BooleanField(
+        "按天平均投放", default=False, help_text="勾选后每天（北京时间零点起）可用预算 = 总预算 ÷ 活动天数，忽略下方曲线")
+    # [["2026-02-01T10:00:00+08:00", "20%"], ["2026-02-03T00:00:00+08:00", "1500000.00"], ...]: a share of the
+    # total budget (ending in %) or an amount in yuan, cumulative, linear in between (campaign.pacing).
+    pace_points = models.JSONField("投放计划曲线", default=list, blank=True)
+    pace_throttle_from = models.DecimalField(
+        "限流起点（占计划比例）", max_digits=4, decimal_places=3, default=Decimal("0.900"),
+        help_text="按概率限流时：已用达到计划的该比例后开始随机拒绝，越接近计划拒绝越多")
+    pace_alert_margin = models.DecimalField(
+        "超计划告警阈值", max_digits=4, decimal_places=3, default=Decimal("0.050"),
+        help_text="实际投放超过计划的该比例时告警（日志、监控指标、后台横幅）")
+
+    # Daily caps (issue 20): enforced in the claim's / the order's own transaction by conditional counter updates.
+    daily_card_cap = models.PositiveIntegerField("每日发卡上限（张）", null=True, blank=True,
+                                                 help_text="北京时间零点重置；留空表示不限")
+    store_daily_subsidy_cap = models.DecimalField("单门店每日补贴上限（元）", null=True, blank=True,
+                                                  help_text="超出时订单改派下一家最近门店；留空表示不限", **MONEY)
+    brand_daily_subsidy_cap = models.DecimalField("单品牌每日补贴上限（元）", null=True, blank=True,
+                                                  help_text="留空表示不限", **MONEY)
+
     created_at = models.DateTimeField("创建时间", auto_now_add=True)
     updated_at = models.DateTimeField("更新时间", auto_now=True)
 
@@ -83,6 +112,17 @@ class Campaign(models.Model):
             models.CheckConstraint(
                 condition=Q(bucket_count__gte=1) & Q(bucket_count__lte=1024), name="campaign_bucket_count_range"
             ),
+            models.CheckConstraint(
+                condition=Q(daily_card_cap__isnull=True) | Q(daily_card_cap__gte=1), name="campaign_daily_cap_positive"
+            ),
+            models.CheckConstraint(
+                condition=(Q(store_daily_subsidy_cap__isnull=True) | Q(store_daily_subsidy_cap__gte=0))
+                & (Q(brand_daily_subsidy_cap__isnull=True) | Q(brand_daily_subsidy_cap__gte=0)),
+                name="campaign_subsidy_caps_nonneg",
+            ),
+            models.CheckConstraint(
+                condition=Q(pace_throttle_from__gte=0) & Q(pace_throttle_from__lte=1), name="campaign_throttle_range"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -97,6 +137,11 @@ class BudgetBucket(models.Model):
     allotment = models.DecimalField("额度", default=Decimal("0.00"), **MONEY)
     reserved = models.DecimalField("已预留", default=Decimal("0.00"), **MONEY)
     spent = models.DecimalField("已花费", default=Decimal("0.00"), **MONEY)
+    # Daily card cap (issue 20): cards this bucket issued on local day `day_on`. The cap is split over the buckets
+    # and counted on the row the reservation already updates (no extra row, no extra lock, the first claim of a
+    # new day restarts the count): a single per-day row would serialise every claim of the campaign.
+    day_on = models.DateField("计数日期（北京时间）", null=True, blank=True)
+    day_cards = models.PositiveIntegerField("当日发卡数", default=0)
 
     class Meta:
         verbose_name = "预算桶"

@@ -93,3 +93,51 @@ def budget_gauges() -> list:
         samples["spent"].append(((c["slug"],), float(totals["spent"])))
         samples["total"].append(((c["slug"],), float(c["total_budget"])))
     return [StateGauge(name, doc, ("campaign",), samples[k]) for k, (name, doc) in names.items()]
+
+
+# --- the spend plan (issue 20) ----------------------------------------------------------
+
+def pace_overview(*, campaign: Campaign, now=None, committed: Decimal | None = None) -> dict | None:
+    """Plan vs actual right now (planned, committed, ahead, ratio, alert); None without a plan."""
+    from django.utils import timezone
+
+    from . import pacing
+
+    if not pacing.has_plan(campaign):
+        return None
+    now = now or timezone.now()
+    if committed is None:
+        totals = budget_totals(campaign_id=campaign.pk)
+        committed = totals["reserved"] + totals["spent"]
+    status = pacing.pace_status(campaign, committed, now)
+    status["mode"] = campaign.get_pace_mode_display()
+    return status
+
+
+def pace_overviews(*, now=None) -> list[tuple[Campaign, dict]]:
+    """Every live campaign with a plan, with its plan-vs-actual figures (the alert and /metrics read this)."""
+    from .models import PaceMode
+
+    rows = []
+    for campaign in Campaign.objects.live(now).exclude(pace_mode=PaceMode.NONE):
+        overview = pace_overview(campaign=campaign, now=now)
+        if overview is not None:
+            rows.append((campaign, overview))
+    return rows
+
+
+def pace_gauges() -> list:
+    """/metrics: plan vs actual of live campaigns with a plan; `miandan_budget_pace_alert` is 1 while ahead."""
+    from miandan.api.metrics import StateGauge
+
+    planned, ratio, alert = [], [], []
+    for campaign, o in pace_overviews():
+        planned.append(((campaign.slug,), float(o["planned"])))
+        ratio.append(((campaign.slug,), float(o["ratio"]) if o["ratio"].is_finite() else 1e9))
+        alert.append(((campaign.slug,), 1.0 if o["alert"] else 0.0))
+    return [
+        StateGauge("miandan_budget_planned_yuan", "Budget the spend plan allows committed now", ("campaign",), planned),
+        StateGauge("miandan_budget_pace_ratio", "Committed / planned (above 1: ahead of plan)", ("campaign",), ratio),
+        StateGauge("miandan_budget_pace_alert", "1 while spend runs ahead of plan by more than the margin",
+                   ("campaign",), alert),
+    ]

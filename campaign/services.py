@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Q
+from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
 from events.models import EventType
 from events.services import event_record
 from miandan.db import advisory_lock, retry_on_conflict
 
-from .errors import BudgetBelowCommitted, BudgetExhausted, InvalidCampaign
+from .errors import BudgetBelowCommitted, BudgetExhausted, BudgetPaced, DailyCapReached, InvalidCampaign
 from .models import AuditLog, BudgetBucket, Campaign, LedgerEntry
 
 CENT = Decimal("0.01")
@@ -147,8 +147,21 @@ def campaign_create(*, spec: CampaignSpec, actor=None) -> Campaign:
 
 # --- helpers for the voucher engine (caller's transaction) ---------------------------
 
+@dataclass(frozen=True)
+class DayCap:
+    """The daily card cap for one claim: the local day and the campaign's cap, split over its buckets."""
+
+    day: date
+    cap: int
+
+    def bucket_cap(self, index: int, n: int) -> int:
+        base, rest = divmod(self.cap, n)
+        return base + (1 if index < rest else 0)
+
+
 def budget_reserve_sql(*, campaign: Campaign, amount: Decimal, hint: int | None = None, only_if: str = "",
-                       only_if_params: list | None = None) -> tuple[str, list]:
+                       only_if_params: list | None = None, share: Decimal | None = None,
+                       day_cap: DayCap | None = None) -> tuple[str, list]:
     """PostgreSQL: the reserve as one `UPDATE ... RETURNING id` statement, for use alone or as a CTE.
 
     Reserves in the first bucket, in ring order from the hinted one, that has room and is not locked.
@@ -158,18 +171,34 @@ def budget_reserve_sql(*, campaign: Campaign, amount: Decimal, hint: int | None 
     No row returned: no free bucket has room; call `budget_reserve_slow`.
     `only_if`: an extra SQL condition (with `only_if_params`) that must hold for anything to be reserved,
     for a caller that composes the reserve into a statement with its own precondition.
+    `share` (campaign.pacing.claim_share): the spend plan, as a bound on each bucket's committed money
+    (reserved + spent <= allotment * share), checked in this same statement on the row it updates.
+    `day_cap`: the daily card cap, counted on the same row (`day_cards` of `day_on`; bucket i may count
+    cap // n cards, +1 for the first cap % n buckets, so the buckets together never pass the cap).
     """
     n = campaign.bucket_count
     start = (hint if hint is not None else random.randrange(n)) % n
     table = connection.ops.quote_name(BudgetBucket._meta.db_table)
     index = connection.ops.quote_name("index")
+    plan, plan_params = ("", [])
+    if share is not None:
+        plan, plan_params = " AND allotment * %s >= reserved + spent + %s", [share, amount]
+    count, count_params = ("", [])
+    if day_cap is not None:
+        base, rest = divmod(day_cap.cap, n)
+        plan += (f" AND (CASE WHEN day_on = %s THEN day_cards ELSE 0 END) "
+                 f"< %s + (CASE WHEN {index} < %s THEN 1 ELSE 0 END)")
+        plan_params = [*plan_params, day_cap.day, base, rest]
+        count = ", day_cards = (CASE WHEN day_on = %s THEN day_cards + 1 ELSE 1 END), day_on = %s"
+        count_params = [day_cap.day, day_cap.day]
     sql = (
-        f"UPDATE {table} SET reserved = reserved + %s "
-        f"WHERE id = (SELECT id FROM {table} WHERE campaign_id = %s AND allotment >= reserved + spent + %s "
+        f"UPDATE {table} SET reserved = reserved + %s{count} "
+        f"WHERE id = (SELECT id FROM {table} WHERE campaign_id = %s AND allotment >= reserved + spent + %s{plan} "
         f"ORDER BY ({index} - %s + %s) %% %s LIMIT 1 FOR UPDATE SKIP LOCKED) "
-        "AND allotment >= reserved + spent + %s" + (f" AND ({only_if})" if only_if else "") + " RETURNING id"
+        f"AND allotment >= reserved + spent + %s{plan}" + (f" AND ({only_if})" if only_if else "") + " RETURNING id"
     )
-    return sql, [amount, campaign.pk, amount, start, n, n, amount, *(only_if_params or [])]
+    return sql, [amount, *count_params, campaign.pk, amount, *plan_params, start, n, n, amount, *plan_params,
+                 *(only_if_params or [])]
 
 
 def budget_record_sql(
@@ -191,53 +220,129 @@ def budget_record_sql(
     return sql, [kind, amount, reason[:255], timezone.now(), actor_id, campaign_id]
 
 
-def _reserve_skip_locked(*, campaign: Campaign, amount: Decimal, hint: int | None) -> int | None:
-    sql, params = budget_reserve_sql(campaign=campaign, amount=amount, hint=hint)
+def _reserve_skip_locked(*, campaign: Campaign, amount: Decimal, hint: int | None,
+                         share: Decimal | None = None, day_cap: DayCap | None = None) -> int | None:
+    sql, params = budget_reserve_sql(campaign=campaign, amount=amount, hint=hint, share=share, day_cap=day_cap)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
     return row[0] if row else None
 
 
-def _reserve_serialised(*, campaign_id: int, n: int, start: int, amount: Decimal) -> int | None:
-    """Other databases (the SQLite demo serialises writers anyway): conditional UPDATEs in ring order."""
+def _room(amount: Decimal, share: Decimal | None, day_cap: DayCap | None = None, n: int = 1) -> Q:
+    """Room for `amount` in a bucket: under its allotment, with a plan under allotment * share, with a daily
+    cap under the bucket's share of it (the ORM twin of budget_reserve_sql's conditions)."""
     room = Q(allotment__gte=F("reserved") + F("spent") + amount)
+    if share is not None:
+        room &= Q(reserved__lte=F("allotment") * share - F("spent") - amount)
+    if day_cap is not None:
+        base, rest = divmod(day_cap.cap, n)
+        cap_here = Case(When(index__lt=rest, then=Value(base + 1)), default=Value(base))
+        fresh = Q(day_on__isnull=True) | ~Q(day_on=day_cap.day)
+        room &= Q(day_on=day_cap.day, day_cards__lt=cap_here) | (fresh & (Q(index__lt=rest) if base == 0 else Q()))
+    return room
+
+
+def _reserve_update(amount: Decimal, day_cap: DayCap | None) -> dict:
+    """The UPDATE's assignments: the reservation and, with a daily cap, the bucket's count for the day."""
+    changes = {"reserved": F("reserved") + amount}
+    if day_cap is not None:
+        changes["day_cards"] = Case(When(day_on=day_cap.day, then=F("day_cards") + 1), default=Value(1))
+        changes["day_on"] = day_cap.day
+    return changes
+
+
+def _reserve_serialised(*, campaign_id: int, n: int, start: int, amount: Decimal,
+                        share: Decimal | None = None, day_cap: DayCap | None = None) -> int | None:
+    """Other databases (the SQLite demo serialises writers anyway): conditional UPDATEs in ring order."""
+    room = _room(amount, share, day_cap, n)
     qs = BudgetBucket.objects.filter(campaign_id=campaign_id)
     candidates = sorted(qs.filter(room).values_list("index", "pk"), key=lambda row: (row[0] - start) % n)
     for _, pk in candidates:
-        if qs.filter(room, pk=pk).update(reserved=F("reserved") + amount) == 1:
+        if qs.filter(room, pk=pk).update(**_reserve_update(amount, day_cap)) == 1:
             return pk
     return None
 
 
-def budget_reserve(*, campaign: Campaign, amount: Decimal, hint: int | None = None) -> BudgetBucket:
+def budget_reserve(*, campaign: Campaign, amount: Decimal, hint: int | None = None, share: Decimal | None = None,
+                   day_cap: DayCap | None = None, now: datetime | None = None) -> BudgetBucket:
     """Reserve `amount` from one bucket with a conditional UPDATE; no read-modify-write, no global lock.
 
     Prefers the bucket chosen by `hint` (e.g. the user id) or at random, then the next ones in ring
     order, skipping buckets other transactions hold right now. Only when none is free and roomy does it
     take the serialised slow path (wait for the buckets, gather scattered room). Raises BudgetExhausted.
     The returned bucket is not re-read: only its `pk` and `campaign_id` are meant to be used.
+    `share` (campaign.pacing.claim_share): the spend plan's bound; refusals raise BudgetPaced.
+    `day_cap`: the daily card cap, counted on the bucket; refusals raise DailyCapReached.
     """
     if amount <= 0:
         raise ValueError("reserve amount must be positive")
     if connection.vendor == "postgresql":
-        bucket_id = _reserve_skip_locked(campaign=campaign, amount=amount, hint=hint)
+        bucket_id = _reserve_skip_locked(campaign=campaign, amount=amount, hint=hint, share=share, day_cap=day_cap)
     else:
         n = campaign.bucket_count
         start = (hint if hint is not None else random.randrange(n)) % n
-        bucket_id = _reserve_serialised(campaign_id=campaign.pk, n=n, start=start, amount=amount)
+        bucket_id = _reserve_serialised(campaign_id=campaign.pk, n=n, start=start, amount=amount, share=share,
+                                        day_cap=day_cap)
     if bucket_id is not None:
         return BudgetBucket(pk=bucket_id, campaign_id=campaign.pk)
-    return budget_reserve_slow(campaign=campaign, amount=amount)
+    if share is not None or day_cap is not None:
+        _refuse_if_controlled(campaign=campaign, amount=amount, share=share, day_cap=day_cap,
+                              now=now or timezone.now())
+    return budget_reserve_slow(campaign=campaign, amount=amount, share=share, day_cap=day_cap, now=now)
 
 
-def budget_reserve_slow(*, campaign: Campaign, amount: Decimal) -> BudgetBucket:
+def _paced(campaign: Campaign, committed: Decimal, amount: Decimal, now: datetime) -> BudgetPaced:
+    from . import pacing
+
+    when = pacing.plan_allows_at(campaign, committed + amount, now)
+    return BudgetPaced(retry_after=pacing.seconds_until(when, now))
+
+
+def _daily_cap_reached(now: datetime) -> DailyCapReached:
+    from . import pacing
+
+    return DailyCapReached(retry_after=pacing.seconds_until(None, now))
+
+
+def _refuse_if_controlled(*, campaign: Campaign, amount: Decimal, share: Decimal | None, day_cap: DayCap | None,
+                          now: datetime) -> None:
+    """Refuse a claim over the plan or the daily cap without the serialised slow path (a plain read).
+
+    Refusing is always safe for the plan and the cap, so an unlocked read may decide it. Only when some
+    bucket does have room (it was locked by a claim in flight) or the budget itself runs out does the slow
+    path decide.
+    """
+    n = campaign.bucket_count
+    rows = list(BudgetBucket.objects.filter(campaign_id=campaign.pk).values_list(
+        "index", "allotment", "reserved", "spent", "day_on", "day_cards"))
+    if sum((a - r - s for _, a, r, s, _, _ in rows), ZERO) < amount:
+        return  # exhausted, not paced: the slow path says so (and may gather scattered room)
+
+    def day_room(i: int, on, cards: int) -> bool:
+        return day_cap is None or (cards if on == day_cap.day else 0) < day_cap.bucket_cap(i, n)
+
+    if day_cap is not None and not any(day_room(i, on, c) for i, _, _, _, on, c in rows):
+        raise _daily_cap_reached(now)
+    if any(a >= r + s + amount and (share is None or a * share >= r + s + amount) and day_room(i, on, c)
+           for i, a, r, s, on, c in rows):
+        return
+    if share is not None:
+        raise _paced(campaign, sum((r + s for _, _, r, s, _, _ in rows), ZERO), amount, now)
+
+
+def budget_reserve_slow(*, campaign: Campaign, amount: Decimal, share: Decimal | None = None,
+                        day_cap: DayCap | None = None, now: datetime | None = None) -> BudgetBucket:
     """Slow path near the end of a budget: free room is scattered in pieces smaller than a card.
 
     One transaction at a time per campaign (advisory lock), then every bucket locked in primary-key
     order (waiting for in-flight fast-path reservations, which never wait themselves). If one bucket
     has room, reserve there; otherwise gather room into the roomiest bucket with paired `adjust`
     entries (net zero) and reserve there. Rare by construction.
+
+    With a spend plan (`share`), every bucket must keep committed <= allotment * share: room is gathered
+    only from what a donor can give without crossing its own plan bound, and a bucket is filled only up
+    to its bound, so the sum over buckets never passes total * share. Refusals then raise BudgetPaced.
     """
     advisory_lock("budget-slow-path", campaign.pk)
     # NO KEY UPDATE: claims in flight take KEY SHARE on their bucket (foreign keys of card and ledger rows).
@@ -246,12 +351,36 @@ def budget_reserve_slow(*, campaign: Campaign, amount: Decimal) -> BudgetBucket:
     )
     if sum((b.available for b in buckets), ZERO) < amount:
         raise BudgetExhausted()
-    target = max(buckets, key=lambda b: b.available)
+
+    n = len(buckets)
+
+    def plan_room(b: BudgetBucket) -> Decimal:
+        if day_cap is not None and (b.day_cards if b.day_on == day_cap.day else 0) >= day_cap.bucket_cap(b.index, n):
+            return Decimal("-1")  # no count left today: never the target
+        return b.available if share is None else min(b.available, b.allotment * share - b.reserved - b.spent)
+
+    def giveable(b: BudgetBucket) -> Decimal:
+        if share is None:
+            return b.available
+        if share <= 0:
+            return ZERO
+        # Allotment a donor can lose and still hold committed <= allotment * share.
+        keep = ((b.reserved + b.spent) / share).quantize(CENT, rounding="ROUND_CEILING")
+        return max(ZERO, min(b.available, b.allotment - keep))
+
+    target = max(buckets, key=plan_room)
+    # Allotment the target needs so that both its free room and its plan room cover the amount.
     need = amount - target.available
-    for donor in sorted((b for b in buckets if b.pk != target.pk), key=lambda b: b.available, reverse=True):
+    if share is not None and share > 0:
+        plan_need = ((amount - (target.allotment * share - target.reserved - target.spent)) / share).quantize(
+            CENT, rounding="ROUND_CEILING")
+        need = max(need, plan_need)
+    elif share is not None:
+        need = amount  # share 0: nothing may be committed
+    for donor in sorted((b for b in buckets if b.pk != target.pk), key=giveable, reverse=True):
         if need <= 0:
             break
-        take = min(need, donor.available)
+        take = min(need, giveable(donor))
         if take <= 0:
             continue
         BudgetBucket.objects.filter(pk=donor.pk).update(allotment=F("allotment") - take)
@@ -261,8 +390,13 @@ def budget_reserve_slow(*, campaign: Campaign, amount: Decimal) -> BudgetBucket:
         _ledger(bucket=target, campaign_id=campaign.pk, kind=LedgerEntry.Kind.ADJUST, amount=take,
                 reason=f"预算归集：来自桶 #{donor.index}")
         need -= take
-    room = Q(allotment__gte=F("reserved") + F("spent") + amount)
-    if BudgetBucket.objects.filter(room, pk=target.pk).update(reserved=F("reserved") + amount) != 1:
+    updated = BudgetBucket.objects.filter(_room(amount, share, day_cap, n), pk=target.pk).update(
+        **_reserve_update(amount, day_cap))
+    if updated != 1:
+        if day_cap is not None and plan_room(target) < 0:
+            raise _daily_cap_reached(now or timezone.now())
+        if share is not None:
+            raise _paced(campaign, sum((b.reserved + b.spent for b in buckets), ZERO), amount, now or timezone.now())
         raise BudgetExhausted()
     target.refresh_from_db()
     return target

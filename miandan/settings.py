@@ -355,6 +355,8 @@ MIANDAN_ORDER_ACCEPT_DEADLINE_SECONDS = env_int("MIANDAN_ORDER_ACCEPT_DEADLINE_S
 CELERY_BEAT_SCHEDULE["orders-sweep"] = {"task": "orders.sweep", "schedule": 30.0}
 # Reports: sum new ledger rows into per-minute rows (the live dashboard's burn line reads those).
 CELERY_BEAT_SCHEDULE["reports-ledger-rollup"] = {"task": "reports.ledger_rollup", "schedule": 30.0}
+# Reports: the spend-ahead-of-plan alert (log line + miandan_budget_pace_alerts_total), issue 20.
+CELERY_BEAT_SCHEDULE["reports-pace-check"] = {"task": "reports.pace_check", "schedule": 60.0}
 # Orders due for a check (no news from the merchant, or never sent) are asked about in batches: no worker waits.
 CELERY_BEAT_SCHEDULE["orders-poll"] = {"task": "orders.poll", "schedule": 5.0}
 # Event stream (events/, docs/events.md): business events written in the transaction of the change (outbox),

@@ -20,7 +20,7 @@ from miandan.api.admin import ReadOnlyAdminMixin
 from miandan.api.admin_scale import LargeTableAdminMixin, digits, ids_or_none, phone_prefix
 from vouchers.models import Voucher
 
-from .models import Brand, Order, OrderEvent, OrderItem, Product, Store
+from .models import Brand, BrandDaySubsidy, Order, OrderEvent, OrderItem, Product, Store, StoreDaySubsidy
 from .services import ACTIVE, CANCELLABLE, order_resend, order_transition
 
 _ALIAS_SPLIT = re.compile(r"[\n\r,，、;；]+")
@@ -197,3 +197,24 @@ class OrderAdmin(LargeTableAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
         sent = order_resend(order_ids=ids)
         unsent = f"，{len(ids) - sent} 单暂时无法发送（队列不可用）" if sent < len(ids) else ""
         self.message_user(request, f"已重新发送 {sent} 单{unsent}", messages.SUCCESS if not unsent else messages.WARNING)
+
+
+@admin.register(StoreDaySubsidy)
+class StoreDaySubsidyAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Daily subsidy per store (issue 20): taken at placement, given back on cancel / failure, proven by `reconcile`."""
+
+    list_display = ["day", "campaign", "store", "subsidy"]
+    list_filter = ["campaign"]
+    list_select_related = ["campaign", "store"]
+    date_hierarchy = "day"
+    search_fields = ["store__name"]
+
+
+@admin.register(BrandDaySubsidy)
+class BrandDaySubsidyAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Daily subsidy per brand (issue 20), same rules as per store."""
+
+    list_display = ["day", "campaign", "brand", "subsidy"]
+    list_filter = ["campaign", "brand"]
+    list_select_related = ["campaign", "brand"]
+    date_hierarchy = "day"

@@ -36,6 +36,14 @@ class NoStoreAvailable(DomainError):
     status = 409
 
 
+class StoreCapReached(DomainError):
+    """Every candidate store (or its brand) used up today's subsidy cap of the campaign (issue 20)."""
+
+    code = "store_cap_reached"
+    detail = "附近门店今日的免单名额已用完，请明天再来或按原价下单"
+    status = 409
+
+
 class OrderNotFound(DomainError):
     code = "not_found"
     detail = "找不到该订单"

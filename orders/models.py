@@ -117,6 +117,8 @@ class Order(models.Model):
     total_price = models.DecimalField("商品总价", **MONEY)
     subsidy = models.DecimalField("补贴", default=Decimal("0.00"), **MONEY)
     amount_to_pay = models.DecimalField("应付", **MONEY)
+    # The local day whose store / brand subsidy counters this order was counted in (null: no cap was set).
+    capped_on = models.DateField("计入门店日补贴的日期", null=True, blank=True)
     source_text = models.CharField("点单原话", max_length=200, blank=True, default="")
     failure_reason = models.CharField("失败原因", max_length=255, blank=True, default="")
     merchant = models.CharField("门店系统", max_length=32, blank=True, default="")
@@ -264,3 +266,50 @@ class MerchantEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.merchant}:{self.event_id} #{self.order_id} {self.kind}"
+
+
+class StoreDaySubsidy(models.Model):
+    """Subsidy committed per campaign, store and local day while a store cap is set (the cap's counter).
+
+    Taken by a conditional upsert in the placement transaction, given back on cancel / failure.
+    """
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.PROTECT, related_name="+", verbose_name="活动",
+                                 db_index=False)
+    store = models.ForeignKey(Store, on_delete=models.PROTECT, related_name="+", verbose_name="门店")
+    day = models.DateField("日期（北京时间）")
+    subsidy = models.DecimalField("已占用补贴（元）", default=Decimal("0.00"), **MONEY)
+
+    class Meta:
+        verbose_name = "门店每日补贴"
+        verbose_name_plural = "门店每日补贴"
+        ordering = ["-day", "store"]
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "store", "day"], name="store_day_subsidy_unique"),
+            models.CheckConstraint(condition=Q(subsidy__gte=0), name="store_day_subsidy_nonneg"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} #{self.store_id} {self.subsidy}"
+
+
+class BrandDaySubsidy(models.Model):
+    """Subsidy committed per campaign, brand and local day while a brand cap is set (same rules as the store's)."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.PROTECT, related_name="+", verbose_name="活动",
+                                 db_index=False)
+    brand = models.ForeignKey(Brand, on_delete=models.PROTECT, related_name="+", verbose_name="品牌")
+    day = models.DateField("日期（北京时间）")
+    subsidy = models.DecimalField("已占用补贴（元）", default=Decimal("0.00"), **MONEY)
+
+    class Meta:
+        verbose_name = "品牌每日补贴"
+        verbose_name_plural = "品牌每日补贴"
+        ordering = ["-day", "brand"]
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "brand", "day"], name="brand_day_subsidy_unique"),
+            models.CheckConstraint(condition=Q(subsidy__gte=0), name="brand_day_subsidy_nonneg"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} #{self.brand_id} {self.subsidy}"

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from django.db.models import Count, Prefetch, QuerySet
+from django.db.models import Count, F, Prefetch, QuerySet, Sum
 
 from . import geo
-from .models import MerchantEvent, Order, OrderEvent, OrderItem
+from .models import BrandDaySubsidy, MerchantEvent, Order, OrderEvent, OrderItem, StoreDaySubsidy
 
 IN_FLIGHT_STATES = ("placed", "sent_to_store", "accepted", "delivering")
 LAG_SAMPLE = 1000  # the callback lag is measured over the most recent events
@@ -91,3 +91,24 @@ def fulfilment_gauges() -> list:
         StateGauge("miandan_merchant_callback_lag_seconds",
                    f"Merchant event time to recording, over the last {LAG_SAMPLE} events", ("quantile",), quantiles),
     ]
+
+
+def store_cap_differences(*, campaign, using: str = "default") -> list[str]:
+    """Each store / brand daily subsidy counter equals the subsidy of the live orders counted in it (issue 20).
+
+    Registered with `vouchers.selectors.reconcile`, so it reads the same snapshot as the money.
+    """
+    counted = (Order.objects.using(using).filter(campaign=campaign, capped_on__isnull=False)
+               .exclude(status__in=(Order.Status.FAILED, Order.Status.CANCELLED)).order_by())
+    diffs: list[str] = []
+    for label, model, key, path in (("门店", StoreDaySubsidy, "store_id", "store_id"),
+                                    ("品牌", BrandDaySubsidy, "brand_id", "store__brand_id")):
+        counters = {(row[key], row["day"]): row["subsidy"]
+                    for row in model.objects.using(using).filter(campaign=campaign).values(key, "day", "subsidy")}
+        sums = {(row["k"], row["capped_on"]): row["t"]
+                for row in counted.annotate(k=F(path)).values("k", "capped_on").annotate(t=Sum("subsidy"))}
+        for k in sorted(set(counters) | set(sums), key=lambda x: (x[1], x[0])):
+            have, want = counters.get(k, 0) or 0, sums.get(k, 0) or 0
+            if have != want:
+                diffs.append(f"{k[1]} {label} #{k[0]} 每日补贴计数 {have} ≠ 当日计入订单补贴合计 {want}")
+    return diffs

@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 from prometheus_client import Counter
 
+from campaign import pacing
 from campaign.errors import CampaignNotFound, CampaignNotLive
 from campaign.gate import campaign_is_live, campaign_paused
 from campaign.models import Campaign
@@ -49,10 +50,21 @@ from .errors import (
     NotUnderstood,
     OptionNotOffered,
     OrderNotFound,
+    StoreCapReached,
     UnknownOrder,
 )
 from .merchant import InboundEvent, MerchantRejected, MerchantUnavailable, events_sorted, get_merchant
-from .models import MerchantEvent, Order, OrderEvent, OrderItem, Product, Store, StoreMinute
+from .models import (
+    BrandDaySubsidy,
+    MerchantEvent,
+    Order,
+    OrderEvent,
+    OrderItem,
+    Product,
+    Store,
+    StoreDaySubsidy,
+    StoreMinute,
+)
 from .parser import MAX_CUPS, Intent, Refusal, Wish, parse
 from .recommend import Choice, NothingFits, confirm_text, recommend
 
@@ -244,6 +256,61 @@ class _StoreFull(Exception):
     pass
 
 
+class _StoreCapped(Exception):
+    """This store (or its brand) has no subsidy left today: the attempt rolls back, the next store is tried."""
+
+
+def _take_day_subsidy(model, key: str, *, campaign_id: int, key_id: int, day: dt.date, amount: Decimal,
+                      cap: Decimal | None) -> bool:
+    """+amount on the (campaign, store|brand, day) counter unless it would pass `cap`: one conditional upsert.
+
+    The row stays locked until commit, so concurrent placements at one store queue on it and each sees the
+    others' subsidy: the cap can never be passed. With no cap the counter still moves (the other cap of the
+    pair is set), unconditionally.
+    """
+    table = connection.ops.quote_name(model._meta.db_table)
+    first, again, cond_params = "true", "true", []
+    if cap is not None:
+        first, again, cond_params = "%s <= %s", "t.subsidy + EXCLUDED.subsidy <= %s", [amount, cap, cap]
+    sql = (
+        f"INSERT INTO {table} AS t (campaign_id, {key}, day, subsidy) SELECT %s, %s, %s, %s WHERE {first} "
+        f"ON CONFLICT (campaign_id, {key}, day) DO UPDATE SET subsidy = t.subsidy + EXCLUDED.subsidy "
+        f"WHERE {again} RETURNING 1"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [campaign_id, key_id, day, amount, *cond_params])
+        return cursor.fetchone() is not None
+
+
+def _take_store_caps(*, campaign: Campaign | None, store: Store, subsidy: Decimal, placed_at: dt.datetime,
+                     ) -> dt.date | None:
+    """Count the order's subsidy against the campaign's daily store and brand caps; the day it counted in.
+
+    None (no query at all) when the campaign sets neither cap. Raises _StoreCapped when either is full.
+    """
+    if campaign is None or subsidy <= 0 or (
+        campaign.store_daily_subsidy_cap is None and campaign.brand_daily_subsidy_cap is None
+    ):
+        return None
+    day = pacing.local_day(placed_at)
+    if not _take_day_subsidy(StoreDaySubsidy, "store_id", campaign_id=campaign.pk, key_id=store.pk, day=day,
+                             amount=subsidy, cap=campaign.store_daily_subsidy_cap):
+        raise _StoreCapped()
+    if not _take_day_subsidy(BrandDaySubsidy, "brand_id", campaign_id=campaign.pk, key_id=store.brand_id, day=day,
+                             amount=subsidy, cap=campaign.brand_daily_subsidy_cap):
+        raise _StoreCapped()
+    return day
+
+
+def _release_store_caps(order: Order) -> None:
+    """Give a cancelled / failed order's subsidy back to its day's store and brand counters (caller's tx)."""
+    brand_id = Store.objects.filter(pk=order.store_id).values_list("brand_id", flat=True).get()
+    for model, filters in ((StoreDaySubsidy, {"store_id": order.store_id}), (BrandDaySubsidy, {"brand_id": brand_id})):
+        # The CHECK (subsidy >= 0) refuses a double release; the state machine makes it impossible anyway.
+        model.objects.filter(campaign_id=order.campaign_id, day=order.capped_on, **filters).update(
+            subsidy=F("subsidy") - order.subsidy)
+
+
 def _candidate_stores(*, request: OrderRequest) -> list[tuple[Store, int | None]]:
     lat, lng = request.lat, request.lng
     if request.store_id is not None:
@@ -334,8 +401,11 @@ def _place_tx(*, user, campaign: Campaign | None, quote: Quote, request: OrderRe
                 raise
     if card is not None:
         subsidy = min(quote.total, card.face_value)
-        Order.objects.filter(pk=order.pk).update(voucher=card, subsidy=subsidy, amount_to_pay=quote.total - subsidy)
+        capped_on = _take_store_caps(campaign=campaign, store=quote.store, subsidy=subsidy, placed_at=order.created_at)
+        Order.objects.filter(pk=order.pk).update(voucher=card, subsidy=subsidy, amount_to_pay=quote.total - subsidy,
+                                                 capped_on=capped_on)
         order.voucher, order.subsidy, order.amount_to_pay = card, subsidy, quote.total - subsidy
+        order.capped_on = capped_on
     _order_event(order, previous="", to_status=S.PLACED, note="")
     event = OrderEvent.objects.create(order=order, from_status="", to_status=S.PLACED,
                                       note=f"下单：{quote.store.name}" + (f"，使用免单卡 {card.code}" if card else "，原价"))
@@ -366,8 +436,11 @@ def order_place(*, user, request: OrderRequest) -> Placement:
 
     Each store attempt is its own durable transaction: a full store is skipped for the next one.
     A Redis capacity slot of an attempt that did not commit is given back.
+    A store whose daily subsidy cap (or its brand's) is used up is skipped for the next nearest one; when
+    that was the only reason nothing fitted, the answer is 409 `store_cap_reached`.
     """
     plan = _plan(user=user, request=request)
+    capped = False
     for quote in plan.quotes:
         slot = capacity.take_redis(quote.store)
         if slot is None:
@@ -377,12 +450,19 @@ def order_place(*, user, request: OrderRequest) -> Placement:
                               db_capacity=slot is False)
         except _StoreFull:
             continue
+        except _StoreCapped:
+            capped = True
+            if slot:
+                capacity.give_back(slot)
+            continue
         except BaseException:
             if slot:
                 capacity.give_back(slot)
             raise
         return Placement(quote=quote, subsidy=order.subsidy, amount_to_pay=order.amount_to_pay, voucher=order.voucher,
                          campaign=plan.campaign, order=order)
+    if capped:
+        raise StoreCapReached()
     raise NoStoreAvailable()
 
 
@@ -495,6 +575,8 @@ def _transition_locked(order: Order, *, to_status: str, note: str = "", **fields
             voucher_redeem(voucher_id=order.voucher_id, order_id=order.pk, order_amount=order.total_price)
         elif to_status in (S.FAILED, S.CANCELLED):
             voucher_release(voucher_id=order.voucher_id, order_id=order.pk)
+            if order.capped_on is not None:
+                _release_store_caps(order)
     if any(hasattr(value, "resolve_expression") for value in fields.values()):
         order.refresh_from_db()  # an F() expression: read what the database made of it
     else:

@@ -64,7 +64,8 @@ def dashboard_context(campaign: Campaign) -> dict:
         "data": data,
         "burn_svg": svg.line_chart(
             [("已承诺（预留+花费）", "#c0392b", [float(c) for _, c, _ in data.burn]),
-             ("已花费", "#2980b9", [float(s) for _, _, s in data.burn])],
+             ("已花费", "#2980b9", [float(s) for _, _, s in data.burn]),
+             *([("投放计划", "#27ae60", [float(p) for p in data.plan_line])] if data.plan_line else [])],
             burn_labels, title=f"预算消耗（累计，元；每{UNIT_LABELS[data.burn_unit]}一点）",
         ),
         "cards_svg": svg.column_chart(
@@ -162,6 +163,12 @@ class CampaignReportAdmin(CampaignAdmin):
             "callback_lag": data.callback_lag,
             "referral_funnel": dict(data.referral_funnel),
             "switches": data.switches,
+            "pace": None if data.pace is None else {
+                "mode": data.pace["mode"], "planned": f"{data.pace['planned']:.2f}",
+                "committed": f"{data.pace['committed']:.2f}", "ahead": f"{data.pace['ahead']:.2f}",
+                "alert": data.pace["alert"],
+            },
+            "runout_at": data.runout["at"].isoformat() if data.runout.get("at") else None,
         }, json_dumps_params={"ensure_ascii": False})
 
     def export_view(self, request, pk: int):

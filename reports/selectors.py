@@ -20,8 +20,9 @@ from django.db.models.functions import TruncDate, TruncDay, TruncHour, TruncMinu
 from django.utils import timezone
 
 from accounts.models import User
+from campaign import pacing
 from campaign.models import BudgetBucket, Campaign, LedgerEntry
-from campaign.selectors import budget_totals
+from campaign.selectors import budget_totals, pace_overview
 from orders.models import Order, Store
 from orders.selectors import callback_lag, orders_in_flight
 from referrals.models import InviteCode, Referral
@@ -347,6 +348,23 @@ class Dashboard:
     top_stores: list[dict]
     referral_funnel: list[tuple[str, int]]
     switches: dict[str, bool]
+    pace: dict | None = None  # plan vs actual now (campaign.selectors.pace_overview); None without a plan
+    plan_line: list[Decimal] = field(default_factory=list)  # the plan at each burn point's time
+    runout: dict = field(default_factory=dict)  # when the budget runs out at the current rate
+
+
+def _runout(campaign: Campaign, burn: list, now: dt.datetime, remaining: Decimal) -> dict:
+    """Predict when the budget runs out at the rate of the last hour of the burn line (committed money)."""
+    if len(burn) < 2 or remaining <= 0:
+        return {"at": now if remaining <= 0 else None, "rate_per_hour": ZERO, "before_end": remaining <= 0}
+    last_t, last_c, _ = burn[-1]
+    then = next(((t, c) for t, c, _ in reversed(burn) if t <= last_t - dt.timedelta(hours=1)), burn[0][:2])
+    hours = Decimal(str(max((last_t - then[0]).total_seconds(), 60) / 3600))
+    rate = (last_c - then[1]) / hours
+    if rate <= 0:
+        return {"at": None, "rate_per_hour": ZERO, "before_end": False}
+    at = now + dt.timedelta(hours=float(remaining / rate))
+    return {"at": at, "rate_per_hour": rate.quantize(Decimal("0.01")), "before_end": at < campaign.ends_at}
 
 
 def _burn(campaign: Campaign, now: dt.datetime) -> tuple[list[tuple[dt.datetime, Decimal, Decimal]], str]:
@@ -426,6 +444,8 @@ def _dashboard(*, campaign: Campaign, now: dt.datetime | None, minutes: int) -> 
         ("受邀人得卡", ref["invitee_paid"]),
     ]
     burn, unit = _burn(campaign, now)
+    pace = pace_overview(campaign=campaign, now=now, committed=committed)
+    plan_line = [pacing.planned_amount(campaign, t) or ZERO for t, _, _ in burn] if pace else []
     return Dashboard(
         campaign=campaign,
         generated_at=now,
@@ -451,4 +471,7 @@ def _dashboard(*, campaign: Campaign, now: dt.datetime | None, minutes: int) -> 
             "referrals_enabled": campaign.referrals_enabled,
             "orders_enabled": campaign.orders_enabled,
         },
+        pace=pace,
+        plan_line=plan_line,
+        runout=_runout(campaign, burn, now, campaign.total_budget - committed),
     )

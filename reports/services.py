@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -11,7 +12,9 @@ from django.db.models import F, Max
 from django.utils import timezone
 
 from campaign.models import Campaign
+from campaign.selectors import pace_overviews
 from miandan.api.errors import InvalidInput
+from miandan.api.metrics import PACE_ALERTS
 from miandan.tasks import enqueue_on_commit
 
 from .exports import budget_report_csv, budget_report_xlsx, ledger_csv, ledger_csv_copy, ledger_xlsx
@@ -153,3 +156,23 @@ def ledger_rollup_advance(*, campaign: Campaign) -> int:
             state.candidate_id, state.candidate_at = max(newest, state.upto_id), cur.fetchone()[0]
     state.save(update_fields=["upto_id", "candidate_id", "candidate_at"])
     return state.upto_id
+
+
+logger = logging.getLogger(__name__)
+
+
+def pace_check(*, now=None) -> list[str]:
+    """The spend-ahead-of-plan alert: one WARNING log line and +1 on miandan_budget_pace_alerts_total per
+    live campaign whose committed money exceeds its plan by more than its margin. Beat runs it every minute;
+    the admin banner and the miandan_budget_pace_alert gauge read the same figures on their own."""
+    fired = []
+    for campaign, o in pace_overviews(now=now):
+        if not o["alert"]:
+            continue
+        logger.warning(
+            "budget ahead of plan: campaign=%s committed=%s planned=%s ahead=%s margin=%s",
+            campaign.slug, o["committed"], o["planned"], o["ahead"], o["margin"],
+        )
+        PACE_ALERTS.labels(campaign.slug).inc()
+        fired.append(campaign.slug)
+    return fired

@@ -16,3 +16,9 @@ def ledger_rollup_task() -> None:
 
     for campaign in Campaign.objects.exclude(status=Campaign.Status.DRAFT):
         services.ledger_rollup_advance(campaign=campaign)
+
+
+@task(name="reports.pace_check", soft_time_limit=60, time_limit=90)
+def pace_check_task() -> None:
+    """Spend ahead of plan: log + metric (reports.services.pace_check)."""
+    services.pace_check()

@@ -16,7 +16,7 @@ from accounts.models import AuthToken, Device, OtpCode, User
 from campaign.models import AuditLog, BudgetBucket, Campaign, LedgerEntry
 from campaign.services import CampaignSpec, campaign_create
 from events.models import Cursor, DeadLetter, Delivery, Endpoint, Event
-from orders.models import Brand, Order, OrderEvent, OrderItem, Product, Store
+from orders.models import Brand, BrandDaySubsidy, Order, OrderEvent, OrderItem, Product, Store, StoreDaySubsidy
 from referrals.models import Clawback, InviteCode, Referral
 from vouchers.models import Voucher
 from vouchers.services import voucher_issue
@@ -316,3 +316,23 @@ class ClawbackFactory(factory.django.DjangoModelFactory):
     action = Clawback.Action.USED
     amount = Decimal("18.00")
     order_id = 1
+
+
+class StoreDaySubsidyFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = StoreDaySubsidy
+
+    campaign = factory.SubFactory(CampaignFactory)
+    store = factory.SubFactory(StoreFactory)
+    day = factory.LazyFunction(lambda: timezone.localdate())
+    subsidy = Decimal("0.00")
+
+
+class BrandDaySubsidyFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = BrandDaySubsidy
+
+    campaign = factory.SubFactory(CampaignFactory)
+    brand = factory.SubFactory(BrandFactory)
+    day = factory.LazyFunction(lambda: timezone.localdate())
+    subsidy = Decimal("0.00")

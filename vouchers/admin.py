@@ -152,3 +152,4 @@ class VoucherAdmin(LargeTableAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
             "media": self.media + form.media,
         }
         return TemplateResponse(request, "admin/vouchers/voucher/issue.html", context)
+

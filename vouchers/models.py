@@ -54,6 +54,9 @@ class Voucher(models.Model):
     redeemed_at = models.DateTimeField("使用时间", null=True, blank=True)
     closed_at = models.DateTimeField("过期/作废时间", null=True, blank=True)
     void_reason = models.CharField("作废原因", max_length=255, blank=True, default="")
+    # The local (Asia/Shanghai) day this card was counted in against the daily card cap (its bucket's `day_cards`);
+    # null when no daily cap was set at issue time. `reconcile` proves each bucket's counter equals its cards.
+    counted_on = models.DateField("计入每日发卡数的日期", null=True, blank=True)
 
     class Meta:
         verbose_name = "免单卡"
@@ -100,3 +103,4 @@ class Voucher(models.Model):
 
     def __str__(self) -> str:
         return self.code
+

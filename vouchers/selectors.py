@@ -261,4 +261,29 @@ def _reconcile(*, campaign: Campaign, using: str) -> ReconcileReport:
         diffs.extend(bad)
     report.totals = dict(totals)
     report.totals["cards"] = Decimal(sum(row["n"] for row in cards.values()))
+    _reconcile_daily_cards(campaign=campaign, using=using, diffs=diffs)
+    for check in RECONCILE_CHECKS:
+        # Counters of the layers above (orders: store / brand daily subsidy), same snapshot.
+        diffs.extend(check(campaign=campaign, using=using))
     return report
+
+
+# Callables (campaign=, using=) -> list of differences, registered by higher layers in AppConfig.ready
+# (vouchers must not import them): their counters are proven in the same snapshot as the money.
+RECONCILE_CHECKS: list = []
+
+
+def _reconcile_daily_cards(*, campaign: Campaign, using: str, diffs: list[str]) -> None:
+    """Each bucket's daily card count equals the cards counted on its day in that bucket (issue 20)."""
+    buckets = list(BudgetBucket.objects.using(using).filter(campaign=campaign, day_on__isnull=False)
+                   .values_list("pk", "index", "day_on", "day_cards"))
+    if not buckets:
+        return
+    counted = {
+        (bucket_id, day): n
+        for bucket_id, day, n in Voucher.objects.using(using).filter(campaign=campaign, counted_on__isnull=False)
+        .order_by().values_list("bucket_id", "counted_on").annotate(n=Count("id"))
+    }
+    for pk, index, day, cards in buckets:
+        if counted.get((pk, day), 0) != cards:
+            diffs.append(f"桶 #{index}: {day} 每日发卡计数 {cards} ≠ 当日计入该桶的卡 {counted.get((pk, day), 0)} 张")

@@ -7,8 +7,10 @@ repeated call (a redelivered task, a double click) changes nothing twice.
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 from collections import defaultdict
+from dataclasses import dataclass
 from decimal import Decimal
 
 from django.db import IntegrityError, connection, transaction
@@ -16,10 +18,12 @@ from django.db.models import Max
 from django.utils import timezone
 from packaging.version import InvalidVersion, Version
 
-from campaign.errors import BudgetExhausted, CampaignNotLive
+from campaign import pacing
+from campaign.errors import BudgetExhausted, BudgetPaced, CampaignNotLive, DailyCapReached
 from campaign.gate import campaign_is_live, campaign_require_open
 from campaign.models import Campaign, LedgerEntry
 from campaign.services import (
+    DayCap,
     audit,
     budget_record,
     budget_record_sql,
@@ -58,19 +62,52 @@ def parse_app_version(value: object) -> Version:
         ) from exc
 
 
+@dataclass(frozen=True)
+class Controls:
+    """What the campaign's spend plan and daily cap say about one claim, decided once per claim.
+
+    `share`: the plan's bound per bucket (None: no limit); `day_cap`: the local day and the daily cap when one
+    is set (counted on the bucket the card reserves in). Staff cards are outside both (a person decided them,
+    with a reason).
+    """
+
+    now: dt.datetime
+    share: Decimal | None = None
+    day_cap: DayCap | None = None
+
+    @property
+    def day(self) -> dt.date | None:
+        return self.day_cap.day if self.day_cap else None
+
+
+def claim_controls(campaign: Campaign, source: str, now: dt.datetime | None = None) -> Controls:
+    now = now or timezone.now()
+    # The hot path without a plan or cap: two attribute reads, no query.
+    if source == Voucher.Source.STAFF or (
+        campaign.pace_mode not in pacing.ENFORCING and campaign.daily_card_cap is None
+    ):
+        return Controls(now=now)
+    cap = campaign.daily_card_cap
+    return Controls(now=now, share=pacing.claim_share(campaign, now),
+                    day_cap=DayCap(day=pacing.local_day(now), cap=cap) if cap else None)
+
+
 def _after_commit_user(campaign_id: int, user_id: int) -> None:
     transaction.on_commit(lambda: admission.forget_user(campaign_id, user_id))
 
 
 def _issue_locked(
     *, user, campaign: Campaign, source: str, actor=None, reason: str = "", used: int | None = None,
-    joined_app_version: str = "",
+    joined_app_version: str = "", controls: Controls | None = None,
 ) -> Voucher:
     """Issue one card. Caller holds the (campaign, user) advisory lock inside its transaction.
 
     `used` is the number of cards the user already holds here, when the caller has just counted them.
     `joined_app_version` (welcome cards) is recorded on the user if none is yet.
+    `controls`: the claim's plan / daily cap decision when the caller already made it (one throttle draw
+    per claim).
     """
+    controls = controls or claim_controls(campaign, source)
     if used is None:
         used = Voucher.objects.filter(campaign=campaign, user=user).aggregate(m=Max("slot"))["m"] or 0
     slot = used + 1
@@ -79,11 +116,12 @@ def _issue_locked(
     reason = reason or f"发卡：{Voucher.Source(source).label}"
     voucher = None
     if is_postgres():
-        voucher = _insert_reserved_pg(user=user, campaign=campaign, source=source, slot=slot, actor=actor,
-                                      reason=reason, joined_app_version=joined_app_version)
+        voucher = _insert_reserved_pg(
+            user=user, campaign=campaign, source=source, slot=slot, actor=actor, reason=reason,
+            joined_app_version=joined_app_version, controls=controls)
     if voucher is None:
         voucher = _insert_reserved_orm(user=user, campaign=campaign, source=source, slot=slot, actor=actor,
-                                       reason=reason, joined_app_version=joined_app_version)
+                                       reason=reason, joined_app_version=joined_app_version, controls=controls)
     if source == Voucher.Source.WELCOME:
         # Under the slot lock the count is exact; a card issued right after us forgets this on its own commit.
         transaction.on_commit(
@@ -96,12 +134,13 @@ def _issue_locked(
     return voucher
 
 
-def _new_card(*, user, campaign: Campaign, source: str, slot: int, bucket_id: int | None = None) -> Voucher:
-    now = timezone.now()
+def _new_card(*, user, campaign: Campaign, source: str, slot: int, bucket_id: int | None = None,
+              controls: Controls | None = None) -> Voucher:
+    now = controls.now if controls else timezone.now()
     return Voucher(
         code=new_voucher_code(), campaign=campaign, user=user, bucket_id=bucket_id, slot=slot, cap=campaign.card_cap,
         source=source, status=Voucher.Status.ISSUED, face_value=campaign.face_value, issued_at=now,
-        expires_at=now + campaign.card_validity,
+        expires_at=now + campaign.card_validity, counted_on=controls.day if controls else None,
     )
 
 
@@ -122,14 +161,16 @@ def _issued_event_sql(card: Voucher, *, source: str = "v") -> tuple[str, list] |
 
 
 def _insert_reserved_pg(*, user, campaign: Campaign, source: str, slot: int, actor, reason: str,
-                        joined_app_version: str) -> Voucher | None:
-    """The hot path in ONE statement: reserve in a free bucket, insert the card, write its ledger row.
+                        joined_app_version: str, controls: Controls) -> Voucher | None:
+    """The hot path in ONE statement: reserve in a free bucket (plan bound and day count on the same row),
+    insert the card, write its ledger row.
 
     The money SQL comes from campaign.services (it owns the budget tables); this only composes it.
     Returns None when no free bucket had room (nothing was written): the caller takes the slow path.
     """
-    card = _new_card(user=user, campaign=campaign, source=source, slot=slot)
-    reserve_sql, reserve_params = budget_reserve_sql(campaign=campaign, amount=campaign.face_value, hint=user.pk)
+    card = _new_card(user=user, campaign=campaign, source=source, slot=slot, controls=controls)
+    reserve_sql, reserve_params = budget_reserve_sql(
+        campaign=campaign, amount=campaign.face_value, hint=user.pk, share=controls.share, day_cap=controls.day_cap)
     ledger_sql, ledger_params = budget_record_sql(
         campaign_id=campaign.pk, kind=LedgerEntry.Kind.RESERVE, amount=campaign.face_value, source="v",
         bucket_expr="v.bucket_id", voucher_expr="v.id", actor=actor, reason=reason,
@@ -138,14 +179,14 @@ def _insert_reserved_pg(*, user, campaign: Campaign, source: str, slot: int, act
     sql = (
         f"WITH b AS ({reserve_sql}), "
         f"v AS (INSERT INTO {qn(Voucher._meta.db_table)} (code, slot, cap, source, status, face_value, issued_at, "
-        "expires_at, void_reason, bucket_id, campaign_id, user_id) "
-        "SELECT %s, %s, %s, %s, %s, %s, %s, %s, '', b.id, %s, %s FROM b RETURNING id, bucket_id), "
+        "expires_at, void_reason, counted_on, bucket_id, campaign_id, user_id) "
+        "SELECT %s, %s, %s, %s, %s, %s, %s, %s, '', %s, b.id, %s, %s FROM b RETURNING id, bucket_id), "
         f"l AS ({ledger_sql}) "
     )
     params = [
         *reserve_params,
         card.code, card.slot, card.cap, card.source, card.status, card.face_value, card.issued_at, card.expires_at,
-        campaign.pk, user.pk,
+        card.counted_on, campaign.pk, user.pk,
         *ledger_params,
     ]
     event = _issued_event_sql(card)
@@ -171,15 +212,19 @@ def _insert_reserved_pg(*, user, campaign: Campaign, source: str, slot: int, act
 
 
 def _insert_reserved_orm(*, user, campaign: Campaign, source: str, slot: int, actor, reason: str,
-                         joined_app_version: str) -> Voucher:
-    """Any database, and PostgreSQL's slow path: reserve (or raise BudgetExhausted), insert, ledger."""
+                         joined_app_version: str, controls: Controls) -> Voucher:
+    """Any database, and PostgreSQL's slow path: reserve (or raise BudgetExhausted / BudgetPaced /
+    DailyCapReached), insert, ledger."""
     try:
-        bucket = budget_reserve(campaign=campaign, amount=campaign.face_value, hint=user.pk)
+        bucket = budget_reserve(campaign=campaign, amount=campaign.face_value, hint=user.pk, share=controls.share,
+                                day_cap=controls.day_cap, now=controls.now)
+    except (BudgetPaced, DailyCapReached):
+        raise  # the plan's "not now", not an empty budget: nothing to remember
     except BudgetExhausted:
         # Runs before the rollback on purpose: "exhausted" is only a hint that expires in seconds.
         admission.mark_exhausted(campaign.pk)
         raise
-    card = _new_card(user=user, campaign=campaign, source=source, slot=slot, bucket_id=bucket.pk)
+    card = _new_card(user=user, campaign=campaign, source=source, slot=slot, bucket_id=bucket.pk, controls=controls)
     card.save(force_insert=True)
     budget_record(bucket=bucket.pk, campaign_id=campaign.pk, kind=LedgerEntry.Kind.RESERVE, amount=card.face_value,
                   voucher_id=card.pk, actor=actor, reason=reason)
@@ -279,8 +324,9 @@ def _join_db(*, user, campaign: Campaign, app_version: str) -> tuple[Voucher | N
     Refusals are returned, not raised, so the caller can still cache what it learned.
     """
     advisory_lock("slot", campaign.pk, user.pk)
+    controls = claim_controls(campaign, Voucher.Source.WELCOME)
     if is_postgres():
-        folded = _join_insert_pg(user=user, campaign=campaign, app_version=app_version)
+        folded = _join_insert_pg(user=user, campaign=campaign, app_version=app_version, controls=controls)
         if folded is not None:
             return folded
     cards = list(Voucher.objects.filter(campaign=campaign, user=user).values_list("source", "code"))
@@ -290,22 +336,25 @@ def _join_db(*, user, campaign: Campaign, app_version: str) -> tuple[Voucher | N
     if len(cards) >= campaign.card_cap:
         return None, False, len(cards), ""
     voucher = _issue_locked(user=user, campaign=campaign, source=Voucher.Source.WELCOME, used=len(cards),
-                            joined_app_version=app_version)
+                            joined_app_version=app_version, controls=controls)
     return voucher, True, len(cards) + 1, voucher.code
 
 
-def _join_insert_pg(*, user, campaign: Campaign, app_version: str) -> tuple[Voucher | None, bool, int, str] | None:
+def _join_insert_pg(*, user, campaign: Campaign, app_version: str, controls: Controls,
+                    ) -> tuple[Voucher | None, bool, int, str] | None:
     """A join's count and its welcome card in ONE statement, under the slot lock the caller holds.
 
     The statement counts the user's cards, and only when they hold no welcome card and are under the cap
     reserves the face value in a free bucket, inserts the card (slot = count + 1) and its ledger row; the
     lock was taken by the statement before, so this one's snapshot sees every committed card of the user.
     Same answer as `_join_db`; None when no free bucket had room (nothing written: the slow path decides).
+    With a plan or a daily cap, the reserve carries the plan's bound and counts the day on the same bucket
+    row (campaign.services.budget_reserve_sql): no extra statement, no extra row.
     """
     vt = connection.ops.quote_name(Voucher._meta.db_table)
-    card = _new_card(user=user, campaign=campaign, source=Voucher.Source.WELCOME, slot=0)
+    card = _new_card(user=user, campaign=campaign, source=Voucher.Source.WELCOME, slot=0, controls=controls)
     reserve_sql, reserve_params = budget_reserve_sql(
-        campaign=campaign, amount=campaign.face_value, hint=user.pk,
+        campaign=campaign, amount=campaign.face_value, hint=user.pk, share=controls.share, day_cap=controls.day_cap,
         only_if="(SELECT n FROM c) < %s AND (SELECT w FROM c) IS NULL", only_if_params=[campaign.card_cap])
     ledger_sql, ledger_params = budget_record_sql(
         campaign_id=campaign.pk, kind=LedgerEntry.Kind.RESERVE, amount=campaign.face_value, source="v",
@@ -316,7 +365,8 @@ def _join_insert_pg(*, user, campaign: Campaign, app_version: str) -> tuple[Vouc
         "WHERE campaign_id = %s AND user_id = %s), "
         f"b AS ({reserve_sql}), "
         f"v AS (INSERT INTO {vt} (code, slot, cap, source, status, face_value, issued_at, expires_at, void_reason, "
-        "bucket_id, campaign_id, user_id) SELECT %s, (SELECT n FROM c) + 1, %s, %s, %s, %s, %s, %s, '', b.id, %s, %s "
+        "counted_on, bucket_id, campaign_id, user_id) "
+        "SELECT %s, (SELECT n FROM c) + 1, %s, %s, %s, %s, %s, %s, '', %s, b.id, %s, %s "
         "FROM b RETURNING id, bucket_id, slot), "
         f"l AS ({ledger_sql}) "
     )
@@ -324,7 +374,7 @@ def _join_insert_pg(*, user, campaign: Campaign, app_version: str) -> tuple[Vouc
         Voucher.Source.WELCOME, campaign.pk, user.pk,
         *reserve_params,
         card.code, card.cap, card.source, card.status, card.face_value, card.issued_at, card.expires_at,
-        campaign.pk, user.pk,
+        card.counted_on, campaign.pk, user.pk,
         *ledger_params,
     ]
     event = _issued_event_sql(card)
@@ -346,7 +396,9 @@ def _join_insert_pg(*, user, campaign: Campaign, app_version: str) -> tuple[Vouc
     if held >= campaign.card_cap:
         return None, False, held, ""
     if card_id is None:
-        return None  # no free bucket had room: the slow path (consolidation or BudgetExhausted) decides
+        # No free bucket had room, under the plan's bound or the day's count: the slow path (consolidation,
+        # BudgetPaced, DailyCapReached or BudgetExhausted) decides.
+        return None
     card.pk, card.bucket_id, card.slot = card_id, bucket_id, slot
     card._state.adding = False
     card._state.db = connection.alias

@@ -47,6 +47,7 @@ SHED_LIMIT = Gauge("miandan_shed_limit", "Adaptive concurrency limit (per proces
 SHED_INFLIGHT = Gauge("miandan_shed_inflight", "Campaign writes in flight", multiprocess_mode="livesum")
 RATELIMIT_REDIS_ERRORS = Counter("miandan_ratelimit_redis_errors_total", "Rate-limit checks without Redis", ["policy"])
 CARDS_ISSUED = Counter("miandan_cards_issued_total", "Cards issued (committed) by this process", ["source"])
+PACE_ALERTS = Counter("miandan_budget_pace_alerts_total", "Spend-ahead-of-plan alerts fired (issue 20)", ["campaign"])
 ENQUEUE_FAILURES = Counter("miandan_enqueue_failures_total", "Tasks that could not be sent to the broker", ["task"])
 
 SCRAPE_CACHE_SECONDS = 5

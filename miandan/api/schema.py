@@ -59,7 +59,7 @@ ERROR_SCHEMA = {
         "detail": {"type": "string", "description": "human message (Chinese)"},
         "fields": {"type": "object", "additionalProperties": True, "description": "per-field errors (400 invalid)"},
         "suggestions": {"type": "array", "items": {"type": "string"}, "description": "422 not_understood"},
-        "retry_after": {"type": "integer", "description": "seconds, with 429/503"},
+        "retry_after": {"type": "integer", "description": "seconds, with 429/503 and 409 budget_paced / daily_cap_reached"},
     },
 }
 
@@ -68,7 +68,7 @@ DOMAIN_CODES: dict[tuple[str, str], dict[str, list[str]]] = {
     ("post", "/api/v1/auth/token"): {"400": ["otp_invalid"], "429": ["rate_limited"]},
     ("post", "/api/v1/campaigns/{slug}/join"): {
         "403": ["app_upgrade_required"],
-        "409": ["campaign_not_live", "budget_exhausted", "card_limit_reached"],
+        "409": ["campaign_not_live", "budget_exhausted", "card_limit_reached", "budget_paced", "daily_cap_reached"],
     },
     ("post", "/api/v1/campaigns/{slug}/referrals"): {
         "202": ["under_review"],
@@ -76,9 +76,11 @@ DOMAIN_CODES: dict[tuple[str, str], dict[str, list[str]]] = {
         "409": ["self_referral", "already_referred", "referral_cycle", "campaign_not_live"],
     },
     # A named campaign that does not exist is 404 not_found; one not live is 409 (found by contract fuzzing).
-    ("post", "/api/v1/orders/chat"): {"404": ["not_found"], "409": ["no_store_available", "no_voucher", "campaign_not_live"],
+    ("post", "/api/v1/orders/chat"): {"404": ["not_found"],
+                                      "409": ["no_store_available", "no_voucher", "campaign_not_live", "store_cap_reached"],
                                       "422": ["not_understood"]},
-    ("post", "/api/v1/orders"): {"404": ["not_found"], "409": ["no_store_available", "no_voucher", "campaign_not_live"]},
+    ("post", "/api/v1/orders"): {"404": ["not_found"],
+                                 "409": ["no_store_available", "no_voucher", "campaign_not_live", "store_cap_reached"]},
     ("post", "/api/v1/orders/{order_id}/cancel"): {"409": ["cannot_cancel"]},
     ("post", "/api/v1/merchants/{merchant}/events"): {
         "401": ["bad_signature", "stale_event"],
