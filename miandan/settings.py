@@ -356,6 +356,31 @@ CELERY_BEAT_SCHEDULE["reports-ledger-rollup"] = {"task": "reports.ledger_rollup"
 # Orders due for a check (no news from the merchant, or never sent) are asked about in batches: no worker waits.
 CELERY_BEAT_SCHEDULE["orders-poll"] = {"task": "orders.poll", "schedule": 5.0}
 
+# --- Security hardening (issue 16; docs/operations.md "Security") ---------------------------------
+# A load test may run with DJANGO_DEBUG=0 and the fixed/console SMS backend; production never does
+# (`check --deploy` errors miandan.E010 otherwise).
+MIANDAN_LOAD_TEST = env_bool("MIANDAN_LOAD_TEST", False)
+# A bearer token is refused this many days after it was issued (checked on cached copies too).
+MIANDAN_TOKEN_MAX_AGE_DAYS = env_int("MIANDAN_TOKEN_MAX_AGE_DAYS", 30)
+# last_used_at is written at most once per this many seconds per token (the hot path must not write per request).
+MIANDAN_TOKEN_TOUCH_SECONDS = env_int("MIANDAN_TOKEN_TOUCH_SECONDS", 60)
+# /metrics: a scrape with `Authorization: Bearer <MIANDAN_METRICS_TOKEN>`, or from an allow-listed network.
+MIANDAN_METRICS_TOKEN = env("MIANDAN_METRICS_TOKEN")
+MIANDAN_METRICS_ALLOWED_NETS = env_list("MIANDAN_METRICS_ALLOWED_NETS", "127.0.0.1/32,::1/128")
+# Export files: random names under a folder no web server serves; removed after the retention (beat task).
+MIANDAN_EXPORT_ROOT = Path(env("MIANDAN_EXPORT_ROOT", str(BASE_DIR / "var" / "exports")))
+MIANDAN_EXPORT_RETENTION_HOURS = env_int("MIANDAN_EXPORT_RETENTION_HOURS", 72)
+CELERY_BEAT_SCHEDULE["reports-export-cleanup"] = {"task": "reports.export_cleanup", "schedule": 3600.0}
+# The budget report's JSON/CSV/XLSX GET reuses one reconcile for this many seconds (0: always fresh).
+MIANDAN_REPORT_CACHE_SECONDS = env_int("MIANDAN_REPORT_CACHE_SECONDS", 30)
+# The HTTP SMS provider backend (MIANDAN_SMS_BACKEND=http): POST JSON {phone, text} to this URL.
+MIANDAN_SMS_HTTP_URL = env("MIANDAN_SMS_HTTP_URL")
+MIANDAN_SMS_HTTP_TOKEN = env("MIANDAN_SMS_HTTP_TOKEN")
+MIANDAN_SMS_HTTP_TIMEOUT = env_float("MIANDAN_SMS_HTTP_TIMEOUT", 3.0)
+MIANDAN_SMS_HTTP_RETRIES = env_int("MIANDAN_SMS_HTTP_RETRIES", 2)
+# Invite QR PNGs are rendered once per code and kept in the cache this long.
+MIANDAN_QR_CACHE_SECONDS = env_int("MIANDAN_QR_CACHE_SECONDS", 86400)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
