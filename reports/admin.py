@@ -268,7 +268,7 @@ class ExportJobAdmin(admin.ModelAdmin):
 
     @admin.display(description="下载")
     def download(self, obj: ExportJob):
-        if obj.status != ExportJob.Status.DONE:
+        if obj.status != ExportJob.Status.DONE or not obj.file:
             return "-"
         return format_html('<a href="{}">下载（{} KB）</a>', reverse("admin:reports_exportjob_download", args=[obj.pk]),
                            max(1, obj.file_size // 1024))
@@ -289,7 +289,7 @@ class ExportJobAdmin(admin.ModelAdmin):
             raise Http404
         job = get_object_or_404(ExportJob, pk=pk, status=ExportJob.Status.DONE)
         file = export_path(job)
-        if not file.is_file():
+        if file is None or not file.is_file():
             raise Http404
         stamp = timezone.localtime(job.finished_at).strftime("%Y%m%d-%H%M%S")
         return FileResponse(open(file, "rb"), as_attachment=True,

@@ -276,23 +276,31 @@ def ledger_export_queryset(*, campaign: Campaign, upto_id: int | None = None) ->
     return qs
 
 
+def _sql_text(expr: str) -> str:
+    """exports.neutralise in SQL: text starting with = + - @ tab or CR gets a leading apostrophe (formula injection)."""
+    return (f"CASE WHEN left({expr}, 1) IN ('=', '+', '-', '@', chr(9), chr(13)) "
+            f"THEN '''' || {expr} ELSE {expr} END")
+
+
 def ledger_copy_sql(*, campaign: Campaign, upto_id: int) -> str:
     """The ledger export as one `COPY (...) TO STDOUT` in CSV: PostgreSQL formats every row (time in Beijing
     time, kind label, money with two decimals, empty for NULL), the same readable columns as `ledger_rows`:
     bucket number, card code, its holder, the operator ("系统" for the system's own adjustments).
 
     One statement, one snapshot, no server-side cursor: safe behind PgBouncer in transaction pooling mode.
+    Text columns go through `_sql_text`, the same formula-injection rule as exports.neutralise.
     """
     qn = connection.ops.quote_name
     ledger, bucket = qn(LedgerEntry._meta.db_table), qn(BudgetBucket._meta.db_table)
     card, user = qn(Voucher._meta.db_table), qn(User._meta.db_table)
     labels = " ".join(f"WHEN '{k}' THEN '{v}'" for k, v in KIND_LABELS.items())
+    code = "COALESCE(v.code, CASE WHEN l.voucher_id IS NULL THEN '' ELSE '#' || l.voucher_id END)"
+    holder = "COALESCE(h.username, '')"
+    actor = "COALESCE(a.username, CASE WHEN l.kind = 'adjust' THEN '系统' ELSE '' END)"
     return (
         "COPY (SELECT l.id, to_char(l.created_at AT TIME ZONE 'Asia/Shanghai', 'YYYY-MM-DD HH24:MI:SS'), "
         f"CASE l.kind {labels} ELSE l.kind END, l.amount::text, '#' || b.{qn('index')}, "
-        "COALESCE(v.code, CASE WHEN l.voucher_id IS NULL THEN '' ELSE '#' || l.voucher_id END), "
-        "COALESCE(h.username, ''), l.order_id, "
-        "COALESCE(a.username, CASE WHEN l.kind = 'adjust' THEN '系统' ELSE '' END), l.reason "
+        f"{_sql_text(code)}, {_sql_text(holder)}, l.order_id, {_sql_text(actor)}, {_sql_text('l.reason')} "
         f"FROM {ledger} l JOIN {bucket} b ON b.id = l.bucket_id "
         f"LEFT JOIN {card} v ON v.id = l.voucher_id LEFT JOIN {user} h ON h.id = v.user_id "
         f"LEFT JOIN {user} a ON a.id = l.actor_id "

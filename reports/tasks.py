@@ -16,3 +16,9 @@ def ledger_rollup_task() -> None:
 
     for campaign in Campaign.objects.exclude(status=Campaign.Status.DRAFT):
         services.ledger_rollup_advance(campaign=campaign)
+
+
+@task(name="reports.export_cleanup")
+def export_cleanup_task() -> None:
+    """Export files live MIANDAN_EXPORT_RETENTION_HOURS, then go (hourly, from beat)."""
+    services.export_cleanup()
