@@ -27,8 +27,8 @@ from django.db.models import F, QuerySet
 from django.utils import timezone
 from prometheus_client import Counter
 
-from campaign.errors import CampaignNotFound, CampaignNotLive
-from campaign.gate import campaign_is_live, campaign_paused
+from campaign.errors import CampaignNotLive
+from campaign.gate import campaign_is_live, campaign_paused, campaign_require_visible
 from campaign.models import Campaign
 from campaign.selectors import campaign_get_cached
 from miandan.api.errors import InvalidInput, NotFound
@@ -188,9 +188,7 @@ def _campaign_for(*, user, slug: str | None, voucher_code: str | None = None) ->
     if slug:
         # perf (issue 14): the 0.5 s per-process copy the join and the guard use, not a query per order;
         # the card lock and the budget are still decided under locks in the placement transaction.
-        campaign = campaign_get_cached(slug=slug)
-        if campaign is None:
-            raise CampaignNotFound()
+        campaign = campaign_require_visible(campaign_get_cached(slug=slug))
         if not campaign_is_live(campaign, now):
             raise CampaignNotLive()
         return campaign
