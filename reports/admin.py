@@ -30,7 +30,7 @@ from . import svg
 from .api import can_view_budget_report
 from .exports import GROUP_TITLES, report_sections
 from .models import ExportJob
-from .selectors import GROUP_BY, SHANGHAI, budget_report, dashboard
+from .selectors import GROUP_BY, SHANGHAI, budget_report_cached, dashboard
 from .services import export_job_request, export_path, ledger_rollup_advance
 
 STATE_LABELS_ORDERS = dict(Order.Status.choices)
@@ -131,7 +131,7 @@ class CampaignReportAdmin(CampaignAdmin):
         group_by = request.GET.get("group_by", "day")
         if group_by not in GROUP_BY:
             group_by = "day"
-        report = budget_report(campaign=campaign, group_by=group_by)
+        report = budget_report_cached(campaign=campaign, group_by=group_by)
         rows = list(islice(report.rows(), REPORT_PAGE_ROWS + 1))
         base = reverse("report-budget", args=[campaign.slug])
         downloads = [(GROUP_TITLES[g], [(fmt.upper(), f"{base}?format={fmt}&group_by={g}") for fmt in ("csv", "xlsx")])

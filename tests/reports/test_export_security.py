@@ -120,3 +120,24 @@ def test_the_cleanup_runs_from_beat(settings):
     from reports.tasks import export_cleanup_task
 
     assert app.tasks["reports.export_cleanup"].name == export_cleanup_task.name
+
+
+def test_the_budget_report_get_reuses_one_reconcile_briefly(client, settings):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    ensure_staff_groups()
+    campaign = CampaignFactory(bucket_count=2)
+    client.force_login(StaffFactory(groups=["finance"]))
+    url = f"/api/v1/reports/campaigns/{campaign.slug}/budget"
+    with CaptureQueriesContext(connection) as first:
+        assert client.get(url).status_code == 200
+    with CaptureQueriesContext(connection) as again:
+        assert client.get(url).status_code == 200
+        assert client.get(url + "?format=csv").status_code == 200
+    heavy = [q for q in again if "campaign_ledgerentry" in q["sql"] or "vouchers_voucher" in q["sql"]]
+    assert len(first) > len(again) and heavy == [], [q["sql"][:120] for q in heavy]
+    settings.MIANDAN_REPORT_CACHE_SECONDS = 0  # off: every GET reconciles
+    with CaptureQueriesContext(connection) as fresh:
+        client.get(url)
+    assert any("campaign_ledgerentry" in q["sql"] for q in fresh)
