@@ -5,6 +5,7 @@ defaults run a self-contained demo: SQLite file, local-memory cache, Celery eage
 See README.md ("Settings") for the full table.
 """
 
+import datetime
 import hashlib
 import hmac
 import os
@@ -75,6 +76,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "axes",  # admin login throttling (accounts/backends.py)
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI served by us: /api/docs/ works offline, pinned version
@@ -107,6 +109,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, so its process_view runs right before the view: kill switch -> rate limit (shedding came first).
     "miandan.api.guard.GuardMiddleware",
+    # Turns a locked-out admin login into its 429 page (accounts/backends.py).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "miandan.urls"
@@ -147,6 +151,20 @@ USING_POSTGRES = DATABASES["default"]["ENGINE"].startswith("django.db.backends.p
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "accounts.User"
+
+# Admin logins: django-axes first (a locked username + address is refused before its password is checked).
+AUTHENTICATION_BACKENDS = [
+    "accounts.backends.AdminLoginThrottleBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_ENABLED = env_bool("AXES_ENABLED", True)
+AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = datetime.timedelta(minutes=env_int("AXES_COOLOFF_MINUTES", 15))
+# One username from one client address: a guessing run is stopped, a colleague on another network is not.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# The same client address as the rate limits (behind MIANDAN_PROXY_COUNT trusted proxies).
+AXES_CLIENT_IP_CALLABLE = "miandan.api.guard.client.client_inet"  # None when not an address (force_login)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
