@@ -54,6 +54,14 @@ class Campaign(models.Model):
     referral_inviter_daily_limit = models.PositiveIntegerField("每位邀请人每天最多成功邀请", default=100)
     referral_device_max_accounts = models.PositiveIntegerField("同一设备最多被邀请账号数", default=1)
     referral_ip_burst_limit = models.PositiveIntegerField("同一 IP 十分钟内新账号接受邀请上限", default=5)
+    # Bot farms (issue 16): age-independent per-address rules (24 h, any account age) feed the review queue;
+    # 0 turns a rule off. The subnet is the /24 (IPv4) or /48 (IPv6) of the accepting client.
+    referral_ip_daily_limit = models.PositiveIntegerField("同一 IP 每天接受邀请上限（超出转人工审核）", default=50)
+    referral_subnet_daily_limit = models.PositiveIntegerField("同一网段每天接受邀请上限（超出转人工审核）", default=200)
+    # Per-device caps enforced by the database (vouchers.DeviceClaim rows in the card's own transaction); the
+    # device is the one the login bound to the token. 0 = no cap.
+    device_welcome_cap = models.PositiveIntegerField("同一设备最多领取欢迎卡的账号数", default=3)
+    device_reward_cap = models.PositiveIntegerField("同一设备最多获得邀请奖励的次数", default=3)
 
     created_at = models.DateTimeField("创建时间", auto_now_add=True)
     updated_at = models.DateTimeField("更新时间", auto_now=True)

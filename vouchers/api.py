@@ -47,7 +47,8 @@ class CampaignJoinApi(APIView):
         campaign = campaign_require_visible(campaign_get_cached(slug=slug))
         first_version = not request.user.joined_app_version
         voucher, created = campaign_join(user=request.user, campaign=campaign,
-                                         app_version=data.validated_data["app_version"])
+                                         app_version=data.validated_data["app_version"],
+                                         device_id=getattr(request.auth, "device_id", "") or "")
         if created and first_version:
             # The join recorded the user's first app version: the cached copy of this token would not show it.
             token_cache_drop(request.auth)
