@@ -1,11 +1,12 @@
 """orders.can_intervene (cancel / re-send orders from admin) for the support group (superusers hold every
-permission). Issue 16: intervention is a permission of its own, not the generic change_order."""
+permission). Issue 16: intervention is a permission of its own, not the generic change_order. Support also
+sees the per-device claim counts (bot-farm clusters)."""
 
 from django.contrib.auth.management import create_permissions
 from django.db import migrations
 
 EXTRA = {
-    "support": ["orders.can_intervene"],
+    "support": ["orders.can_intervene", "vouchers.view_deviceclaim"],
 }
 
 
@@ -39,6 +40,7 @@ class Migration(migrations.Migration):
     dependencies = [
         ("orders", "0004_merchant_events"),
         ("accounts", "0002_staff_groups"),
+        ("vouchers", "0003_security_device_claim"),
     ]
     operations = [
         migrations.AlterModelOptions(
