@@ -214,11 +214,18 @@ def device_claim(*, campaign: Campaign, device_id: str, kind: str) -> bool:
                 "DO UPDATE SET count = d.count + 1, updated_at = now() WHERE d.count < %s RETURNING d.count",
                 [campaign.pk, device_id[:128], kind, cap])
             return cur.fetchone() is not None
-    claim, _ = DeviceClaim.objects.select_for_update().get_or_create(
-        campaign=campaign, device_id=device_id[:128], kind=kind, defaults={"count": 0})
+    key = {"campaign": campaign, "device_id": device_id[:128], "kind": kind}
+    claim = DeviceClaim.objects.select_for_update().filter(**key).first()
+    if claim is None:
+        try:
+            with transaction.atomic():
+                DeviceClaim.objects.create(**key, count=1)
+            return True
+        except IntegrityError:  # another account on the device made the row first
+            claim = DeviceClaim.objects.select_for_update().get(**key)
     if claim.count >= cap:
         return False
-    DeviceClaim.objects.filter(pk=claim.pk).update(count=claim.count + 1)
+    DeviceClaim.objects.filter(pk=claim.pk, count=claim.count).update(count=claim.count + 1)
     return True
 
 

@@ -158,3 +158,14 @@ def test_support_report_lists_suspicious_clusters():
     assert "cluster-phone" in text and "4" in text
     assert "192.0.2.0/24" in text
     assert "lonely-phone" not in text and "198.51.100.0/24" not in text
+
+
+def test_the_orm_path_counts_like_the_sql_one(monkeypatch):
+    """SQLite (the demo) takes the ORM branch of device_claim: same answers."""
+    from vouchers import services
+
+    monkeypatch.setattr(services, "is_postgres", lambda: False)
+    campaign = _campaign(device_welcome_cap=2)
+    answers = [services.device_claim(campaign=campaign, device_id="orm-phone", kind="welcome") for _ in range(3)]
+    assert answers == [True, True, False]
+    assert DeviceClaim.objects.get(campaign=campaign, device_id="orm-phone").count == 2
