@@ -26,11 +26,11 @@ install: $(VENV)/.installed
 
 demo: install ## run the platform with the demo campaign on http://127.0.0.1:8000 (SQLite, Celery eager, simulated merchant)
 	$(PY) manage.py migrate --noinput
-	$(PY) manage.py seed_demo
+	$(PY) manage.py seed_demo --admin-password $${MIANDAN_DEMO_ADMIN_PASSWORD:-miandan-demo}
 	@echo ""
 	@echo "  Miandan demo:   http://$(HOST):$(PORT)/"
 	@echo "  Campaign page:  http://$(HOST):$(PORT)/c/spring-tea/   (demo phones 13800000001..20; the code shows on the page)"
-	@echo "  Admin:          http://$(HOST):$(PORT)/admin/   (admin, marketing, finance, support; password miandan-demo)"
+	@echo "  Admin:          http://$(HOST):$(PORT)/admin/   (marketing, finance, support: miandan-demo; superuser admin: $${MIANDAN_DEMO_ADMIN_PASSWORD:-miandan-demo})"
 	@echo "  API docs:       http://$(HOST):$(PORT)/api/docs/"
 	@echo "  Health:         http://$(HOST):$(PORT)/healthz"
 	@echo "  Merchant:       $(MERCHANT_URL) (simulated store system: accepts and delivers orders by itself)"

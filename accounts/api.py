@@ -79,19 +79,23 @@ class TokenCreateApi(APIView):
     class InputSerializer(serializers.Serializer):
         phone = phone_field
         code = StrictRegexField(r"^\d{6}$", error_messages={"invalid": "验证码是 6 位数字"})
-        device_id = StrictCharField(min_length=1, max_length=128)
+        device_id = StrictCharField(min_length=1, max_length=128, required=False,
+                                    help_text="the app's own device id; without it the server issues one")
 
     @extend_schema(
         request=InputSerializer,
-        responses={200: inline_serializer("TokenOutput", {"token": serializers.CharField(), "user": UserOutput()})},
+        responses={200: inline_serializer("TokenOutput", {
+            "token": serializers.CharField(), "user": UserOutput(),
+            "device_id": serializers.CharField(help_text="the device the token is bound to (per-device caps count it)"),
+        })},
         summary="Exchange a phone + one-time code for a bearer token",
     )
     def post(self, request):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         auth_ip_check(action="token", ip=client_inet(request))
-        token, user = login_with_otp(
+        token, user, device_id = login_with_otp(
             phone=data.validated_data["phone"], code=data.validated_data["code"],
-            device_id=data.validated_data["device_id"], ip=client_inet(request),
+            device_id=data.validated_data.get("device_id", ""), ip=client_inet(request), with_device=True,
         )
-        return Response({"token": token, "user": UserOutput(user).data})
+        return Response({"token": token, "user": UserOutput(user).data, "device_id": device_id})

@@ -28,3 +28,9 @@ class AccountsConfig(AppConfig):
         post_delete.connect(token_deleted, sender=AuthToken, dispatch_uid="accounts.token_cache.token_deleted",
                             weak=False)
         pre_delete.connect(forget, sender=User, dispatch_uid="accounts.token_cache.user_deleted", weak=False)
+
+        from axes.signals import user_locked_out
+
+        from .backends import log_lockout
+
+        user_locked_out.connect(log_lockout, dispatch_uid="accounts.admin_lockout_log")

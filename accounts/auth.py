@@ -8,8 +8,13 @@ request instead of a SELECT with a join) for `MIANDAN_TOKEN_CACHE_SECONDS`. Revo
   token's entry *before* its change commits, for longer than any entry lives. A tombstone means "ask
   PostgreSQL", and a request that read the database before the commit can only add its stale copy
   with SET NX, which the tombstone refuses. So the request after a logout's answer is refused.
-- expiry is checked on every request from the cached row itself (`token_is_valid`), so a copy never
-  outlives its token.
+- expiry (MIANDAN_TOKEN_MAX_AGE_DAYS after issue) is checked on every request from the cached row itself
+  (`token_is_valid`), so a copy never outlives its token.
+- last_used_at is written at most once per MIANDAN_TOKEN_TOUCH_SECONDS per token: a Redis SET NX marker in
+  the same round trip as the cache GET decides, and the UPDATE itself is conditional on the stored time, so
+  even without Redis the hot path writes at most once a minute per token.
+- staff tokens (is_staff / is_superuser) only open the reports API: a leaked finance token cannot act as an
+  app user, and staff work elsewhere goes through the admin (session, CSRF, login throttling).
 - Redis down or an odd entry: the database answers, exactly as without the cache.
 """
 
@@ -37,9 +42,54 @@ def hash_token(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
+# Paths a staff member's bearer token may open (the rest of the API is for app users).
+STAFF_TOKEN_PATHS = ("/api/v1/reports/",)
+
+
+def token_expires_at(token) -> dt.datetime:
+    return token.created_at + dt.timedelta(days=settings.MIANDAN_TOKEN_MAX_AGE_DAYS)
+
+
 def token_is_valid(token, now: dt.datetime | None = None) -> bool:
     """The one rule for "this token may be used", applied to database rows and cached copies alike."""
-    return token.revoked_at is None and token.user.is_active
+    from django.utils import timezone
+
+    if token.revoked_at is not None or not token.user.is_active:
+        return False
+    return (now or timezone.now()) < token_expires_at(token)
+
+
+def staff_token_allowed(user, path: str) -> bool:
+    return not (user.is_staff or user.is_superuser) or path.startswith(STAFF_TOKEN_PATHS)
+
+
+def _touch_key(key_hash: str) -> str:
+    return key("toktouch", key_hash)
+
+
+def token_touch(token, *, due: bool | None) -> None:
+    """Record last use, at most once per MIANDAN_TOKEN_TOUCH_SECONDS per token.
+
+    `due` is the Redis marker's verdict (True: we set it, False: someone did within the window, None: no
+    Redis). The UPDATE only matches a row whose stored time is older than the window, so concurrent requests
+    and a missing Redis still write at most once per window.
+    """
+    from django.db.models import Q
+    from django.utils import timezone
+
+    from .models import AuthToken
+
+    if due is False or settings.MIANDAN_TOKEN_TOUCH_SECONDS < 0:
+        return
+    now = timezone.now()
+    if due is None and token.last_used_at is not None and \
+            now - token.last_used_at < dt.timedelta(seconds=settings.MIANDAN_TOKEN_TOUCH_SECONDS):
+        return
+    stale = Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - dt.timedelta(seconds=settings.MIANDAN_TOKEN_TOUCH_SECONDS))
+    try:
+        AuthToken.objects.filter(stale, pk=token.pk).update(last_used_at=now)
+    except Exception:  # bookkeeping: never fail a request over it (e.g. a read-only replica)
+        logger.warning("token touch failed", exc_info=True)
 
 
 def _cache_key(key_hash: str) -> str:
@@ -83,21 +133,31 @@ def _decode(raw: str):
 
 
 def _cache_get(key_hash: str):
-    """The cached token, or None (miss, tombstone, Redis down or an unreadable entry: ask the database)."""
-    client = get_redis() if settings.MIANDAN_TOKEN_CACHE_SECONDS > 0 else None
+    """(cached token or None, touch due: True/False, None without Redis), in one Redis round trip.
+
+    None as token: miss, tombstone, Redis down or an unreadable entry: ask the database.
+    """
+    client = get_redis()
     if client is None:
-        return None
+        return None, None
+    use_cache = settings.MIANDAN_TOKEN_CACHE_SECONDS > 0
     try:
-        raw = client.get(_cache_key(key_hash))
+        pipe = client.pipeline(transaction=False)
+        if use_cache:
+            pipe.get(_cache_key(key_hash))
+        pipe.set(_touch_key(key_hash), "1", ex=max(1, settings.MIANDAN_TOKEN_TOUCH_SECONDS), nx=True)
+        replies = pipe.execute()
     except redis.RedisError:
-        return None
+        return None, None
+    due = bool(replies[-1])
+    raw = replies[0] if use_cache else None
     if not raw or raw == TOMBSTONE:
-        return None
+        return None, due
     try:
-        return _decode(raw)
+        return _decode(raw), due
     except Exception:  # an entry written by another version of the models: the database answers
         logger.warning("token cache: unreadable entry", exc_info=True)
-        return None
+        return None, due
 
 
 def _cache_fill(token) -> None:
@@ -154,7 +214,7 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         except UnicodeDecodeError as exc:
             raise exceptions.AuthenticationFailed("令牌格式错误") from exc
         key_hash = hash_token(raw)
-        token = _cache_get(key_hash)
+        token, due = _cache_get(key_hash)
         if token is None:
             from .models import AuthToken
 
@@ -163,6 +223,10 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
                 _cache_fill(token)
         if token is None or not token_is_valid(token):
             raise exceptions.AuthenticationFailed("登录已失效，请重新登录")
+        if not staff_token_allowed(token.user, request.path):
+            logger.warning("staff token refused outside the reports API", extra={"user_id": token.user.pk})
+            raise exceptions.PermissionDenied("员工令牌只能用于报表接口")
+        token_touch(token, due=due)
         request.auth_token = token
         return token.user, token
 

@@ -16,3 +16,29 @@ def fixed_otp_backend(app_configs, **kwargs):
             id="miandan.W001",
         )
     ]
+
+
+@register(Tags.security, deploy=True)
+def sms_backend_in_production(app_configs, **kwargs):
+    """console logs codes, fixed accepts one code for every phone: neither may serve real users.
+
+    A load test (MIANDAN_LOAD_TEST=1) is the one non-debug run allowed to use them.
+    """
+    from django.core.checks import Error
+
+    if settings.DEBUG or settings.MIANDAN_LOAD_TEST:
+        return []
+    errors = []
+    if settings.MIANDAN_SMS_BACKEND in ("console", "fixed"):
+        errors.append(Error(
+            f"MIANDAN_SMS_BACKEND={settings.MIANDAN_SMS_BACKEND} while DJANGO_DEBUG=0",
+            hint="Set MIANDAN_SMS_BACKEND=http (with MIANDAN_SMS_HTTP_URL) or a dotted path to a real backend; "
+                 "MIANDAN_LOAD_TEST=1 only for load tests.",
+            id="miandan.E010",
+        ))
+    elif settings.MIANDAN_SMS_BACKEND == "http" and not settings.MIANDAN_SMS_HTTP_URL:
+        errors.append(Error("MIANDAN_SMS_BACKEND=http needs MIANDAN_SMS_HTTP_URL", id="miandan.E010"))
+    if settings.MIANDAN_FIXED_OTP:
+        errors.append(Error("MIANDAN_FIXED_OTP is set while DJANGO_DEBUG=0", hint="Unset it in production.",
+                            id="miandan.E010"))
+    return errors

@@ -124,8 +124,17 @@ def token_create(*, user: User, device_id: str = "") -> str:
     return raw
 
 
-def login_with_otp(*, phone: str, code: str, device_id: str, ip: str | None = None) -> tuple[str, User]:
+def new_device_id() -> str:
+    """A server-issued device id (the app keeps it and sends it on the next login)."""
+    return "srv-" + secrets.token_urlsafe(18)
+
+
+def login_with_otp(*, phone: str, code: str, device_id: str = "", ip: str | None = None, with_device: bool = False):
+    """(token, user), or (token, user, device_id) with `with_device`. The token is bound to the device: the
+    client's own id, or a server-issued one when it sent none; per-device caps (vouchers.DeviceClaim) count
+    the device of the token, never a header a bot could change per request."""
     otp_verify(phone=phone, code=code)
+    device_id = (device_id or "").strip()[:128] or new_device_id()
     with transaction.atomic(durable=True):
         user = _user_for_phone(phone)
         device, created = Device.objects.get_or_create(user=user, device_id=device_id[:128],
@@ -134,7 +143,7 @@ def login_with_otp(*, phone: str, code: str, device_id: str, ip: str | None = No
             Device.objects.filter(pk=device.pk).update(last_ip=ip, last_seen=timezone.now())
         token = token_create(user=user, device_id=device_id)
         User.objects.filter(pk=user.pk).update(last_login=timezone.now())
-    return token, user
+    return (token, user, device_id) if with_device else (token, user)
 
 
 def token_revoke(*, token: AuthToken) -> None:

@@ -67,7 +67,7 @@ def prepare_users(*, count: int, prefix_digit: int = 3) -> list[str]:
     )
     raws = [secrets.token_urlsafe(32) for _ in users]
     AuthToken.objects.bulk_create(
-        [AuthToken(user=u, key_hash=hashlib.sha256(r.encode()).hexdigest(), device_id="bench")
+        [AuthToken(user=u, key_hash=hashlib.sha256(r.encode()).hexdigest(), device_id=f"bench-{u.pk}")
          for u, r in zip(users, raws, strict=True)],
         batch_size=5000,
     )

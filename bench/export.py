@@ -43,7 +43,7 @@ def child_env(database_url: str, media_root: str) -> dict[str, str]:
     env.update({
         "DATABASE_URL": database_url,
         "DJANGO_SETTINGS_MODULE": "miandan.settings",
-        "MEDIA_ROOT": media_root,
+        "MIANDAN_EXPORT_ROOT": media_root,
         "CELERY_TASK_ALWAYS_EAGER": "1",
         "LOG_LEVEL": "WARNING",
         "DJANGO_DEBUG": "0",

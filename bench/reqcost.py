@@ -33,7 +33,7 @@ def _tokens(prefix: str, n: int) -> list[str]:
     users = list(User.objects.filter(phone__startswith=prefix).order_by("id")[:n])
     raws = [secrets.token_urlsafe(32) for _ in users]
     AuthToken.objects.bulk_create([AuthToken(user=u, key_hash=hashlib.sha256(r.encode()).hexdigest(),
-                                             device_id="profile") for u, r in zip(users, raws, strict=True)])
+                                             device_id=f"profile-{u.pk}") for u, r in zip(users, raws, strict=True)])
     return raws
 
 

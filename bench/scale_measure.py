@@ -310,7 +310,7 @@ def child_user_lists(repeat: int) -> list[dict]:
     for uid, what in ((heavy, "user with most cards"), (buyer, "user with most orders")):
         from accounts.models import User
 
-        token = token_create(user=User.objects.get(pk=uid), device_id="scale-bench")
+        token = token_create(user=User.objects.get(pk=uid), device_id=f"scale-bench-{uid}")
         client = Client(HTTP_AUTHORIZATION=f"Bearer {token}")
         for url in ("/api/v1/vouchers/", "/api/v1/orders/"):
             r = _get(client, url, repeat)

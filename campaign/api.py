@@ -9,7 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from .errors import CampaignNotFound
-from .gate import campaign_is_live
+from .gate import campaign_is_live, campaign_require_visible
 from .models import Campaign
 from .selectors import (
     CACHE_SECONDS,
@@ -56,11 +56,8 @@ class CampaignOutput(serializers.Serializer):
 
 
 def campaign_or_404(slug: str) -> Campaign:
-    campaign = campaign_get(slug=slug)
     # A draft is not announced yet: app users must not learn of it (ended ones stay visible for their cards).
-    if campaign is None or campaign.status == Campaign.Status.DRAFT:
-        raise CampaignNotFound()
-    return campaign
+    return campaign_require_visible(campaign_get(slug=slug))
 
 
 class CampaignListApi(APIView):

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from miandan.api.errors import DomainError, Paused
 
-from .errors import CampaignNotLive
+from .errors import CampaignNotFound, CampaignNotLive
 from .models import Campaign
 from .selectors import campaign_get_cached
 
@@ -26,6 +26,20 @@ PAUSED_TEXT: dict[str, str] = {
     "orders": "下单功能暂时暂停，请稍后再试",
 }
 PAUSED_RETRY_AFTER = 30  # seconds: a pause is a staff decision, not a blip; clients should not hammer
+
+
+def campaign_is_visible(campaign: Campaign | None) -> bool:
+    """Whether app users and the public may learn the campaign exists: a draft is not announced, so join,
+    invites (API, landing page, QR), orders and the campaign detail/page all answer 404 for it, the same
+    404 as an unknown slug (ended campaigns stay visible: people still hold their cards)."""
+    return campaign is not None and campaign.status != Campaign.Status.DRAFT
+
+
+def campaign_require_visible(campaign: Campaign | None) -> Campaign:
+    """The campaign, or CampaignNotFound (404 not_found) for an unknown slug or a draft."""
+    if not campaign_is_visible(campaign):
+        raise CampaignNotFound()
+    return campaign
 
 
 def campaign_is_live(campaign: Campaign, now: datetime | None = None) -> bool:
@@ -42,7 +56,8 @@ def campaign_paused(campaign: Campaign, feature: str) -> Paused | None:
 
 
 def campaign_require_open(*, campaign: Campaign, feature: str, now: datetime | None = None) -> None:
-    """Raise CampaignNotLive outside the window, Paused while the feature is switched off."""
+    """Raise CampaignNotFound for a draft, CampaignNotLive outside the window, Paused while switched off."""
+    campaign_require_visible(campaign)
     if not campaign_is_live(campaign, now):
         raise CampaignNotLive()
     error = campaign_paused(campaign, feature)

@@ -87,6 +87,14 @@ class Campaign(models.Model):
                                                   help_text="超出时订单改派下一家最近门店；留空表示不限", **MONEY)
     brand_daily_subsidy_cap = models.DecimalField("单品牌每日补贴上限（元）", null=True, blank=True,
                                                   help_text="留空表示不限", **MONEY)
+    # Bot farms (issue 16): age-independent per-address rules (24 h, any account age) feed the review queue;
+    # 0 turns a rule off. The subnet is the /24 (IPv4) or /48 (IPv6) of the accepting client.
+    referral_ip_daily_limit = models.PositiveIntegerField("同一 IP 每天接受邀请上限（超出转人工审核）", default=50)
+    referral_subnet_daily_limit = models.PositiveIntegerField("同一网段每天接受邀请上限（超出转人工审核）", default=200)
+    # Per-device caps enforced by the database (vouchers.DeviceClaim rows in the card's own transaction); the
+    # device is the one the login bound to the token. 0 = no cap.
+    device_welcome_cap = models.PositiveIntegerField("同一设备最多领取欢迎卡的账号数", default=3)
+    device_reward_cap = models.PositiveIntegerField("同一设备最多获得邀请奖励的次数", default=3)
 
     created_at = models.DateTimeField("创建时间", auto_now_add=True)
     updated_at = models.DateTimeField("更新时间", auto_now=True)

@@ -40,3 +40,37 @@ def ratelimit_overrides(app_configs, **kwargs):
                 hint="Use a rate like 10/m, 5/10m or 100/h, or off to disable that limit.", id="miandan.E001",
             ))
     return errors
+
+
+# The demo's fallback (settings.py); anything starting with this prefix is a key from the source tree.
+INSECURE_KEY_PREFIX = "django-insecure-"
+
+
+@register(checks.Tags.security, deploy=True)
+def secret_key_fallback(app_configs, **kwargs):
+    """With DEBUG off the demo's SECRET_KEY signs sessions, OTP hashes and merchant callbacks: anyone can forge them."""
+    if settings.DEBUG or not settings.SECRET_KEY.startswith(INSECURE_KEY_PREFIX):
+        return []
+    return [Error(
+        "SECRET_KEY is the demo fallback while DJANGO_DEBUG=0",
+        hint="Set SECRET_KEY to a long random value (python -c 'import secrets; print(secrets.token_urlsafe(64))').",
+        id="miandan.E011",
+    )]
+
+
+@register(checks.Tags.security, deploy=True)
+def metrics_exposed(app_configs, **kwargs):
+    """/metrics lists internals (queue depths, budgets); with DEBUG off it needs a token or a private allow-list."""
+    import ipaddress
+
+    errors = []
+    for net in settings.MIANDAN_METRICS_ALLOWED_NETS:
+        try:
+            parsed = ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            errors.append(Error(f"MIANDAN_METRICS_ALLOWED_NETS: {net!r} is not a network", id="miandan.E012"))
+            continue
+        if not settings.DEBUG and parsed.prefixlen == 0:
+            errors.append(Error(f"MIANDAN_METRICS_ALLOWED_NETS opens /metrics to everyone ({net})",
+                                hint="List the scraper's networks or set MIANDAN_METRICS_TOKEN.", id="miandan.E012"))
+    return errors

@@ -5,6 +5,7 @@ defaults run a self-contained demo: SQLite file, local-memory cache, Celery eage
 See README.md ("Settings") for the full table.
 """
 
+import datetime
 import hashlib
 import hmac
 import os
@@ -75,6 +76,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "axes",  # admin login throttling (accounts/backends.py)
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI served by us: /api/docs/ works offline, pinned version
@@ -108,6 +110,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, so its process_view runs right before the view: kill switch -> rate limit (shedding came first).
     "miandan.api.guard.GuardMiddleware",
+    # Turns a locked-out admin login into its 429 page (accounts/backends.py).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "miandan.urls"
@@ -148,6 +152,20 @@ USING_POSTGRES = DATABASES["default"]["ENGINE"].startswith("django.db.backends.p
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "accounts.User"
+
+# Admin logins: django-axes first (a locked username + address is refused before its password is checked).
+AUTHENTICATION_BACKENDS = [
+    "accounts.backends.AdminLoginThrottleBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_ENABLED = env_bool("AXES_ENABLED", True)
+AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = datetime.timedelta(minutes=env_int("AXES_COOLOFF_MINUTES", 15))
+# One username from one client address: a guessing run is stopped, a colleague on another network is not.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# The same client address as the rate limits (behind MIANDAN_PROXY_COUNT trusted proxies).
+AXES_CLIENT_IP_CALLABLE = "miandan.api.guard.client.client_inet"  # None when not an address (force_login)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -370,6 +388,31 @@ MIANDAN_EVENTS_RETRY_SECONDS = env_int("MIANDAN_EVENTS_RETRY_SECONDS", 3 * 24 * 
 # A worker owns a cursor this long; one killed mid-batch lets it run out and another picks the cursor up.
 MIANDAN_EVENTS_LEASE_SECONDS = env_int("MIANDAN_EVENTS_LEASE_SECONDS", 60)
 CELERY_BEAT_SCHEDULE["events-deliver"] = {"task": "events.deliver", "schedule": 5.0}
+
+# --- Security hardening (issue 16; docs/operations.md "Security") ---------------------------------
+# A load test may run with DJANGO_DEBUG=0 and the fixed/console SMS backend; production never does
+# (`check --deploy` errors miandan.E010 otherwise).
+MIANDAN_LOAD_TEST = env_bool("MIANDAN_LOAD_TEST", False)
+# A bearer token is refused this many days after it was issued (checked on cached copies too).
+MIANDAN_TOKEN_MAX_AGE_DAYS = env_int("MIANDAN_TOKEN_MAX_AGE_DAYS", 30)
+# last_used_at is written at most once per this many seconds per token (the hot path must not write per request).
+MIANDAN_TOKEN_TOUCH_SECONDS = env_int("MIANDAN_TOKEN_TOUCH_SECONDS", 60)
+# /metrics: a scrape with `Authorization: Bearer <MIANDAN_METRICS_TOKEN>`, or from an allow-listed network.
+MIANDAN_METRICS_TOKEN = env("MIANDAN_METRICS_TOKEN")
+MIANDAN_METRICS_ALLOWED_NETS = env_list("MIANDAN_METRICS_ALLOWED_NETS", "127.0.0.1/32,::1/128")
+# Export files: random names under a folder no web server serves; removed after the retention (beat task).
+MIANDAN_EXPORT_ROOT = Path(env("MIANDAN_EXPORT_ROOT", str(BASE_DIR / "var" / "exports")))
+MIANDAN_EXPORT_RETENTION_HOURS = env_int("MIANDAN_EXPORT_RETENTION_HOURS", 72)
+CELERY_BEAT_SCHEDULE["reports-export-cleanup"] = {"task": "reports.export_cleanup", "schedule": 3600.0}
+# The budget report's JSON/CSV/XLSX GET reuses one reconcile for this many seconds (0: always fresh).
+MIANDAN_REPORT_CACHE_SECONDS = env_int("MIANDAN_REPORT_CACHE_SECONDS", 30)
+# The HTTP SMS provider backend (MIANDAN_SMS_BACKEND=http): POST JSON {phone, text} to this URL.
+MIANDAN_SMS_HTTP_URL = env("MIANDAN_SMS_HTTP_URL")
+MIANDAN_SMS_HTTP_TOKEN = env("MIANDAN_SMS_HTTP_TOKEN")
+MIANDAN_SMS_HTTP_TIMEOUT = env_float("MIANDAN_SMS_HTTP_TIMEOUT", 3.0)
+MIANDAN_SMS_HTTP_RETRIES = env_int("MIANDAN_SMS_HTTP_RETRIES", 2)
+# Invite QR PNGs are rendered once per code and kept in the cache this long.
+MIANDAN_QR_CACHE_SECONDS = env_int("MIANDAN_QR_CACHE_SECONDS", 86400)
 
 LOGGING = {
     "version": 1,

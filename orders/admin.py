@@ -21,7 +21,12 @@ from miandan.api.admin_scale import LargeTableAdminMixin, digits, ids_or_none, p
 from vouchers.models import Voucher
 
 from .models import Brand, BrandDaySubsidy, Order, OrderEvent, OrderItem, Product, Store, StoreDaySubsidy
-from .services import ACTIVE, CANCELLABLE, order_resend, order_transition
+from .services import (
+    ACTIVE,
+    INTERVENE_PERMISSION,
+    order_staff_cancel,
+    order_staff_resend,
+)
 
 _ALIAS_SPLIT = re.compile(r"[\n\r,，、;；]+")
 
@@ -174,27 +179,27 @@ class OrderAdmin(LargeTableAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
         return Q(voucher_id__in=cards) | Q(merchant_ref=term)
 
     def has_change_permission(self, request, obj=None):
-        # The actions need the change permission; the form itself stays read-only (no editable fields).
-        return request.user.has_perm("orders.change_order")
+        # The form itself stays read-only (no editable fields); change rights only carry the actions below.
+        return request.user.has_perm(INTERVENE_PERMISSION)
+
+    def has_intervene_permission(self, request) -> bool:
+        """Cancel / re-send: support and superusers (orders.can_intervene), checked again in orders.services."""
+        return request.user.has_perm(INTERVENE_PERMISSION)
 
     def get_readonly_fields(self, request, obj=None):
         return [f.name for f in self.model._meta.fields]
 
-    @admin.action(description="取消订单（门店接单前；退回免单卡）")
+    @admin.action(description="取消订单（门店接单前；退回免单卡）", permissions=["intervene"])
     def cancel_orders(self, request, queryset):
-        done = 0
-        for order_id in queryset.values_list("pk", flat=True):
-            if order_transition(order_id=order_id, from_statuses=CANCELLABLE, to_status=Order.Status.CANCELLED,
-                                note=f"客服取消（{request.user}）"):
-                done += 1
+        done = order_staff_cancel(actor=request.user, order_ids=list(queryset.values_list("pk", flat=True)))
         skipped = queryset.count() - done
         self.message_user(request, f"已取消 {done} 单" + (f"，{skipped} 单已接单或已结束未取消" if skipped else ""),
                           messages.SUCCESS if done else messages.WARNING)
 
-    @admin.action(description="重新发送给门店（仅进行中的订单）")
+    @admin.action(description="重新发送给门店（仅进行中的订单）", permissions=["intervene"])
     def resend_orders(self, request, queryset):
         ids = list(queryset.filter(status__in=ACTIVE).values_list("pk", flat=True))
-        sent = order_resend(order_ids=ids)
+        sent = order_staff_resend(actor=request.user, order_ids=ids)
         unsent = f"，{len(ids) - sent} 单暂时无法发送（队列不可用）" if sent < len(ids) else ""
         self.message_user(request, f"已重新发送 {sent} 单{unsent}", messages.SUCCESS if not unsent else messages.WARNING)
 

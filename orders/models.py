@@ -135,6 +135,8 @@ class Order(models.Model):
         verbose_name = "订单"
         verbose_name_plural = "订单"
         ordering = ["-id"]
+        # Staff intervention (cancel, re-send) from admin: support and superusers only (orders 0005).
+        permissions = [("can_intervene", "可以干预订单（取消、重发）")]
         indexes = [
             models.Index(fields=["user", "-created_at"], name="order_user_recent"),
             # Orders by state and the busiest stores on the dashboard and in the report: index-only.

@@ -6,7 +6,7 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from campaign.errors import CampaignNotFound
+from campaign.gate import campaign_require_visible
 from campaign.selectors import campaign_get_cached
 from miandan.api.guard import client_inet
 from miandan.api.idempotency import idempotent
@@ -29,10 +29,7 @@ ERRORS = {
 
 
 def _campaign(slug: str):
-    campaign = campaign_get_cached(slug=slug)
-    if campaign is None:
-        raise CampaignNotFound()
-    return campaign
+    return campaign_require_visible(campaign_get_cached(slug=slug))
 
 
 class InviteApi(APIView):

@@ -31,8 +31,8 @@ from events.services import event_record
 from miandan.api.errors import InvalidInput
 from miandan.db import is_postgres, retry_on_conflict
 from vouchers.errors import CardLimitReached
-from vouchers.models import Voucher
-from vouchers.services import voucher_issue_in_tx, voucher_void_in_tx
+from vouchers.models import DeviceClaim, Voucher
+from vouchers.services import device_claim, voucher_issue_in_tx, voucher_void_in_tx
 
 from .codes import extract_code, new_invite_code
 from .errors import (
@@ -57,7 +57,22 @@ REVIEW_REASONS = {
     "device_shared": "同一设备已被多个账号用于接受邀请或登录",
     "ip_burst": "同一 IP 十分钟内大量新注册账号接受邀请",
     "inviter_flagged": "邀请人自己的邀请记录待审核或已被拒绝（可疑链条）",
+    "ip_daily": "同一 IP 一天内接受邀请次数已达上限（不论账号新旧）",
+    "subnet_daily": "同一网段一天内接受邀请次数已达上限（不论账号新旧）",
+    "device_reward_cap": "同一设备获得的邀请奖励已达上限",
 }
+
+
+def subnet_of(ip: str) -> str | None:
+    """The /24 (IPv4) or /48 (IPv6) a client address belongs to: one home, office or small NAT pool."""
+    import ipaddress
+
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    prefix = 24 if address.version == 4 else 48
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
 
 
 # --- invite codes ---------------------------------------------------------------------
@@ -131,6 +146,11 @@ def _abuse_reasons(
         on_device = Q(device_id=device_id) & ~Q(invitee=user)
         scope |= on_device
         counts["device"] = Count("id", filter=on_device)
+    if ip and campaign.referral_ip_daily_limit:
+        # Age-independent: aged accounts bought in bulk behind one address count too.
+        same_ip = Q(ip=ip, created_at__gte=day_ago)
+        scope |= same_ip
+        counts["ip_day"] = Count("id", filter=same_ip)
     joined = getattr(user, "date_joined", None)
     if ip and joined is not None and joined >= since:
         from_ip = Q(ip=ip, created_at__gte=since)
@@ -151,6 +171,15 @@ def _abuse_reasons(
             reasons.append("device_shared")
     if "burst" in seen and seen["burst"] >= campaign.referral_ip_burst_limit:
         reasons.append("ip_burst")
+    if "ip_day" in seen and seen["ip_day"] >= campaign.referral_ip_daily_limit:
+        reasons.append("ip_daily")
+    subnet = subnet_of(ip) if ip and campaign.referral_subnet_daily_limit else None
+    if subnet and connection.vendor == "postgresql":
+        # `ip <<= subnet` is a range of the (campaign, ip, created_at) index in PostgreSQL.
+        in_subnet = (Referral.objects.filter(campaign=campaign, created_at__gte=day_ago)
+                     .extra(where=["ip <<= %s::inet"], params=[subnet]))
+        if in_subnet[:campaign.referral_subnet_daily_limit].count() >= campaign.referral_subnet_daily_limit:
+            reasons.append("subnet_daily")
     # A suspicious chain grows under review: an inviter who is held (or was refused) cannot pay out
     # to new invitees before staff have looked at the inviter.
     if parent is not None and parent.status != Referral.Status.ACCEPTED:
@@ -247,6 +276,8 @@ def _accept_db(*, user, campaign: Campaign, invite: InviteCode, device_id: str, 
                              ip=ip)
     # Cards first, then the referral row with both outcomes in one INSERT (the budget rows the cards
     # locked are held for one statement less).
+    if not reasons and not device_claim(campaign=campaign, device_id=device_id, kind=DeviceClaim.Kind.REFERRAL):
+        reasons.append("device_reward_cap")  # the device's rewards are counted in this same transaction
     rewards = {} if reasons else _reward(inviter=inviter, invitee=user, campaign=campaign)
     referral = Referral.objects.create(
         campaign=campaign, invite_code=invite, inviter=inviter, invitee=user, root_id=root_id, depth=depth,

@@ -64,7 +64,34 @@ def qr_etag(code: str, kind: str, request=None) -> str:
 
 
 def qr_render(code: str, kind: str, request=None) -> bytes:
-    qr = segno.make(invite_url(code, request), error="m")
+    """The QR image, rendered once per code (and link base) and then served from the cache.
+
+    Rendering a PNG costs milliseconds of CPU; a popular invite shared in a big group chat is scanned
+    thousands of times, and a flood of QR requests must not be a cheap way to burn the web workers' CPU.
+    """
+    from django.core.cache import cache
+
+    url = invite_url(code, request)
+    cache_key = f"qr:{kind}:{code}:{hashlib.sha256(url.encode()).hexdigest()[:16]}"
+    seconds = settings.MIANDAN_QR_CACHE_SECONDS
+    if seconds > 0:
+        try:
+            hit = cache.get(cache_key)
+        except Exception:
+            hit = None
+        if hit is not None:
+            return hit
+    data = _qr_bytes(code, kind, url)
+    if seconds > 0:
+        try:
+            cache.set(cache_key, data, seconds)
+        except Exception:
+            pass
+    return data
+
+
+def _qr_bytes(code: str, kind: str, url: str) -> bytes:
+    qr = segno.make(url, error="m")
     buf = io.BytesIO()
     if kind == "png":
         qr.save(buf, kind="png", scale=10, border=2)

@@ -19,7 +19,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.renderers import BaseRenderer
 from rest_framework.views import APIView
 
-from campaign.gate import campaign_is_live
+from campaign.gate import campaign_is_live, campaign_is_visible
 
 from . import sharing
 from .selectors import invite_code_get
@@ -88,7 +88,7 @@ class InviteLandingView(_PublicView):
     )
     def get(self, request, code: str) -> HttpResponse:
         invite = invite_code_get(code=code)
-        if invite is None:
+        if invite is None or not campaign_is_visible(invite.campaign):  # a draft's invite does not exist yet
             response = render(request._request, "referrals/not_found.html",
                               {"code": code[:32], "app_name": settings.MIANDAN_APP_NAME}, status=404)
             patch_cache_control(response, private=True, max_age=60)
@@ -117,7 +117,7 @@ class InviteLandingView(_PublicView):
 
 def _qr(request: HttpRequest, code: str, kind: str) -> HttpResponse:
     invite = invite_code_get(code=code)
-    if invite is None:
+    if invite is None or not campaign_is_visible(invite.campaign):
         return HttpResponse("邀请码不存在", status=404, content_type="text/plain; charset=utf-8")
     etag = sharing.qr_etag(invite.code, kind, request)
     client_etags = parse_etags(request.headers.get("If-None-Match", ""))

@@ -30,7 +30,7 @@ from . import svg
 from .api import can_view_budget_report
 from .exports import GROUP_TITLES, report_sections
 from .models import ExportJob
-from .selectors import GROUP_BY, SHANGHAI, budget_report, dashboard
+from .selectors import GROUP_BY, SHANGHAI, budget_report_cached, dashboard
 from .services import export_job_request, export_path, ledger_rollup_advance
 
 STATE_LABELS_ORDERS = dict(Order.Status.choices)
@@ -132,7 +132,7 @@ class CampaignReportAdmin(CampaignAdmin):
         group_by = request.GET.get("group_by", "day")
         if group_by not in GROUP_BY:
             group_by = "day"
-        report = budget_report(campaign=campaign, group_by=group_by)
+        report = budget_report_cached(campaign=campaign, group_by=group_by)
         rows = list(islice(report.rows(), REPORT_PAGE_ROWS + 1))
         base = reverse("report-budget", args=[campaign.slug])
         downloads = [(GROUP_TITLES[g], [(fmt.upper(), f"{base}?format={fmt}&group_by={g}") for fmt in ("csv", "xlsx")])
@@ -275,7 +275,7 @@ class ExportJobAdmin(admin.ModelAdmin):
 
     @admin.display(description="下载")
     def download(self, obj: ExportJob):
-        if obj.status != ExportJob.Status.DONE:
+        if obj.status != ExportJob.Status.DONE or not obj.file:
             return "-"
         return format_html('<a href="{}">下载（{} KB）</a>', reverse("admin:reports_exportjob_download", args=[obj.pk]),
                            max(1, obj.file_size // 1024))
@@ -296,7 +296,7 @@ class ExportJobAdmin(admin.ModelAdmin):
             raise Http404
         job = get_object_or_404(ExportJob, pk=pk, status=ExportJob.Status.DONE)
         file = export_path(job)
-        if not file.is_file():
+        if file is None or not file.is_file():
             raise Http404
         stamp = timezone.localtime(job.finished_at).strftime("%Y%m%d-%H%M%S")
         return FileResponse(open(file, "rb"), as_attachment=True,

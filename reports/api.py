@@ -18,7 +18,7 @@ from campaign.selectors import campaign_get
 from miandan.api.errors import NotFound
 
 from .exports import budget_report_csv, budget_report_xlsx
-from .selectors import FORMATS, GROUP_BY, BudgetReport, budget_report
+from .selectors import FORMATS, GROUP_BY, BudgetReport, budget_report_cached
 
 REPORT_PERMISSION = "campaign.view_budget_report"
 XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
@@ -136,5 +136,5 @@ class BudgetReportApi(APIView):
             raise NotFound("活动不存在")
         params = BudgetReportInput(data=request.query_params)
         params.is_valid(raise_exception=True)
-        report = budget_report(campaign=campaign, group_by=params.validated_data["group_by"])
+        report = budget_report_cached(campaign=campaign, group_by=params.validated_data["group_by"])
         return report_response(report, params.validated_data["format"])

@@ -3,6 +3,11 @@
 CSV starts with a UTF-8 BOM so that Excel opens the Chinese headers correctly. XLSX money
 cells carry the number format '#,##0.00' and hold exact Decimals. Both writers consume
 row iterators, so memory stays bounded whatever the number of rows.
+
+Formula injection (CSV/XLSX opened by finance in Excel): any text cell that starts with = + - @ tab or CR is
+written with a leading apostrophe in CSV (`neutralise`, and the same rule in SQL for the COPY path:
+selectors.ledger_copy_sql); XLSX text cells are always typed as strings, so Excel never evaluates them.
+Numbers (money, counts) are not text and keep their sign.
 """
 
 from __future__ import annotations
@@ -41,11 +46,23 @@ class _Echo:
         return value
 
 
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise(value):
+    """A text value Excel would run as a formula gets a leading apostrophe; anything else is returned as is."""
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
 def _cell_text(value) -> str:
     if value is None:
         return ""
     if isinstance(value, Decimal):
         return f"{value:.2f}"
+    if isinstance(value, str):
+        return neutralise(value)
     return str(value)
 
 
@@ -81,7 +98,7 @@ def budget_report_csv(report: BudgetReport) -> Iterator[str]:
     writer = csv.writer(_Echo())
     yield BOM
     for line in _header_lines(report):
-        yield writer.writerow(line)
+        yield writer.writerow([neutralise(v) for v in line])
     for title, items in report_sections(report):
         yield writer.writerow([])
         yield writer.writerow([title, "数值"])
@@ -94,14 +111,28 @@ def budget_report_csv(report: BudgetReport) -> Iterator[str]:
         yield writer.writerow([_cell_text(row[col.key]) for col in report.columns])
     yield writer.writerow([])
     for line in _reconciliation_lines(report):
-        yield writer.writerow(line)
+        yield writer.writerow([neutralise(v) for v in line])
 
 
 GROUP_TITLES = {"day": "日期", "brand": "品牌", "city": "城市"}
 
 
+def _text_cell(ws, value) -> WriteOnlyCell:
+    """openpyxl types a str starting with "=" as a formula: force the string type."""
+    cell = WriteOnlyCell(ws, value=value)
+    cell.data_type = "s"
+    return cell
+
+
+def _x(ws, value):
+    """A plain xlsx value, except text that openpyxl would turn into a formula."""
+    return _text_cell(ws, value) if isinstance(value, str) and value.startswith("=") else value
+
+
 def _cell(ws, value, kind: str = "str", bold: bool = False) -> WriteOnlyCell:
     cell = WriteOnlyCell(ws, value=value)
+    if isinstance(value, str):
+        cell.data_type = "s"
     if kind == "money" and value is not None:
         cell.number_format = MONEY_FORMAT
     elif kind == "int" and isinstance(value, int):
@@ -125,15 +156,15 @@ def budget_report_xlsx(report: BudgetReport, fileobj: IO[bytes]) -> None:
     ws.column_dimensions["A"].width = 24
     ws.column_dimensions["B"].width = 24  # 3,000,000,000.00 fits
     for line in _header_lines(report):
-        ws.append([_cell(ws, line[0], bold=True), *line[1:]])
+        ws.append([_cell(ws, line[0], bold=True), *(_x(ws, v) for v in line[1:])])
     for title, items in report_sections(report):
         ws.append([])
         ws.append([_cell(ws, title, bold=True), _cell(ws, "数值", bold=True)])
         for label, value, kind in items:
-            ws.append([label, _cell(ws, value, kind)])
+            ws.append([_x(ws, label), _cell(ws, value, kind)])
     ws.append([])
     for line in _reconciliation_lines(report):
-        ws.append([_cell(ws, line[0], bold=True), line[1]])
+        ws.append([_cell(ws, line[0], bold=True), _x(ws, line[1])])
     rows = wb.create_sheet("明细")
     _widths(rows, report.columns)
     rows.append([_cell(rows, col.label, bold=True) for col in report.columns])
@@ -165,6 +196,8 @@ def ledger_csv(rows: Iterable[tuple], fileobj: IO[str], progress: Progress | Non
     money_at = [i for i, col in enumerate(LEDGER_COLUMNS) if col.kind == "money"]
     for row in _counted(rows, progress):
         out = list(row)
+        for i, value in enumerate(out):
+            out[i] = neutralise(value)  # money is still a Decimal here: only text is touched
         for i in money_at:
             out[i] = f"{out[i]:.2f}"
         writer.writerow(["" if v is None else v for v in out])
@@ -214,5 +247,5 @@ def ledger_xlsx(rows: Iterable[tuple], fileobj: IO[bytes], progress: Progress | 
     kinds = [col.kind for col in LEDGER_COLUMNS]
     for row in _counted(rows, progress):
         # Only money cells carry a style: a styled cell costs ~3x a plain one in openpyxl (measured: bench/export.py).
-        ws.append([_cell(ws, v, k) if k == "money" else v for v, k in zip(row, kinds, strict=True)])
+        ws.append([_cell(ws, v, k) if k == "money" else _x(ws, v) for v, k in zip(row, kinds, strict=True)])
     wb.save(fileobj)

@@ -1,4 +1,4 @@
-"""Background exports: a row per job, its progress, and the finished file under MEDIA_ROOT."""
+"""Background exports: a row per job, its progress, and the finished file under MIANDAN_EXPORT_ROOT."""
 
 from django.conf import settings
 from django.db import models
@@ -28,7 +28,7 @@ class ExportJob(models.Model):
     status = models.CharField("状态", max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
     rows_total = models.PositiveBigIntegerField("总行数", default=0)
     rows_done = models.PositiveBigIntegerField("已导出行数", default=0)
-    # Relative to MEDIA_ROOT; served only through the permission-checked admin download view.
+    # Relative to MIANDAN_EXPORT_ROOT (a random name); served only through the permission-checked admin view.
     file = models.CharField("文件", max_length=255, blank=True, default="")
     file_size = models.PositiveBigIntegerField("文件大小（字节）", default=0)
     error = models.CharField("错误", max_length=255, blank=True, default="")

@@ -14,6 +14,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from itertools import islice
 from zoneinfo import ZoneInfo
 
+from django.conf import settings
 from django.db import connection
 from django.db.models import Count, DecimalField, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate, TruncDay, TruncHour, TruncMinute
@@ -170,6 +171,32 @@ def budget_report(*, campaign: Campaign, group_by: str = "day") -> BudgetReport:
         return _budget_report(campaign=campaign, group_by=group_by)
 
 
+def budget_report_cached(*, campaign: Campaign, group_by: str = "day") -> BudgetReport:
+    """`budget_report`, reused for MIANDAN_REPORT_CACHE_SECONDS per campaign and grouping.
+
+    The report (its reconcile included) reads every bucket, card and ledger day of the campaign: repeated GETs
+    (a finance page left refreshing, a script) must not each pay for that on the primary. The report says when
+    it was generated, so a copy a few seconds old is honest. 0 turns the copy off.
+    """
+    from django.core.cache import cache
+
+    seconds = settings.MIANDAN_REPORT_CACHE_SECONDS
+    if seconds <= 0:
+        return budget_report(campaign=campaign, group_by=group_by)
+    cache_key = f"budget-report:{campaign.pk}:{group_by}"
+    try:
+        report = cache.get(cache_key)
+    except Exception:  # a cache outage costs a fresh report, never an error
+        report = None
+    if report is None:
+        report = budget_report(campaign=campaign, group_by=group_by)
+        try:
+            cache.set(cache_key, report, seconds)
+        except Exception:
+            pass
+    return report
+
+
 def _budget_report(*, campaign: Campaign, group_by: str) -> BudgetReport:
     buckets = budget_totals(campaign_id=campaign.pk)
     # Ledger totals by kind from the per-day sums (the rollup plus the live rows after it), not another scan.
@@ -277,23 +304,31 @@ def ledger_export_queryset(*, campaign: Campaign, upto_id: int | None = None) ->
     return qs
 
 
+def _sql_text(expr: str) -> str:
+    """exports.neutralise in SQL: text starting with = + - @ tab or CR gets a leading apostrophe (formula injection)."""
+    return (f"CASE WHEN left({expr}, 1) IN ('=', '+', '-', '@', chr(9), chr(13)) "
+            f"THEN '''' || {expr} ELSE {expr} END")
+
+
 def ledger_copy_sql(*, campaign: Campaign, upto_id: int) -> str:
     """The ledger export as one `COPY (...) TO STDOUT` in CSV: PostgreSQL formats every row (time in Beijing
     time, kind label, money with two decimals, empty for NULL), the same readable columns as `ledger_rows`:
     bucket number, card code, its holder, the operator ("系统" for the system's own adjustments).
 
     One statement, one snapshot, no server-side cursor: safe behind PgBouncer in transaction pooling mode.
+    Text columns go through `_sql_text`, the same formula-injection rule as exports.neutralise.
     """
     qn = connection.ops.quote_name
     ledger, bucket = qn(LedgerEntry._meta.db_table), qn(BudgetBucket._meta.db_table)
     card, user = qn(Voucher._meta.db_table), qn(User._meta.db_table)
     labels = " ".join(f"WHEN '{k}' THEN '{v}'" for k, v in KIND_LABELS.items())
+    code = "COALESCE(v.code, CASE WHEN l.voucher_id IS NULL THEN '' ELSE '#' || l.voucher_id END)"
+    holder = "COALESCE(h.username, '')"
+    actor = "COALESCE(a.username, CASE WHEN l.kind = 'adjust' THEN '系统' ELSE '' END)"
     return (
         "COPY (SELECT l.id, to_char(l.created_at AT TIME ZONE 'Asia/Shanghai', 'YYYY-MM-DD HH24:MI:SS'), "
         f"CASE l.kind {labels} ELSE l.kind END, l.amount::text, '#' || b.{qn('index')}, "
-        "COALESCE(v.code, CASE WHEN l.voucher_id IS NULL THEN '' ELSE '#' || l.voucher_id END), "
-        "COALESCE(h.username, ''), l.order_id, "
-        "COALESCE(a.username, CASE WHEN l.kind = 'adjust' THEN '系统' ELSE '' END), l.reason "
+        f"{_sql_text(code)}, {_sql_text(holder)}, l.order_id, {_sql_text(actor)}, {_sql_text('l.reason')} "
         f"FROM {ledger} l JOIN {bucket} b ON b.id = l.bucket_id "
         f"LEFT JOIN {card} v ON v.id = l.voucher_id LEFT JOIN {user} h ON h.id = v.user_id "
         f"LEFT JOIN {user} a ON a.id = l.actor_id "

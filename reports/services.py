@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
+import secrets
 from pathlib import Path
 
 from django.conf import settings
@@ -21,6 +23,8 @@ from .exports import budget_report_csv, budget_report_xlsx, ledger_csv, ledger_c
 from .models import ExportJob, LedgerRollup
 from .selectors import GROUP_BY, budget_report, ledger_copy_sql, ledger_export_queryset, ledger_rows
 
+logger = logging.getLogger(__name__)
+
 
 @transaction.atomic(durable=True)
 def export_job_request(*, campaign: Campaign, kind: str, fmt: str, actor, group_by: str = "day") -> ExportJob:
@@ -33,8 +37,17 @@ def export_job_request(*, campaign: Campaign, kind: str, fmt: str, actor, group_
     return job
 
 
-def export_path(job: ExportJob) -> Path:
-    return Path(settings.MEDIA_ROOT) / job.file
+def export_root() -> Path:
+    return Path(settings.MIANDAN_EXPORT_ROOT).resolve()
+
+
+def export_path(job: ExportJob) -> Path | None:
+    """The job's file under MIANDAN_EXPORT_ROOT, or None (no file, or a stored name pointing elsewhere)."""
+    if not job.file:
+        return None
+    root = export_root()
+    path = (root / job.file).resolve()
+    return path if path.is_relative_to(root) and path != root else None
 
 
 def export_job_run(*, job_id: int) -> ExportJob | None:
@@ -50,8 +63,10 @@ def export_job_run(*, job_id: int) -> ExportJob | None:
     if claimed != 1:
         return ExportJob.objects.filter(pk=job_id).first()
     job = ExportJob.objects.select_related("campaign").get(pk=job_id)
-    rel = Path("exports") / job.campaign.slug / f"{job.kind}-{job.pk}.{job.format}"
-    final = Path(settings.MEDIA_ROOT) / rel
+    # A random name under a folder no web server serves: the permission-checked admin view is the only way in,
+    # and a guessed or leaked URL of another deployment's layout leads nowhere.
+    rel = Path(job.campaign.slug) / f"{job.kind}-{job.pk}-{secrets.token_hex(16)}.{job.format}"
+    final = export_root() / rel
     final.parent.mkdir(parents=True, exist_ok=True)
     # Per-process partial name: a redelivered task racing a still-running first attempt never shares a file.
     partial = final.with_name(f"{final.name}.{os.getpid()}.part")
@@ -96,6 +111,31 @@ def export_job_run(*, job_id: int) -> ExportJob | None:
     )
     job.refresh_from_db()
     return job
+
+
+def export_cleanup(*, now: dt.datetime | None = None) -> int:
+    """Delete export files older than MIANDAN_EXPORT_RETENTION_HOURS (and stale partial files); returns the count.
+
+    The job row stays (who exported what, when) with its file name cleared, so its download is gone too.
+    """
+    now = now or timezone.now()
+    cutoff = now - dt.timedelta(hours=settings.MIANDAN_EXPORT_RETENTION_HOURS)
+    removed = 0
+    for job in ExportJob.objects.filter(status=ExportJob.Status.DONE, finished_at__lt=cutoff).exclude(file=""):
+        path = export_path(job)
+        if path is not None:
+            path.unlink(missing_ok=True)
+        ExportJob.objects.filter(pk=job.pk).update(file="", error="文件已按保留期删除")
+        removed += 1
+    root = export_root()
+    if root.is_dir():
+        for part in root.rglob("*.part"):
+            if dt.datetime.fromtimestamp(part.stat().st_mtime, tz=dt.UTC) < cutoff:
+                part.unlink(missing_ok=True)
+                removed += 1
+    if removed:
+        logger.info("export cleanup: removed %d file(s) older than %d h", removed, settings.MIANDAN_EXPORT_RETENTION_HOURS)
+    return removed
 
 
 # --- the ledger rollup (dashboard burn line, report days) -------------------------------

@@ -22,3 +22,9 @@ def ledger_rollup_task() -> None:
 def pace_check_task() -> None:
     """Spend ahead of plan: log + metric (reports.services.pace_check)."""
     services.pace_check()
+
+
+@task(name="reports.export_cleanup")
+def export_cleanup_task() -> None:
+    """Export files live MIANDAN_EXPORT_RETENTION_HOURS, then go (hourly, from beat)."""
+    services.export_cleanup()

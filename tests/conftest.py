@@ -77,7 +77,7 @@ def campaign(db):
 def _token_for(user) -> str:
     from accounts.services import token_create
 
-    return token_create(user=user, device_id="test-device")
+    return token_create(user=user, device_id=f"test-device-{user.pk}")  # one phone per test user (device caps)
 
 
 @pytest.fixture

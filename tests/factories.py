@@ -336,3 +336,41 @@ class BrandDaySubsidyFactory(factory.django.DjangoModelFactory):
     brand = factory.SubFactory(BrandFactory)
     day = factory.LazyFunction(lambda: timezone.localdate())
     subsidy = Decimal("0.00")
+
+
+class DeviceClaimFactory(factory.django.DjangoModelFactory):
+    """A device's welcome-card count in a campaign (vouchers.DeviceClaim; normally written by device_claim)."""
+
+    class Meta:
+        model = "vouchers.DeviceClaim"
+
+    campaign = factory.SubFactory(CampaignFactory)
+    device_id = factory.Sequence(lambda n: f"device-{n}")
+    kind = "welcome"
+    count = 1
+
+
+class AccessAttemptFactory(factory.django.DjangoModelFactory):
+    """django-axes: a failed admin login being counted (admin "Access attempts" is the unlock path)."""
+
+    class Meta:
+        model = "axes.AccessAttempt"
+
+    username = factory.Sequence(lambda n: f"staff{n}")
+    ip_address = "127.0.0.1"
+    user_agent = "pytest"
+    path_info = "/admin/login/"
+    get_data = ""
+    post_data = ""
+    failures_since_start = 1
+
+
+class AccessFailureLogFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "axes.AccessFailureLog"
+
+    username = factory.Sequence(lambda n: f"staff{n}")
+    ip_address = "127.0.0.1"
+    user_agent = "pytest"
+    path_info = "/admin/login/"
+    locked_out = False

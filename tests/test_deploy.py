@@ -24,6 +24,8 @@ PRODUCTION = {
     "SECURE_HSTS_INCLUDE_SUBDOMAINS": "1",
     "SECURE_HSTS_PRELOAD": "1",
     "REDIS_URL": "redis://127.0.0.1:6379/15",
+    "MIANDAN_SMS_BACKEND": "http",
+    "MIANDAN_SMS_HTTP_URL": "https://sms.example.com/send",
 }
 
 
@@ -59,11 +61,34 @@ def test_check_deploy_warns_about_the_fixed_otp_backend(production_env):
     assert "MIANDAN_SMS_BACKEND=fixed" in result.stderr
 
 
+@pytest.mark.parametrize("unsafe, check_ids", [
+    # the demo's fallback key, the console SMS backend, /metrics open to the world
+    ({"SECRET_KEY": "", "MIANDAN_SMS_BACKEND": "console", "MIANDAN_METRICS_ALLOWED_NETS": "0.0.0.0/0"},
+     ("miandan.E010", "miandan.E011", "miandan.E012")),
+    # the HTTP backend without its URL, a fixed code left set
+    ({"MIANDAN_SMS_BACKEND": "http", "MIANDAN_SMS_HTTP_URL": "", "MIANDAN_FIXED_OTP": "123456"}, ("miandan.E010",)),
+])
+def test_check_deploy_fails_loudly_on_an_unsafe_production_setting(production_env, unsafe, check_ids):
+    """Errors, not warnings: `check --deploy` exits non-zero at its default fail level."""
+    result = manage("check", "--deploy", env={**production_env, **unsafe})
+    assert result.returncode != 0, result.stdout + result.stderr
+    for check_id in check_ids:
+        assert check_id in result.stderr, check_id
+    assert "ERRORS" in result.stderr
+
+
+def test_a_load_test_may_use_the_fixed_backend_with_debug_off(production_env):
+    env = {**production_env, "MIANDAN_SMS_BACKEND": "fixed", "MIANDAN_FIXED_OTP": "123456", "MIANDAN_LOAD_TEST": "1"}
+    result = manage("check", "--deploy", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr  # the W001 warning stays
+
+
 def test_check_deploy_flags_the_demo_defaults():
     """Without the production variables the demo settings must not pass as production-ready."""
     result = manage("check", "--deploy", "--fail-level", "WARNING", env={"DJANGO_DEBUG": "0"})
     assert result.returncode != 0
-    for check_id in ("security.W004", "security.W008", "security.W009", "security.W012", "security.W016"):
+    for check_id in ("security.W004", "security.W008", "security.W009", "security.W012", "security.W016",
+                     "miandan.E010", "miandan.E011"):
         assert check_id in result.stderr, check_id
 
 

@@ -90,7 +90,7 @@ def test_seed_demo_catalogue_matches_the_contract():
 
 
 def test_seed_demo_staff_can_log_in_with_the_given_password():
-    seed("--staff-password", "another-Secret-9")
+    seed("--staff-password", "another-Secret-9", "--admin-password", "another-Secret-9")
     for name in ("marketing", "finance", "support"):
         user = User.objects.get(username=name)
         assert user.is_staff and not user.is_superuser
@@ -105,6 +105,17 @@ def test_seed_demo_staff_can_log_in_with_the_given_password():
     seed()
     assert counts() == before
     assert authenticate(username="finance", password="miandan-demo") is not None
+
+
+def test_seed_demo_makes_a_superuser_only_with_an_explicit_password(monkeypatch):
+    monkeypatch.delenv("MIANDAN_DEMO_ADMIN_PASSWORD", raising=False)
+    out = seed()
+    assert not User.objects.filter(is_superuser=True).exists()
+    assert "superuser: none made" in out
+    seed("--admin-password", "Chosen-Admin-7")
+    admin = User.objects.get(username="admin")
+    assert admin.is_superuser and authenticate(username="admin", password="Chosen-Admin-7") == admin
+    assert authenticate(username="admin", password="miandan-demo") is None
 
 
 def test_seed_demo_app_users_and_cards(client):

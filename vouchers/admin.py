@@ -22,7 +22,7 @@ from miandan.api.admin import ReadOnlyAdminMixin
 from miandan.api.admin_scale import LargeTableAdminMixin, digits, ids_or_none, phone_prefix
 from miandan.api.errors import DomainError
 
-from .models import Voucher
+from .models import DeviceClaim, Voucher
 from .services import voucher_issue, voucher_void
 
 
@@ -153,3 +153,13 @@ class VoucherAdmin(LargeTableAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
         }
         return TemplateResponse(request, "admin/vouchers/voucher/issue.html", context)
 
+
+@admin.register(DeviceClaim)
+class DeviceClaimAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Support: which devices took how many welcome cards / referral rewards (bot-farm clusters; see also
+    `manage.py suspicious_clusters`). Written only by vouchers.services.device_claim."""
+
+    list_display = ("device_id", "campaign", "kind", "count", "updated_at")
+    list_filter = ("kind", "campaign")
+    search_fields = ("=device_id",)
+    ordering = ("-count", "-id")

@@ -4,7 +4,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.auth import token_cache_drop
-from campaign.errors import CampaignNotFound
+from campaign.gate import campaign_require_visible
 from campaign.selectors import campaign_get_cached
 from miandan.api.fields import StrictCharField
 from miandan.api.idempotency import idempotent
@@ -44,12 +44,11 @@ class CampaignJoinApi(APIView):
     def post(self, request, slug: str):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        campaign = campaign_get_cached(slug=slug)
-        if campaign is None:
-            raise CampaignNotFound()
+        campaign = campaign_require_visible(campaign_get_cached(slug=slug))
         first_version = not request.user.joined_app_version
         voucher, created = campaign_join(user=request.user, campaign=campaign,
-                                         app_version=data.validated_data["app_version"])
+                                         app_version=data.validated_data["app_version"],
+                                         device_id=getattr(request.auth, "device_id", "") or "")
         if created and first_version:
             # The join recorded the user's first app version: the cached copy of this token would not show it.
             token_cache_drop(request.auth)

@@ -8,6 +8,12 @@ class AppUpgradeRequired(DomainError):
     status = 403
 
 
+class DeviceLimitReached(DomainError):
+    code = "device_limit_reached"
+    detail = "该设备领取的免单卡已达上限"
+    status = 409
+
+
 class CardLimitReached(DomainError):
     code = "card_limit_reached"
     detail = "您的免单卡已达上限"

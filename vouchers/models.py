@@ -104,3 +104,32 @@ class Voucher(models.Model):
     def __str__(self) -> str:
         return self.code
 
+
+class DeviceClaim(models.Model):
+    """How many welcome cards / referral rewards one device has taken in one campaign (issue 16, bot farms).
+
+    Written by vouchers.services.device_claim in the same transaction as the card: one conditional upsert that
+    only counts up while under the campaign's cap, so N accounts on one phone racing in parallel cannot pass
+    the cap (the unique row serialises them), and a rolled-back card gives its count back.
+    """
+
+    class Kind(models.TextChoices):
+        WELCOME = "welcome", "欢迎卡"
+        REFERRAL = "referral", "邀请奖励"
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.PROTECT, related_name="+", verbose_name="活动")
+    device_id = models.CharField("设备号", max_length=128)
+    kind = models.CharField("类型", max_length=16, choices=Kind.choices)
+    count = models.PositiveIntegerField("次数", default=0)
+    updated_at = models.DateTimeField("最近领取", auto_now=True)
+
+    class Meta:
+        verbose_name = "设备领取计数"
+        verbose_name_plural = "设备领取计数"
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "device_id", "kind"], name="device_claim_unique"),
+            models.CheckConstraint(condition=Q(count__gte=1), name="device_claim_count_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.device_id} {self.kind} x{self.count}"

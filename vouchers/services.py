@@ -39,8 +39,8 @@ from miandan.api.metrics import CARDS_ISSUED
 from miandan.db import advisory_lock, is_postgres, retry_on_conflict
 
 from . import admission
-from .errors import AppUpgradeRequired, CardLimitReached, NoVoucher, VoucherStateConflict
-from .models import Voucher
+from .errors import AppUpgradeRequired, CardLimitReached, DeviceLimitReached, NoVoucher, VoucherStateConflict
+from .models import DeviceClaim, Voucher
 from .selectors import voucher_usable
 
 CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"  # no 0/O/1/I/L
@@ -264,6 +264,40 @@ def voucher_issue(*, user, campaign: Campaign, source: str, actor=None, reason: 
     return voucher
 
 
+def device_claim(*, campaign: Campaign, device_id: str, kind: str) -> bool:
+    """Count one welcome card / referral reward for the device; False when the campaign's cap is reached.
+
+    Call inside the transaction that issues the card: the row lock of the upsert serialises accounts sharing the
+    device, the count only moves while under the cap (conditional update), and a rollback undoes it. No device
+    (an old token) or cap 0: not counted.
+    """
+    cap = campaign.device_welcome_cap if kind == DeviceClaim.Kind.WELCOME else campaign.device_reward_cap
+    if not device_id or cap <= 0:
+        return True
+    if is_postgres():
+        table = connection.ops.quote_name(DeviceClaim._meta.db_table)
+        with connection.cursor() as cur:
+            cur.execute(
+                f"INSERT INTO {table} AS d (campaign_id, device_id, kind, count, updated_at) "
+                "VALUES (%s, %s, %s, 1, now()) ON CONFLICT (campaign_id, device_id, kind) "
+                "DO UPDATE SET count = d.count + 1, updated_at = now() WHERE d.count < %s RETURNING d.count",
+                [campaign.pk, device_id[:128], kind, cap])
+            return cur.fetchone() is not None
+    key = {"campaign": campaign, "device_id": device_id[:128], "kind": kind}
+    claim = DeviceClaim.objects.select_for_update().filter(**key).first()
+    if claim is None:
+        try:
+            with transaction.atomic():
+                DeviceClaim.objects.create(**key, count=1)
+            return True
+        except IntegrityError:  # another account on the device made the row first
+            claim = DeviceClaim.objects.select_for_update().get(**key)
+    if claim.count >= cap:
+        return False
+    DeviceClaim.objects.filter(pk=claim.pk, count=claim.count).update(count=claim.count + 1)
+    return True
+
+
 def _check_join(*, campaign: Campaign, app_version: object) -> None:
     version = parse_app_version(app_version)
     campaign_require_open(campaign=campaign, feature="claims")
@@ -271,10 +305,12 @@ def _check_join(*, campaign: Campaign, app_version: object) -> None:
         raise AppUpgradeRequired(extra={"min_app_version": campaign.min_app_version})
 
 
-def campaign_join(*, user, campaign: Campaign, app_version: object) -> tuple[Voucher, bool]:
+def campaign_join(*, user, campaign: Campaign, app_version: object, device_id: str = "") -> tuple[Voucher, bool]:
     """Give the user their welcome card. Returns (card, created); a repeat returns the same card.
 
     Redis (one round trip) answers the hopeless and the repeats; PostgreSQL decides every success.
+    `device_id` (the one the login bound to the token) counts against the campaign's device_welcome_cap
+    in the card's own transaction (DeviceLimitReached past it).
     """
     _check_join(campaign=campaign, app_version=app_version)
     state, exhausted = admission.precheck(campaign.pk, user.pk)
@@ -296,7 +332,8 @@ def campaign_join(*, user, campaign: Campaign, app_version: object) -> tuple[Vou
                 return Voucher.objects.get(code=welcome), False
         raise BudgetExhausted()
     try:
-        voucher, created, cards, welcome = _join_db(user=user, campaign=campaign, app_version=str(app_version).strip())
+        voucher, created, cards, welcome = _join_db(user=user, campaign=campaign, app_version=str(app_version).strip(),
+                                                    device_id=device_id)
     except IntegrityError:
         # The partial unique index caught a concurrent join that slipped past the lock.
         existing = _welcome_card(campaign, user)
@@ -318,16 +355,19 @@ def _welcome_card(campaign: Campaign, user) -> Voucher | None:
 
 @retry_on_conflict()
 @transaction.atomic(durable=True)
-def _join_db(*, user, campaign: Campaign, app_version: str) -> tuple[Voucher | None, bool, int, str]:
+def _join_db(*, user, campaign: Campaign, app_version: str, device_id: str = "") -> tuple[Voucher | None, bool, int, str]:
     """(card, created, cards held, welcome code). card is None when the user is at the cap without a welcome card.
 
-    Refusals are returned, not raised, so the caller can still cache what it learned.
+    Refusals are returned, not raised, so the caller can still cache what it learned. A device over its cap
+    raises DeviceLimitReached, which rolls the new card, its reservation and its ledger row back.
     """
     advisory_lock("slot", campaign.pk, user.pk)
     controls = claim_controls(campaign, Voucher.Source.WELCOME)
     if is_postgres():
         folded = _join_insert_pg(user=user, campaign=campaign, app_version=app_version, controls=controls)
         if folded is not None:
+            if folded[1] and not device_claim(campaign=campaign, device_id=device_id, kind=DeviceClaim.Kind.WELCOME):
+                raise DeviceLimitReached()
             return folded
     cards = list(Voucher.objects.filter(campaign=campaign, user=user).values_list("source", "code"))
     welcome = next((code for source, code in cards if source == Voucher.Source.WELCOME), "")
@@ -337,6 +377,8 @@ def _join_db(*, user, campaign: Campaign, app_version: str) -> tuple[Voucher | N
         return None, False, len(cards), ""
     voucher = _issue_locked(user=user, campaign=campaign, source=Voucher.Source.WELCOME, used=len(cards),
                             joined_app_version=app_version, controls=controls)
+    if not device_claim(campaign=campaign, device_id=device_id, kind=DeviceClaim.Kind.WELCOME):
+        raise DeviceLimitReached()
     return voucher, True, len(cards) + 1, voucher.code
 
 

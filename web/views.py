@@ -13,8 +13,7 @@ from django.urls import reverse
 from django.utils.cache import patch_cache_control
 
 from accounts.sms import code_shown_to_client
-from campaign.gate import PAUSED_TEXT, campaign_is_live
-from campaign.models import Campaign
+from campaign.gate import PAUSED_TEXT, campaign_is_live, campaign_is_visible
 from campaign.selectors import campaign_get, campaign_list_live
 from demo.management.commands import seed_demo
 from referrals.sharing import yuan
@@ -50,7 +49,7 @@ def home(request):
 
 def campaign_page(request, slug: str):
     campaign = campaign_get(slug=slug)
-    if campaign is None or campaign.status == Campaign.Status.DRAFT:
+    if not campaign_is_visible(campaign):
         response = render(request, "web/campaign_missing.html", {"slug": slug[:64]}, status=404)
         patch_cache_control(response, private=True, max_age=60)
         return response

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from django.conf import settings
 from django.db import connections
 from django.http import JsonResponse
 
+logger = logging.getLogger(__name__)
+# Bounded work: at most one probe per dependency in flight (a probe still stuck from an earlier request is
+# reported "timeout" instead of queueing another), and the Redis client (pool of at most 2 connections) is
+# reused between probes.
 _pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="readyz")
+_inflight: dict[str, Future] = {}
+_inflight_lock = threading.Lock()
+_redis_clients: dict[tuple, object] = {}
 
 
 def healthz(request):
@@ -23,7 +32,8 @@ def _check_database() -> None:
             cursor.execute("SELECT 1")
             cursor.fetchone()
     finally:
-        # The check runs in a pool thread: never leave its connection behind.
+        # The check runs in a pool thread: never leave its connection behind (one probe in flight at most, so
+        # at most one such connection exists; PgBouncer in front makes it cheap).
         connections.close_all()
 
 
@@ -33,11 +43,12 @@ def _check_redis() -> None:
     if not settings.REDIS_URL:
         raise RuntimeError("REDIS_URL not set")
     timeout = settings.MIANDAN_READYZ_TIMEOUT
-    client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=timeout, socket_timeout=timeout)
-    try:
-        client.ping()
-    finally:
-        client.close()
+    ident = (settings.REDIS_URL, timeout)
+    client = _redis_clients.get(ident)
+    if client is None:
+        client = _redis_clients[ident] = redis.Redis.from_url(
+            settings.REDIS_URL, socket_connect_timeout=timeout, socket_timeout=timeout, max_connections=2)
+    client.ping()
 
 
 def _check_broker() -> None:
@@ -69,15 +80,23 @@ def readyz(request):
     checks = _checks()
     deadline = settings.MIANDAN_READYZ_TIMEOUT + 0.5
     started = time.perf_counter()
-    futures = {name: _pool.submit(fn) for name, fn in checks.items()}
+    futures: dict[str, Future] = {}
+    with _inflight_lock:
+        for name, fn in checks.items():
+            running = _inflight.get(name)
+            if running is None or running.done():
+                running = _inflight[name] = _pool.submit(fn)
+            futures[name] = running
     wait(futures.values(), timeout=deadline)
     results: dict[str, str] = {}
     for name, future in futures.items():
         if not future.done():
             results[name] = "timeout"
         elif future.exception() is not None:
+            # Names only in the answer: exception text can carry hosts, users, paths. The log has it.
             exc = future.exception()
-            results[name] = f"error: {type(exc).__name__}: {str(exc)[:200]}"
+            logger.warning("readyz: %s failed: %s: %s", name, type(exc).__name__, str(exc)[:200])
+            results[name] = "error"
         else:
             results[name] = "ok"
     for name in ("redis", "broker"):

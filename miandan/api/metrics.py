@@ -152,7 +152,37 @@ class StateCollector:
         yield depth
 
 
+def metrics_allowed(request) -> bool:
+    """A scrape with the bearer MIANDAN_METRICS_TOKEN, or from MIANDAN_METRICS_ALLOWED_NETS (the client address
+    behind MIANDAN_PROXY_COUNT trusted proxies, so a proxy on localhost does not open it to everyone)."""
+    import hmac
+    import ipaddress
+
+    from miandan.api.guard.client import client_ip
+
+    token = settings.MIANDAN_METRICS_TOKEN
+    header = request.META.get("HTTP_AUTHORIZATION", "")
+    if token and header[:7].lower() == "bearer " and hmac.compare_digest(header[7:].strip().encode(), token.encode()):
+        return True
+    try:
+        address = ipaddress.ip_address(client_ip(request))
+    except ValueError:
+        return False
+    for net in settings.MIANDAN_METRICS_ALLOWED_NETS:
+        try:
+            if address in ipaddress.ip_network(net, strict=False):
+                return True
+        except ValueError:  # the deploy check miandan.E012 names it
+            continue
+    return False
+
+
 def metrics_view(request):
+    if not metrics_allowed(request):
+        from django.http import JsonResponse
+
+        return JsonResponse({"code": "not_found", "detail": "找不到该资源"}, status=404,
+                            json_dumps_params={"ensure_ascii": False})
     if MULTIPROC:
         from prometheus_client import multiprocess
 

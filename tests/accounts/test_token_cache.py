@@ -71,16 +71,18 @@ def test_deactivating_or_deleting_a_user_refuses_their_cached_tokens(redis_requi
     assert client.get("/api/v1/me").status_code == 401
 
 
-def test_staff_rights_taken_away_apply_at_once(redis_required):
+def test_staff_rights_taken_away_apply_at_once(redis_required, campaign):
     staff = UserFactory(is_staff=True, is_superuser=True)
     raw = token_create(user=staff, device_id="d")
     client = _client(raw)
-    assert client.get("/api/v1/me").status_code == 200
+    report = f"/api/v1/reports/campaigns/{campaign.slug}/budget"  # staff tokens only open the reports API
+    assert client.get(report).status_code == 200
     staff.is_superuser = False
     staff.save()
     from accounts.auth import _cache_get
 
-    assert _cache_get(hash_token(raw)) is None  # the copy with is_superuser=True is gone
+    assert _cache_get(hash_token(raw))[0] is None  # the copy with is_superuser=True is gone
+    assert client.get(report).status_code == 404
 
 
 def test_redis_down_falls_back_to_the_database(settings):

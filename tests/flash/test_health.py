@@ -181,3 +181,49 @@ def test_metrics_report_the_celery_queue_depth(settings, api_client):
         with app.connection_for_write() as conn:
             conn.default_channel.queue_purge(queue)
         app.conf.task_always_eager = old
+
+
+def test_readyz_names_a_failed_dependency_without_its_error_text(settings, api_client):
+    settings.REDIS_URL = "redis://secret-user:hunter2@127.0.0.1:1/0"  # nothing listens there
+    response = api_client.get("/readyz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["checks"]["redis"] in ("error", "timeout")
+    text = response.content.decode()
+    assert "hunter2" not in text and "secret-user" not in text and "Error" not in text and "refused" not in text
+
+
+def test_readyz_never_queues_a_second_probe_behind_a_stuck_one(settings, api_client, monkeypatch):
+    import threading
+
+    from miandan.api import health
+
+    release = threading.Event()
+    calls = []
+
+    def stuck():
+        calls.append(1)
+        release.wait(10)
+
+    monkeypatch.setattr(health, "_checks", lambda: {"database": stuck})
+    monkeypatch.setitem(health._inflight, "database", None)
+    settings.MIANDAN_READYZ_TIMEOUT = 0.1
+    try:
+        for _ in range(3):
+            assert api_client.get("/readyz").json()["checks"]["database"] == "timeout"
+        assert len(calls) == 1  # the stuck probe is reused, not joined by two more
+    finally:
+        release.set()
+
+
+def test_metrics_need_the_token_or_an_allowed_network(settings, client):
+    settings.MIANDAN_METRICS_ALLOWED_NETS = ["10.0.0.0/8"]
+    settings.MIANDAN_METRICS_TOKEN = "scrape-secret"
+    assert client.get("/metrics").status_code == 404  # 127.0.0.1 is not listed now
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 404
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-secret").status_code == 200
+    assert client.get("/metrics", REMOTE_ADDR="10.1.2.3").status_code == 200
+    # Behind a proxy on localhost the client's own address decides, not the proxy's.
+    settings.MIANDAN_PROXY_COUNT = 1
+    settings.MIANDAN_METRICS_ALLOWED_NETS = ["127.0.0.1/32"]
+    assert client.get("/metrics", HTTP_X_FORWARDED_FOR="203.0.113.9").status_code == 404

@@ -56,7 +56,7 @@ def test_invite_errors(client_for, api_client, campaign):
     Campaign.objects.filter(pk=campaign.pk).update(referrals_enabled=True, status=Campaign.Status.DRAFT)
     campaign_cache_clear()
     draft = client.get(f"/api/v1/campaigns/{campaign.slug}/invite")
-    assert (draft.status_code, draft.json()["code"]) == (409, "campaign_not_live")
+    assert (draft.status_code, draft.json()["code"]) == (404, "not_found")  # a draft does not exist (issue 16)
     assert not InviteCode.objects.exists()
 
 

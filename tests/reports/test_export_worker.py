@@ -29,12 +29,12 @@ def _wait_done(job_id: int, timeout: float = 60.0) -> ExportJob:
 @pytest.mark.parametrize("fmt", ["csv", "xlsx"])
 def test_ledger_export_runs_on_a_worker_and_downloads(client, celery_worker, settings, tmp_path, fmt):  # noqa: F811
     ensure_staff_groups()
-    settings.MEDIA_ROOT = tmp_path
+    settings.MIANDAN_EXPORT_ROOT = tmp_path
     campaign = CampaignFactory(bucket_count=4)
     for _ in range(5):
         VoucherFactory(campaign=campaign)
     finance = StaffFactory(groups=["finance"])
-    celery_worker.start(MEDIA_ROOT=str(tmp_path))
+    celery_worker.start(MIANDAN_EXPORT_ROOT=str(tmp_path))
     client.force_login(finance)
     response = client.post(reverse("admin:campaign_campaign_export", args=[campaign.pk]), {"kind": "ledger", "format": fmt})
     assert response.status_code == 302

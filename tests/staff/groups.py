@@ -12,8 +12,9 @@ from django.contrib.auth.models import Group, Permission
 def ensure_staff_groups() -> None:
     base = importlib.import_module("accounts.migrations.0002_staff_groups").GROUPS
     extra = importlib.import_module("reports.migrations.0002_staff_group_permissions").EXTRA
+    intervene = importlib.import_module("orders.migrations.0006_security_order_intervene").EXTRA
     for name in base:
-        codes = [*base[name], *extra.get(name, [])]
+        codes = [*base[name], *extra.get(name, []), *intervene.get(name, [])]
         group, _ = Group.objects.get_or_create(name=name)
         perms = [
             Permission.objects.get(content_type__app_label=dotted.split(".")[0], codename=dotted.split(".")[1])

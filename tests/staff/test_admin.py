@@ -320,7 +320,7 @@ def test_dashboard_shows_live_figures(client, staff, live):
 def test_export_job_from_admin_runs_and_downloads(client, staff, live, settings, tmp_path):
     from reports.tasks import export_job_run_task
 
-    settings.MEDIA_ROOT = tmp_path
+    settings.MIANDAN_EXPORT_ROOT = tmp_path
     _login(client, staff["finance"])
     response = client.post(reverse("admin:campaign_campaign_export", args=[live.pk]), {"kind": "ledger", "format": "csv"})
     assert response.status_code == 302

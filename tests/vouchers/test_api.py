@@ -80,9 +80,11 @@ def test_join_refusals(make_auth_client):
     ended = CampaignFactory(starts_at=timezone.now() - dt.timedelta(days=2),
                             ends_at=timezone.now() - dt.timedelta(days=1))
     draft = CampaignFactory(status=Campaign.Status.DRAFT)
-    for campaign in (not_started, ended, draft):
+    for campaign in (not_started, ended):
         response = join(client, campaign)
         assert response.status_code == 409 and response.json()["code"] == "campaign_not_live"
+    response = join(client, draft)  # a draft is not announced: it does not exist (issue 16)
+    assert response.status_code == 404 and response.json()["code"] == "not_found"
     upgrade = join(client, CampaignFactory(min_app_version="2.10.0"), "2.9.99")
     assert upgrade.status_code == 403 and upgrade.json()["code"] == "app_upgrade_required"
     assert upgrade.json()["min_app_version"] == "2.10.0"

@@ -30,7 +30,7 @@ def chunks(items, n):
 
 def client_for(user):
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token_create(user=user, device_id='race')}")
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token_create(user=user, device_id=f'race-{user.pk}')}")
     return client
 
 

@@ -9,6 +9,7 @@ A second run changes no row counts and writes no ledger entries (passwords are r
 from __future__ import annotations
 
 import datetime as dt
+import os
 from decimal import Decimal
 
 from django.contrib.auth.models import Group
@@ -47,15 +48,24 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument(
             "--staff-password", default="miandan-demo",
-            help="password for the staff users marketing/finance/support and the superuser admin (default miandan-demo)",
+            help="password for the staff users marketing/finance/support (default miandan-demo)",
+        )
+        parser.add_argument(
+            "--admin-password", default=None,
+            help="create (or reset) the superuser `admin` with this password; without it (or "
+                 "MIANDAN_DEMO_ADMIN_PASSWORD in the environment) no superuser is made: a known superuser "
+                 "password must always be a deliberate choice. `make demo` passes miandan-demo and prints it.",
         )
 
-    def handle(self, *args, staff_password: str, **options):
+    def handle(self, *args, staff_password: str, admin_password: str | None = None, **options):
         if not staff_password:
             raise CommandError("--staff-password must not be empty")
+        admin_password = admin_password if admin_password is not None else os.environ.get("MIANDAN_DEMO_ADMIN_PASSWORD")
+        if admin_password is not None and not admin_password:
+            raise CommandError("--admin-password must not be empty")
         campaign = self._campaign()
         self._catalogue()
-        self._staff(staff_password)
+        self._staff(staff_password, admin_password)
         self._app_users(campaign)
         self.stdout.write(self.style.SUCCESS(f"seed_demo: done (campaign {campaign.slug}: {campaign.name})"))
 
@@ -83,7 +93,7 @@ class Command(BaseCommand):
         )
 
     @transaction.atomic
-    def _staff(self, password: str) -> None:
+    def _staff(self, password: str, admin_password: str | None) -> None:
         made = 0
         for username, (group_name, label) in STAFF.items():
             group = Group.objects.filter(name=group_name).first()
@@ -96,12 +106,17 @@ class Command(BaseCommand):
             user.save()
             user.groups.add(group)
             made += created
-        admin, created = User.objects.get_or_create(username="admin", defaults={"first_name": "管理员"})
-        admin.is_staff = admin.is_superuser = admin.is_active = True
-        admin.set_password(password)
-        admin.save()
-        made += created
-        self.stdout.write(f"staff: marketing, finance, support, admin ready ({made} created; passwords set)")
+        names = "marketing, finance, support"
+        if admin_password is not None:
+            admin, created = User.objects.get_or_create(username="admin", defaults={"first_name": "管理员"})
+            admin.is_staff = admin.is_superuser = admin.is_active = True
+            admin.set_password(admin_password)
+            admin.save()
+            made += created
+            names += ", admin"
+        else:
+            self.stdout.write("superuser: none made (pass --admin-password or set MIANDAN_DEMO_ADMIN_PASSWORD)")
+        self.stdout.write(f"staff: {names} ready ({made} created; passwords set)")
 
     def _app_users(self, campaign: Campaign) -> None:
         made = cards = 0
