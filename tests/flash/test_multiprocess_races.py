@@ -72,7 +72,7 @@ GUARD_OFF = {"RATELIMIT_ENABLE": "0", "MIANDAN_SHED_ENABLED": "0"}
 def test_budget_for_n_cards_claimed_by_10n_users_across_gunicorn_workers(tmp_path):
     n = 12
     campaign = CampaignFactory(total_budget=Decimal("25.00") * n, bucket_count=4)
-    tokens = [token_create(user=UserFactory(), device_id="mp") for _ in range(10 * n)]
+    tokens = [token_create(user=UserFactory(), device_id=f"mp-{i}") for i in range(10 * n)]  # one phone each
     with _server(tmp_path, **GUARD_OFF) as url:
         answers = _storm([("POST", f"{url}/api/v1/campaigns/{campaign.slug}/join", t, {"app_version": "1.0.0"})
                           for t in tokens])
@@ -102,7 +102,7 @@ def test_one_invitee_accepting_fifty_codes_across_gunicorn_workers(tmp_path):
 def test_with_the_guard_on_every_answer_is_the_service_or_the_guard_with_retry_after(tmp_path):
     n = 10
     campaign = CampaignFactory(total_budget=Decimal("25.00") * n, bucket_count=4)
-    tokens = [token_create(user=UserFactory(), device_id="mp") for _ in range(40)]
+    tokens = [token_create(user=UserFactory(), device_id=f"mp-{i}") for i in range(40)]  # one phone each
     # One IP for all: the per-IP join limit (20/min) turns the storm's tail into 429s.
     with _server(tmp_path, RATELIMIT_ENABLE="1", MIANDAN_SHED_ENABLED="1", MIANDAN_RATELIMITS="join_ip=20/m") as url:
         answers = _storm([("POST", f"{url}/api/v1/campaigns/{campaign.slug}/join", t, {"app_version": "1.0.0"})
