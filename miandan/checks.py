@@ -18,10 +18,34 @@ TAG = "miandan"
 
 
 def refuse_to_start() -> None:
-    """Raise ImproperlyConfigured when a check tagged "miandan" reports an error (cheap: no URL or model checks)."""
-    errors = [m for m in checks.run_checks(tags=[TAG]) if m.is_serious()]
+    """Raise ImproperlyConfigured when a check tagged "miandan" reports an error (cheap: no URL or model checks),
+    or when this process would serve real users with a development-only setting (`unsafe_to_serve`)."""
+    errors = [m for m in checks.run_checks(tags=[TAG]) if m.is_serious()] + unsafe_to_serve()
     if errors:
         raise ImproperlyConfigured("; ".join(f"{e.id}: {e.msg}" for e in errors))
+
+
+def unsafe_to_serve() -> list[Error]:
+    """What gunicorn and the Celery workers refuse to start with when DJANGO_DEBUG=0 (`check --deploy` reports the
+    same as miandan.E010 / E011): an SMS backend that logs codes (console) or accepts one code for every phone
+    (fixed), and the demo's SECRET_KEY, which signs sessions, OTP hashes and merchant callbacks.
+
+    Not a registered check: every `manage.py` command (migrate, seed_demo, ...) runs those, and an operator must
+    be able to migrate before the SMS provider is configured. A load test or an acceptance check sets
+    MIANDAN_LOAD_TEST=1 (docs/api.md), the one non-debug run allowed to use them.
+    """
+    if settings.DEBUG or settings.MIANDAN_LOAD_TEST:
+        return []
+    errors = []
+    if settings.MIANDAN_SMS_BACKEND in ("console", "fixed"):
+        errors.append(Error(
+            f"MIANDAN_SMS_BACKEND={settings.MIANDAN_SMS_BACKEND} while DJANGO_DEBUG=0: one-time codes would be logged "
+            "or fixed", hint="Set a real SMS backend (MIANDAN_SMS_BACKEND=http with MIANDAN_SMS_HTTP_URL); "
+                             "MIANDAN_LOAD_TEST=1 only for load tests.", id="miandan.E010"))
+    if settings.SECRET_KEY.startswith(INSECURE_KEY_PREFIX):
+        errors.append(Error("SECRET_KEY is the demo fallback while DJANGO_DEBUG=0", hint="Set SECRET_KEY.",
+                            id="miandan.E011"))
+    return errors
 
 
 @register(TAG)

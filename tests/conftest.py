@@ -1,3 +1,4 @@
+import os
 import socket
 
 import pytest
@@ -7,6 +8,11 @@ from rest_framework.test import APIClient
 
 from tests.ci_guard import check_services, pytest_collection_modifyitems, pytest_runtest_makereport  # noqa: F401
 from tests.factories import CampaignFactory, UserFactory
+
+# The servers and workers the tests start run with DJANGO_DEBUG=0 and the console / fixed SMS backend: that is a
+# load test's setting, which they must declare or they refuse to start (miandan.checks.unsafe_to_serve). Set
+# before any test starts a subprocess, which inherits it; a test of the refusal sets it to 0 itself.
+os.environ.setdefault("MIANDAN_LOAD_TEST", "1")
 
 
 def _answers(host: str, port: int) -> bool:

@@ -108,3 +108,20 @@ def test_readme_documents_every_setting():
     readme = (ROOT / "README.md").read_text()
     missing = sorted(name for name in names if f"`{name}`" not in readme)
     assert not missing, f"README.md does not document: {missing}"
+
+
+@pytest.mark.parametrize("entry", ["import miandan.wsgi", "import miandan.asgi",
+                                   "import django; django.setup(); from miandan.celery import _refuse_bad_settings; _refuse_bad_settings()"])
+def test_servers_and_workers_refuse_to_start_with_dev_only_settings(production_env, entry):
+    """gunicorn (wsgi/asgi) and Celery workers do not start with the console SMS backend or the demo SECRET_KEY
+    when DJANGO_DEBUG=0; a load test (MIANDAN_LOAD_TEST=1) may; migrate and other commands still run."""
+    base = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "LC_ALL", "TZ") if k in os.environ}
+    run = lambda env: subprocess.run([sys.executable, "-c", entry], cwd=ROOT, env={"DJANGO_SETTINGS_MODULE": "miandan.settings", **base, **env},  # noqa: E731
+                                     capture_output=True, text=True, timeout=120)
+    unsafe = {**production_env, "MIANDAN_SMS_BACKEND": "console", "SECRET_KEY": ""}
+    refused = run(unsafe)
+    assert refused.returncode != 0
+    assert "miandan.E010" in refused.stderr and "miandan.E011" in refused.stderr, refused.stderr[-2000:]
+    assert run({**unsafe, "MIANDAN_LOAD_TEST": "1"}).returncode == 0
+    assert run(production_env).returncode == 0
+    assert manage("check", env=unsafe).returncode == 0  # commands (migrate, seed_demo, ...) are not blocked
