@@ -20,11 +20,11 @@ import hashlib
 import json
 import logging
 
-import redis
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, models
 from rest_framework import authentication, exceptions
 
+from miandan.redis import ERRORS as REDIS_ERRORS
 from miandan.redis import get_redis, key
 
 logger = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def _cache_get(key_hash: str):
         return None
     try:
         raw = client.get(_cache_key(key_hash))
-    except redis.RedisError:
+    except REDIS_ERRORS:
         return None
     if not raw or raw == TOMBSTONE:
         return None
@@ -107,7 +107,7 @@ def _cache_fill(token) -> None:
     try:
         # NX: a tombstone written since our read (a revocation) wins.
         client.set(_cache_key(token.key_hash), _encode(token), ex=settings.MIANDAN_TOKEN_CACHE_SECONDS, nx=True)
-    except redis.RedisError:
+    except REDIS_ERRORS:
         pass
 
 
@@ -119,7 +119,7 @@ def token_cache_drop(token) -> None:
         return
     try:
         client.delete(_cache_key(token.key_hash))
-    except redis.RedisError:
+    except REDIS_ERRORS:
         pass
 
 
@@ -134,7 +134,7 @@ def token_cache_forget(key_hashes: list[str]) -> None:
         for key_hash in key_hashes:
             pipe.set(_cache_key(key_hash), TOMBSTONE, ex=settings.MIANDAN_TOKEN_CACHE_SECONDS + 5)
         pipe.execute()
-    except redis.RedisError:
+    except REDIS_ERRORS:
         # The entries expire on their own; until then a revoked token could still pass, so say it loudly.
         logger.error("token cache: could not forget %d token(s); they expire within %s s", len(key_hashes),
                      settings.MIANDAN_TOKEN_CACHE_SECONDS)

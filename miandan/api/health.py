@@ -28,12 +28,12 @@ def _check_database() -> None:
 
 
 def _check_redis() -> None:
-    import redis
+    from miandan.redis import make_client
 
     if not settings.REDIS_URL:
         raise RuntimeError("REDIS_URL not set")
     timeout = settings.MIANDAN_READYZ_TIMEOUT
-    client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=timeout, socket_timeout=timeout)
+    client = make_client(settings.REDIS_URL, connect_timeout=timeout, socket_timeout=timeout)
     try:
         client.ping()
     finally:

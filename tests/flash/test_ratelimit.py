@@ -8,7 +8,8 @@ from rest_framework.test import APIClient
 from vouchers.models import Voucher
 from vouchers.selectors import reconcile
 
-pytestmark = pytest.mark.django_db
+# Every test runs on a single Redis and on a three-master Redis Cluster (tests/conftest.py `redis_backend`).
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_backend")]
 
 JOIN = "/api/v1/campaigns/{}/join"
 
