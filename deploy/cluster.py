@@ -137,7 +137,7 @@ class RedisClusterProcs:
              # A dead master's slots are refused, not the whole cluster's: the other campaigns keep their counters.
              "--cluster-require-full-coverage", "no",
              "--cluster-replica-validity-factor", "0",  # a replica may always take over (counters, not money)
-             "--dir", str(node_dir), "--save", "", "--appendonly", "no",
+             "--shutdown-timeout", "0", "--dir", str(node_dir), "--save", "", "--appendonly", "no",
              "--logfile", str(node_dir / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
@@ -163,13 +163,26 @@ class RedisClusterProcs:
                              capture_output=True, text=True, timeout=5)
         return out.stdout
 
+    def slots_served(self, port: int) -> bool:
+        """In `port`'s view, every master that holds slots is connected and not failing."""
+        out = subprocess.run([find_binary("redis-cli"), "-p", str(port), "cluster", "nodes"],
+                             capture_output=True, text=True, timeout=5).stdout
+        for line in out.splitlines():
+            fields = line.split()
+            if len(fields) >= 9 and "master" in fields[2]:  # fields[8:] are its slot ranges
+                if "fail" in fields[2] or fields[7] != "connected":
+                    return False
+        return bool(out)
+
     def wait_ok(self, seconds: float = 30) -> None:
-        """Every live node says cluster_state:ok and all 16384 slots are served."""
+        """Every live node says cluster_state:ok, all 16384 slots are served, and by live masters (after a
+        master is stopped this waits for its replica's promotion)."""
         deadline = time.monotonic() + seconds
         while True:
             live = [p for p, proc in self.procs.items() if proc.poll() is None]
             infos = [self.info(p) for p in live]
-            if infos and all("cluster_state:ok" in i and "cluster_slots_ok:16384" in i for i in infos):
+            if (infos and all("cluster_state:ok" in i and "cluster_slots_ok:16384" in i for i in infos)
+                    and all(self.slots_served(p) for p in live)):
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError("redis cluster not ok:\n" + "\n".join(infos))
