@@ -255,8 +255,9 @@ reserve_pool_size = 5
 max_client_conn = {self.max_client_conn}
 server_reset_query =
 ignore_startup_parameters = extra_float_digits,options
-logfile = {self.dir / 'pgbouncer.log'}
-pidfile = {self.dir / 'pgbouncer.pid'}
+; the log goes to stderr (pgbouncer.err here), so a dropped-privilege process needs no writable path
+logfile =
+pidfile =
 admin_users = {self.pg_user}
 """)
         ini.chmod(0o644)

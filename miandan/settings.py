@@ -146,14 +146,22 @@ if env("MIANDAN_TEST_DB_NAME"):
 USING_POSTGRES = DATABASES["default"]["ENGINE"].startswith("django.db.backends.postgresql")
 # DATABASE_URL points at PgBouncer in transaction pooling: each transaction may run on another server
 # connection, so nothing may outlive a transaction. No server-side cursors (`.iterator()` would open a
-# named cursor on one connection and fetch on another) and no prepared statements (psycopg prepares a
-# query it has run five times, per server connection). Advisory locks are transaction-scoped already
+# named cursor on one connection and fetch on another: tests/vouchers/test_pgbouncer.py) and no prepared
+# statements (Django binds client-side, which prepares nothing; prepare_threshold=None keeps it so should
+# OPTIONS ever turn server_side_binding on). Advisory locks are transaction-scoped already
 # (miandan/db.py). Run the database with `timezone = UTC` (ALTER DATABASE ... SET timezone) so Django
 # never needs its session-level SET TIME ZONE.
 MIANDAN_PGBOUNCER = env_bool("MIANDAN_PGBOUNCER", False)
+
+
+def for_pgbouncer(database: dict) -> None:
+    """What transaction pooling needs of one DATABASES entry (also used by tests/vouchers/test_pgbouncer.py)."""
+    database["DISABLE_SERVER_SIDE_CURSORS"] = True
+    database["OPTIONS"] = {**database.get("OPTIONS", {}), "prepare_threshold": None}
+
+
 if MIANDAN_PGBOUNCER and USING_POSTGRES:
-    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
-    DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = None
+    for_pgbouncer(DATABASES["default"])
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "accounts.User"
