@@ -326,6 +326,16 @@ http {{
             # that reached a node (non_idempotent is off): a claim is never made twice by the balancer.
             proxy_next_upstream error timeout http_502;
             proxy_next_upstream_tries 2;
+            # A node that died with the request on it (502/504): the answer is the API's 503 `busy` with
+            # Retry-After. The request may or may not have committed; the client retries with the same
+            # Idempotency-Key, which replays a committed write (the record is in PostgreSQL, shared).
+            proxy_intercept_errors off;
+            error_page 502 504 =503 @node_lost;
+        }}
+        location @node_lost {{
+            default_type application/json;
+            add_header Retry-After 1 always;
+            return 503 '{{"code": "busy", "detail": "活动太火爆了，请稍后再试", "retry_after": 1}}';
         }}
     }}
 }}
@@ -433,7 +443,8 @@ class Cluster:
             return None
 
     def env(self, state: dict) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_", "CELERY_"))}
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("DATABASE_URL", "REDIS_", "CELERY_", "MIANDAN_TEST_", "PYTEST_"))}
         env.update({
             "DATABASE_URL": f"postgres://postgres@127.0.0.1:{state['ports']['pgbouncer']}/{state['database']}",
             "MIANDAN_PGBOUNCER": "1",
@@ -446,26 +457,32 @@ class Cluster:
             "MIANDAN_PUBLIC_BASE_URL": state["url"],
             "MIANDAN_SMS_BACKEND": os.environ.get("MIANDAN_SMS_BACKEND", "fixed"),
             "MIANDAN_FIXED_OTP": os.environ.get("MIANDAN_FIXED_OTP", "246810"),
-            "WEB_CONCURRENCY": os.environ.get("CLUSTER_WEB_WORKERS", "2"),
+            "WEB_CONCURRENCY": state.get("web_workers", "2"),
             "PYTHONUNBUFFERED": "1",
         })
+        env.update(state.get("extra_env") or {})
         return env
 
     # -- start
-    def start(self, *, seed: bool = True, redis_replicas: int = 1) -> dict:
+    def start(self, *, seed: bool = True, migrate: bool = True, redis_replicas: int = 1, port: int | None = None,
+              database: str | None = None, prefix: str | None = None, queue: str | None = None,
+              web_workers: int | None = None, extra_env: dict[str, str] | None = None) -> dict:
+        """Start everything; the keyword arguments override the CLUSTER_* environment (the tests use them)."""
         if (state := self.load()) and any(_alive(pid) for pid in state["pids"].values()):
             raise RuntimeError(f"a cluster is already running from {self.dir} (make cluster-stop)")
         writable_dir(self.dir)
-        port = int(os.environ.get("CLUSTER_PORT", "8080"))
+        port = port or int(os.environ.get("CLUSTER_PORT", "8080"))
         if answers(port):
             raise RuntimeError(f"port {port} is taken (set CLUSTER_PORT)")
         web_ports = [free_port(), free_port()]
         state = {
             "dir": str(self.dir), "url": f"http://127.0.0.1:{port}",
-            "database": os.environ.get("CLUSTER_DATABASE", "miandan_cluster"),
-            "prefix": os.environ.get("CLUSTER_KEY_PREFIX", "miandan-cluster"),
-            "queue": os.environ.get("CLUSTER_QUEUE", "miandan-cluster"),
+            "database": database or os.environ.get("CLUSTER_DATABASE", "miandan_cluster"),
+            "prefix": prefix or os.environ.get("CLUSTER_KEY_PREFIX", "miandan-cluster"),
+            "queue": queue or os.environ.get("CLUSTER_QUEUE", "miandan-cluster"),
             "broker": os.environ.get("CLUSTER_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//"),
+            "web_workers": str(web_workers or os.environ.get("CLUSTER_WEB_WORKERS", "2")),
+            "extra_env": extra_env or {},
             "ports": {"lb": port, "web1": web_ports[0], "web2": web_ports[1], "merchant": free_port()},
             "pids": {},
         }
@@ -486,7 +503,7 @@ class Cluster:
 
             env = self.env(state)
             py = str(VENV_BIN / "python")
-            for step in (["migrate", "--noinput"], ["collectstatic", "--noinput"]):
+            for step in (["migrate", "--noinput"], ["collectstatic", "--noinput"]) if migrate else ():
                 subprocess.run([py, "manage.py", *step], cwd=ROOT, env=env, check=True,
                                stdout=subprocess.DEVNULL)
             if seed:
@@ -501,7 +518,10 @@ class Cluster:
                 wait_http(f"http://127.0.0.1:{state['ports'][name]}/healthz", proc, what=name)
             for name in ("worker1", "worker2"):
                 self._spawn(name, [str(VENV_BIN / "celery"), "-A", "miandan", "worker", "-l", "info",
-                                   "-n", f"{name}@%h", "--concurrency", os.environ.get("CLUSTER_WORKER_CONCURRENCY", "2"),
+                                   # Node names unique per cluster: another cluster on the same broker
+                                   # would hold the same pidbox queue.
+                                   "-n", f"{state['queue']}-{name}@%h",
+                                   "--concurrency", os.environ.get("CLUSTER_WORKER_CONCURRENCY", "2"),
                                    "-Q", state["queue"]], env, state)
             self._spawn("beat", [str(VENV_BIN / "celery"), "-A", "miandan", "beat", "-l", "info",
                                  "--schedule", str(self.dir / "beat-schedule")], env, state)
