@@ -4,6 +4,7 @@ Two shapes serve the same database and the same seeded campaign:
 
 - `one node`   gunicorn (gunicorn.conf.py, WEB_CONCURRENCY=4) straight on PostgreSQL and a single Redis: the
                one-machine shape of `make run`.
+- `one node on PgBouncer`  the same, its database connections through the cluster's PgBouncer.
 - `cluster`    nginx -> two gunicorn nodes (WEB_CONCURRENCY=2 each, so the same 4 processes) -> PgBouncer
                (transaction pooling) -> PostgreSQL; a Redis Cluster of three masters + replicas (deploy/cluster.py).
 
@@ -117,7 +118,7 @@ def main() -> int:
     cluster = Cluster(work / "cluster")
     results: dict = {"users": args.users, "concurrency": args.concurrency, "cores": os.cpu_count(),
                      "load_before": os.getloadavg()}
-    single = redis_proc = None
+    single = single_pgb = redis_proc = None
     try:
         state = cluster.start(seed=False, port=free_port(), database=args.database, prefix="bench-cluster",
                               queue="bench-cluster", web_workers=2)
@@ -145,6 +146,14 @@ def main() -> int:
                                   cwd=ROOT, env=one_env, stdout=open(work / "one-node.log", "w"),
                                   stderr=subprocess.STDOUT, start_new_session=True)
         wait_http(f"http://127.0.0.1:{one_port}/healthz", single, what="one node")
+        # The same one node, but its database connections through the cluster's PgBouncer: separates what
+        # the pool does from what the balancer and the second node do.
+        pgb_port = free_port()
+        pgb_env = {**one_env, "DATABASE_URL": env["DATABASE_URL"], "MIANDAN_PGBOUNCER": "1"}
+        single_pgb = subprocess.Popen([str(VENV_BIN / "gunicorn"), "miandan.wsgi", "-b", f"127.0.0.1:{pgb_port}"],
+                                      cwd=ROOT, env=pgb_env, stdout=open(work / "one-node-pgb.log", "w"),
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+        wait_http(f"http://127.0.0.1:{pgb_port}/healthz", single_pgb, what="one node on PgBouncer")
 
         lb_port, node_port = state["ports"]["lb"], state["ports"]["web1"]
         detail = f"/api/v1/campaigns/{SLUG}/"
@@ -166,14 +175,19 @@ def main() -> int:
             "one_node": _simulate(f"http://127.0.0.1:{one_port}", one_env, args.users, args.concurrency),
             "cluster": _simulate(state["url"], env, args.users, args.concurrency),
         }
+        results["simulate"]["one_node_pgbouncer"] = _simulate(f"http://127.0.0.1:{pgb_port}", pgb_env, args.users,
+                                                              args.concurrency)
         results["simulate"]["one_node_again"] = _simulate(f"http://127.0.0.1:{one_port}", one_env, args.users,
                                                           args.concurrency)
         results["simulate"]["cluster_again"] = _simulate(state["url"], env, args.users, args.concurrency)
+        results["simulate"]["one_node_pgbouncer_again"] = _simulate(f"http://127.0.0.1:{pgb_port}", pgb_env,
+                                                                    args.users, args.concurrency)
         results["load_after"] = os.getloadavg()
     finally:
-        if single is not None:
-            single.terminate()
-            single.wait(20)
+        for proc in (single, single_pgb):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(20)
         if redis_proc is not None:
             redis_proc.terminate()
             redis_proc.wait(10)
