@@ -486,6 +486,12 @@ class Cluster:
             "ports": {"lb": port, "web1": web_ports[0], "web2": web_ports[1], "merchant": free_port()},
             "pids": {},
         }
+        from urllib.parse import urlsplit
+
+        broker = urlsplit(state["broker"])
+        if not answers(broker.port or 5672, broker.hostname or "127.0.0.1"):
+            raise RuntimeError(f"the broker {broker.hostname}:{broker.port or 5672} does not answer "
+                               "(start RabbitMQ: rabbitmq-server -detached, as .ci/run does)")
         try:
             redis = RedisClusterProcs(self.dir / "redis", masters=3, replicas=redis_replicas)
             redis.start()
