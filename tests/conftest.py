@@ -96,6 +96,8 @@ def redis_backend(request, settings):
 
     Use as `pytestmark = pytest.mark.usefixtures("redis_backend")` in a Redis-touching module.
     """
+    if request.param == "cluster" and request.node.get_closest_marker("single_redis_only"):
+        pytest.skip("nothing Redis-specific to repeat on a cluster (marked single_redis_only)")
     if request.param == "single":
         if not settings.REDIS_URL:
             pytest.skip("REDIS_URL is not set")

@@ -143,6 +143,7 @@ def test_guard_answers_are_not_logged_as_request_errors(settings, auth_client, c
     assert not [r for r in caplog.records if r.name == "django.request"]
 
 
+@pytest.mark.single_redis_only  # start-up checks in subprocesses: the same on any Redis, and slow
 def test_malformed_rate_override_is_refused_at_startup_and_never_breaks_requests(settings, auth_client, campaign):
     import os
     import subprocess
