@@ -628,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"""
   Miandan cluster:   {state['url']}/   (nginx -> web nodes :{p['web1']} and :{p['web2']})
   PgBouncer:         127.0.0.1:{p['pgbouncer']} (transaction pooling) -> PostgreSQL 127.0.0.1:5432/{state['database']}
-  Redis Cluster:     {state['redis_url']} (+ one replica each)
+  Redis Cluster:     {state['redis_url']} (+ {args.redis_replicas} replica(s) per master)
   Broker:            {state['broker']} queue {state['queue']}; workers worker1, worker2; beat
   Merchant:          http://127.0.0.1:{p['merchant']} (simulated)
   Logs and pids:     {state['dir']}
