@@ -14,7 +14,7 @@ MERCHANT_URL = $${MIANDAN_MERCHANT_URL:-http://127.0.0.1:$(MERCHANT_PORT)}
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/miandan
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: demo test money-coverage run worker beat lint bench install clean
+.PHONY: demo test money-coverage run worker beat lint bench install clean cluster cluster-stop cluster-deps
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +76,29 @@ run: install ## production-like: gunicorn (shape from gunicorn.conf.py) + Celery
 	fi; \
 	trap 'kill $$worker $$beat $$merchant 2>/dev/null' EXIT INT TERM; \
 	$(VENV)/bin/gunicorn miandan.wsgi -b $(HOST):$(PORT)
+
+# The production topology on one machine (deploy/cluster.py; docs/operations.md "The cluster"): nginx on
+# CLUSTER_PORT in front of two gunicorn nodes, PgBouncer, a Redis Cluster, RabbitMQ, two workers and beat.
+CLUSTER_PORT ?= 8080
+CLUSTER_DIR ?= .cluster
+
+cluster-deps: ## nginx and PgBouncer from Debian when missing (the way .ci/run installs what it needs)
+	@missing=; \
+	for bin in nginx pgbouncer redis-server; do \
+	  command -v $$bin >/dev/null 2>&1 || [ -x /usr/sbin/$$bin ] || missing="$$missing $$bin"; \
+	done; \
+	pkgs=$$(echo $$missing | sed 's/redis-server/redis-server redis-tools/; s/nginx/nginx-light/'); \
+	if [ -n "$$missing" ]; then \
+	  echo "cluster: installing$$missing"; \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$pkgs >/dev/null; \
+	fi
+
+cluster: install cluster-deps ## start the cluster on http://127.0.0.1:$(CLUSTER_PORT) (own database miandan_cluster)
+	CLUSTER_PORT=$(CLUSTER_PORT) CLUSTER_DIR=$(CLUSTER_DIR) $(PY) deploy/cluster.py start
+
+cluster-stop: ## stop only what `make cluster` started (pids in $(CLUSTER_DIR)/state.json)
+	CLUSTER_DIR=$(CLUSTER_DIR) $(PY) deploy/cluster.py stop
 
 worker: install
 	$(VENV)/bin/celery -A miandan worker -l info -Q $${CELERY_DEFAULT_QUEUE:-miandan}

@@ -25,11 +25,11 @@ import hashlib
 import json
 import logging
 
-import redis
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, models
 from rest_framework import authentication, exceptions
 
+from miandan.redis import ERRORS as REDIS_ERRORS
 from miandan.redis import get_redis, key
 
 logger = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ def _cache_get(key_hash: str):
             pipe.get(_cache_key(key_hash))
         pipe.set(_touch_key(key_hash), "1", ex=max(1, settings.MIANDAN_TOKEN_TOUCH_SECONDS), nx=True)
         replies = pipe.execute()
-    except redis.RedisError:
+    except REDIS_ERRORS:
         return None, None
     due = bool(replies[-1])
     raw = replies[0] if use_cache else None
@@ -167,7 +167,7 @@ def _cache_fill(token) -> None:
     try:
         # NX: a tombstone written since our read (a revocation) wins.
         client.set(_cache_key(token.key_hash), _encode(token), ex=settings.MIANDAN_TOKEN_CACHE_SECONDS, nx=True)
-    except redis.RedisError:
+    except REDIS_ERRORS:
         pass
 
 
@@ -179,7 +179,7 @@ def token_cache_drop(token) -> None:
         return
     try:
         client.delete(_cache_key(token.key_hash))
-    except redis.RedisError:
+    except REDIS_ERRORS:
         pass
 
 
@@ -194,7 +194,7 @@ def token_cache_forget(key_hashes: list[str]) -> None:
         for key_hash in key_hashes:
             pipe.set(_cache_key(key_hash), TOMBSTONE, ex=settings.MIANDAN_TOKEN_CACHE_SECONDS + 5)
         pipe.execute()
-    except redis.RedisError:
+    except REDIS_ERRORS:
         # The entries expire on their own; until then a revoked token could still pass, so say it loudly.
         logger.error("token cache: could not forget %d token(s); they expire within %s s", len(key_hashes),
                      settings.MIANDAN_TOKEN_CACHE_SECONDS)

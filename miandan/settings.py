@@ -149,6 +149,24 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 if env("MIANDAN_TEST_DB_NAME"):
     DATABASES["default"]["TEST"] = {"NAME": env("MIANDAN_TEST_DB_NAME")}
 USING_POSTGRES = DATABASES["default"]["ENGINE"].startswith("django.db.backends.postgresql")
+# DATABASE_URL points at PgBouncer in transaction pooling: each transaction may run on another server
+# connection, so nothing may outlive a transaction. No server-side cursors (`.iterator()` would open a
+# named cursor on one connection and fetch on another: tests/vouchers/test_pgbouncer.py) and no prepared
+# statements (Django binds client-side, which prepares nothing; prepare_threshold=None keeps it so should
+# OPTIONS ever turn server_side_binding on). Advisory locks are transaction-scoped already
+# (miandan/db.py). Run the database with `timezone = UTC` (ALTER DATABASE ... SET timezone) so Django
+# never needs its session-level SET TIME ZONE.
+MIANDAN_PGBOUNCER = env_bool("MIANDAN_PGBOUNCER", False)
+
+
+def for_pgbouncer(database: dict) -> None:
+    """What transaction pooling needs of one DATABASES entry (also used by tests/vouchers/test_pgbouncer.py)."""
+    database["DISABLE_SERVER_SIDE_CURSORS"] = True
+    database["OPTIONS"] = {**database.get("OPTIONS", {}), "prepare_threshold": None}
+
+
+if MIANDAN_PGBOUNCER and USING_POSTGRES:
+    for_pgbouncer(DATABASES["default"])
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "accounts.User"
@@ -180,14 +198,23 @@ REDIS_KEY_PREFIX = env("REDIS_KEY_PREFIX", "miandan")
 # Seconds; for the cache and the fast-path client (admission, capacity, GEO): a slow Redis must not slow requests.
 REDIS_CONNECT_TIMEOUT = env_float("REDIS_CONNECT_TIMEOUT", 0.5)
 REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 0.5)
+
+
+def _redis_client_class(url: str) -> str:
+    """django-redis client for a URL: a `redis+cluster://` URL gets the cluster client (miandan/cache_cluster.py)."""
+    return ("miandan.cache_cluster.ClusterClient" if url.startswith("redis+cluster://")
+            else "django_redis.client.DefaultClient")
+
+
 if REDIS_URL:
     CACHES = {
         "default": {
             "BACKEND": "django_redis.cache.RedisCache",
-            "LOCATION": REDIS_URL,
+            # A list: django-redis would split a string at the commas of a cluster URL's node list.
+            "LOCATION": [REDIS_URL],
             "KEY_PREFIX": REDIS_KEY_PREFIX,
             "OPTIONS": {
-                "CLIENT_CLASS": "django_redis.client.DefaultClient",
+                "CLIENT_CLASS": _redis_client_class(REDIS_URL),
                 "SOCKET_CONNECT_TIMEOUT": REDIS_CONNECT_TIMEOUT,
                 "SOCKET_TIMEOUT": REDIS_SOCKET_TIMEOUT,
             },
@@ -208,10 +235,10 @@ RATELIMIT_REDIS_URL = env("RATELIMIT_REDIS_URL", REDIS_URL)
 if RATELIMIT_REDIS_URL:
     CACHES["ratelimit"] = {
         "BACKEND": "django_redis.cache.RedisCache",
-        "LOCATION": RATELIMIT_REDIS_URL,
+        "LOCATION": [RATELIMIT_REDIS_URL],
         "KEY_PREFIX": REDIS_KEY_PREFIX,
         "OPTIONS": {
-            "CLIENT_CLASS": "django_redis.client.DefaultClient",
+            "CLIENT_CLASS": _redis_client_class(RATELIMIT_REDIS_URL),
             "SOCKET_CONNECT_TIMEOUT": env_float("RATELIMIT_REDIS_TIMEOUT", 0.2),
             "SOCKET_TIMEOUT": env_float("RATELIMIT_REDIS_TIMEOUT", 0.2),
         },
@@ -243,7 +270,10 @@ MIANDAN_SHED_MAX_QUEUE_MS = env_float("MIANDAN_SHED_MAX_QUEUE_MS", 500.0)
 MIANDAN_SHED_QUEUE_TARGET_MS = env_float("MIANDAN_SHED_QUEUE_TARGET_MS", 100.0)
 MIANDAN_READYZ_TIMEOUT = env_float("MIANDAN_READYZ_TIMEOUT", 1.0)
 
-CELERY_BROKER_URL = env("CELERY_BROKER_URL", REDIS_URL)
+# A Redis Cluster cannot be a Celery broker: with a `redis+cluster://` REDIS_URL name the broker (RabbitMQ).
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", None if (REDIS_URL or "").startswith("redis+cluster://") else REDIS_URL)
+if (CELERY_BROKER_URL or "").startswith("redis+cluster://"):
+    raise ImproperlyConfigured("CELERY_BROKER_URL cannot be a Redis Cluster; use RabbitMQ (amqp://) or a plain redis://")
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", CELERY_BROKER_URL is None)
 CELERY_TASK_EAGER_PROPAGATES = False
 CELERY_RESULT_BACKEND = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import uuid
 from dataclasses import dataclass
 
 from django.utils import timezone
@@ -51,7 +52,8 @@ def is_open(store: Store, now: dt.datetime | None = None) -> bool:
 
 
 def _index_key() -> str:
-    return key("stores", "geo")
+    # Hash-tagged: the rebuild RENAMEs `<this>:building` onto it, which a cluster allows only within one slot.
+    return key("{stores}", "geo")
 
 
 def index_store(store: Store) -> None:
@@ -84,18 +86,21 @@ def rebuild_index() -> int:
         return 0
     rows = list(Store.objects.values_list("pk", "lat", "lng"))
     k = _index_key()
-    tmp = f"{k}:building"
-    pipe = client.pipeline()
-    pipe.delete(tmp)
+    # Built under a name of its own (same hash tag, so the same cluster slot), then swapped in with one
+    # RENAME: readers see the old index or the whole new one, and two rebuilds never mix. (A Redis Cluster
+    # client refuses RENAME inside a pipeline, so the swap is its own command.)
+    tmp = f"{k}:building:{uuid.uuid4().hex}"
+    pipe = client.pipeline(transaction=False)
     for i in range(0, len(rows), 1000):
         values: list = []
         for pk, lat, lng in rows[i:i + 1000]:
             values.extend((lng, lat, str(pk)))
         pipe.geoadd(tmp, values)
-    if rows:
-        pipe.rename(tmp, k)
-        pipe.expire(k, INDEX_TTL)
+    pipe.expire(tmp, 60)  # a rebuild that dies half-way leaves nothing behind for long
     pipe.execute()
+    if rows:
+        client.rename(tmp, k)
+        client.expire(k, INDEX_TTL)
     return len(rows)
 
 

@@ -70,6 +70,61 @@ def _isolate_redis():
     wipe()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A three-master Redis Cluster on free ports, started once per session by the first test that asks."""
+    from tests.servers import OwnRedisCluster
+
+    cluster = OwnRedisCluster(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+def use_redis(settings, url: str) -> None:
+    """Point every Redis role (fast-path client, default cache, rate-limit cache) at `url`."""
+    import copy
+
+    caches = copy.deepcopy(settings.CACHES)
+    client_class = ("miandan.cache_cluster.ClusterClient" if url.startswith("redis+cluster://")
+                    else "django_redis.client.DefaultClient")
+    for alias in ("default", "ratelimit"):
+        caches[alias]["BACKEND"] = "django_redis.cache.RedisCache"
+        caches[alias]["LOCATION"] = [url]
+        caches[alias]["KEY_PREFIX"] = settings.REDIS_KEY_PREFIX
+        caches[alias].setdefault("OPTIONS", {})["CLIENT_CLASS"] = client_class
+    settings.REDIS_URL = url
+    settings.CACHES = caches
+
+
+@pytest.fixture(params=["single", "cluster"])
+def redis_backend(request, settings):
+    """Parametrises a test over the single Redis of REDIS_URL and a three-master Redis Cluster.
+
+    Use as `pytestmark = pytest.mark.usefixtures("redis_backend")` in a Redis-touching module.
+    """
+    if request.param == "cluster" and request.node.get_closest_marker("single_redis_only"):
+        pytest.skip("nothing Redis-specific to repeat on a cluster (marked single_redis_only)")
+    if request.param == "single":
+        if not settings.REDIS_URL:
+            pytest.skip("REDIS_URL is not set")
+        yield "single"
+        return
+    cluster = request.getfixturevalue("redis_cluster")
+    use_redis(settings, cluster.url)
+    from miandan.redis import get_redis
+
+    client = get_redis()
+
+    def wipe():
+        keys = list(client.scan_iter(match=f"{settings.REDIS_KEY_PREFIX}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+
+    wipe()
+    yield "cluster"
+    wipe()
+
+
 @pytest.fixture
 def user(db):
     return UserFactory()

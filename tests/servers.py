@@ -88,3 +88,56 @@ def runserver(env: dict[str, str], log_path: Path):
     """`manage.py runserver` as a context manager yielding its base URL (see `serve`)."""
     return serve(lambda port: [sys.executable, "manage.py", "runserver", "--noreload", "--skip-checks",
                                f"127.0.0.1:{port}"], env, log_path)
+
+
+def deploy():
+    """deploy/cluster.py (stdlib only): the same components `make cluster` starts."""
+    from deploy import cluster
+
+    return cluster
+
+
+class OwnRedisCluster:
+    """A Redis Cluster of `masters` redis-server processes (+ `replicas` each) on free ports, in `directory`."""
+
+    def __init__(self, directory: Path, masters: int = 3, replicas: int = 0) -> None:
+        if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+            pytest.fail("redis-server / redis-cli are not installed")
+        self.procs = deploy().RedisClusterProcs(directory, masters=masters, replicas=replicas)
+
+    @property
+    def url(self) -> str:
+        return self.procs.url
+
+    def start(self) -> OwnRedisCluster:
+        try:
+            self.procs.start()
+        except RuntimeError as exc:
+            self.procs.stop()
+            pytest.fail(str(exc))
+        return self
+
+    def stop(self) -> None:
+        self.procs.stop()
+
+
+class OwnPgBouncer:
+    """PgBouncer in transaction pooling in front of the test PostgreSQL (see deploy/cluster.py)."""
+
+    def __init__(self, directory: Path, pool_size: int = 20) -> None:
+        try:
+            deploy().find_binary("pgbouncer")
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
+        self.proc = deploy().PgBouncerProc(directory, pool_size=pool_size)
+
+    @property
+    def port(self) -> int:
+        return self.proc.port
+
+    def start(self) -> OwnPgBouncer:
+        self.proc.start()
+        return self
+
+    def stop(self) -> None:
+        self.proc.stop()

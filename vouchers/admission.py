@@ -11,8 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import redis
-
+from miandan.redis import ERRORS as REDIS_ERRORS
 from miandan.redis import get_redis, key
 
 logger = logging.getLogger(__name__)
@@ -40,7 +39,7 @@ def user_state(campaign_id: int, user_id: int) -> UserState | None:
         return None
     try:
         data = client.hgetall(_user_key(campaign_id, user_id))
-    except redis.RedisError:
+    except REDIS_ERRORS:
         logger.warning("admission: redis unavailable, falling back to the database")
         return None
     return _state(data)
@@ -56,7 +55,7 @@ def precheck(campaign_id: int, user_id: int) -> tuple[UserState | None, bool]:
         pipe.hgetall(_user_key(campaign_id, user_id))
         pipe.exists(_exhausted_key(campaign_id))
         data, exhausted = pipe.execute()
-    except redis.RedisError:
+    except REDIS_ERRORS:
         logger.warning("admission: redis unavailable, falling back to the database")
         return None, False
     return _state(data), bool(exhausted)
@@ -82,7 +81,7 @@ def remember_user(campaign_id: int, user_id: int, *, count: int, welcome_code: s
         pipe.hset(k, mapping={"n": count, "w": welcome_code})
         pipe.expire(k, USER_TTL)
         pipe.execute()
-    except redis.RedisError:
+    except REDIS_ERRORS:
         pass
 
 
@@ -101,7 +100,7 @@ def remember_user_if_absent(campaign_id: int, user_id: int, *, count: int, welco
         pipe.hsetnx(k, "w", welcome_code)
         pipe.expire(k, USER_TTL)
         pipe.execute()
-    except redis.RedisError:
+    except REDIS_ERRORS:
         pass
 
 
@@ -111,7 +110,7 @@ def forget_user(campaign_id: int, user_id: int) -> None:
         return
     try:
         client.delete(_user_key(campaign_id, user_id))
-    except redis.RedisError:
+    except REDIS_ERRORS:
         pass
 
 
@@ -121,7 +120,7 @@ def budget_known_exhausted(campaign_id: int) -> bool:
         return False
     try:
         return bool(client.exists(_exhausted_key(campaign_id)))
-    except redis.RedisError:
+    except REDIS_ERRORS:
         return False
 
 
@@ -131,7 +130,7 @@ def mark_exhausted(campaign_id: int) -> None:
         return
     try:
         client.set(_exhausted_key(campaign_id), 1, ex=EXHAUSTED_TTL)
-    except redis.RedisError:
+    except REDIS_ERRORS:
         pass
 
 
@@ -141,5 +140,5 @@ def clear_exhausted(campaign_id: int) -> None:
         return
     try:
         client.delete(_exhausted_key(campaign_id))
-    except redis.RedisError:
+    except REDIS_ERRORS:
         pass

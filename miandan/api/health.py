@@ -38,7 +38,7 @@ def _check_database() -> None:
 
 
 def _check_redis() -> None:
-    import redis
+    from miandan.redis import make_client
 
     if not settings.REDIS_URL:
         raise RuntimeError("REDIS_URL not set")
@@ -46,8 +46,10 @@ def _check_redis() -> None:
     ident = (settings.REDIS_URL, timeout)
     client = _redis_clients.get(ident)
     if client is None:
-        client = _redis_clients[ident] = redis.Redis.from_url(
-            settings.REDIS_URL, socket_connect_timeout=timeout, socket_timeout=timeout, max_connections=2)
+        # One client per URL, reused (a probe per call must not open a pool per call); a cluster URL gets the
+        # cluster client (miandan.redis.make_client).
+        client = _redis_clients[ident] = make_client(settings.REDIS_URL, connect_timeout=timeout,
+                                                     socket_timeout=timeout, max_connections=2)
     client.ping()
 
 

@@ -11,7 +11,8 @@ from accounts.services import token_create, token_revoke
 from miandan.redis import get_redis, key
 from tests.factories import UserFactory
 
-pytestmark = pytest.mark.django_db
+# Every test runs on a single Redis and on a three-master Redis Cluster (tests/conftest.py `redis_backend`).
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_backend")]
 
 
 def _client(raw: str) -> APIClient:

@@ -8,7 +8,8 @@ from django.utils import timezone
 from miandan.api.models import IdempotencyRecord
 from vouchers.models import Voucher
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("guard_off")]
+# Every test runs on a single Redis and on a three-master Redis Cluster (tests/conftest.py `redis_backend`).
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("guard_off", "redis_backend")]
 
 
 def join(client, campaign, key, version="1.0.0"):

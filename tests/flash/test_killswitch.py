@@ -13,6 +13,8 @@ from campaign.services import campaign_set_switches
 from tests.factories import StaffFactory
 from vouchers.models import Voucher
 
+# Every test runs on a single Redis and on a three-master Redis Cluster (tests/conftest.py `redis_backend`).
+pytestmark = pytest.mark.usefixtures("redis_backend")
 JOIN = "/api/v1/campaigns/{}/join"
 
 

@@ -8,7 +8,8 @@ from rest_framework.test import APIClient
 from vouchers.models import Voucher
 from vouchers.selectors import reconcile
 
-pytestmark = pytest.mark.django_db
+# Every test runs on a single Redis and on a three-master Redis Cluster (tests/conftest.py `redis_backend`).
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_backend")]
 
 JOIN = "/api/v1/campaigns/{}/join"
 
@@ -142,6 +143,7 @@ def test_guard_answers_are_not_logged_as_request_errors(settings, auth_client, c
     assert not [r for r in caplog.records if r.name == "django.request"]
 
 
+@pytest.mark.single_redis_only  # start-up checks in subprocesses: the same on any Redis, and slow
 def test_malformed_rate_override_is_refused_at_startup_and_never_breaks_requests(settings, auth_client, campaign):
     import os
     import subprocess

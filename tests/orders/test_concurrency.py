@@ -8,6 +8,7 @@ from orders.errors import CannotCancel, NoStoreAvailable
 from orders.models import Order, Store
 from orders.services import Line, OrderRequest, order_cancel, order_chat, order_place, order_transition
 from tests.concurrency import run_threads
+from tests.conftest import use_redis
 from tests.factories import UserFactory, VoucherFactory
 from tests.orders.conftest import LAT, LNG
 from vouchers.errors import NoVoucher
@@ -48,10 +49,12 @@ def test_one_card_fifty_parallel_orders(chagee, campaign, pay_full_price):
     assert reconcile(campaign=campaign).ok
 
 
-@pytest.mark.parametrize("redis", [True, False], ids=["redis-counter", "db-counter"])
-def test_store_capacity_never_exceeded(catalogue, campaign, settings, redis):
-    if not redis:
+@pytest.mark.parametrize("redis", ["single", "cluster", None], ids=["redis-counter", "cluster-counter", "db-counter"])
+def test_store_capacity_never_exceeded(catalogue, campaign, settings, redis, request):
+    if redis is None:
         settings.REDIS_URL = None
+    elif redis == "cluster":
+        use_redis(settings, request.getfixturevalue("redis_cluster").url)
     near = Store.objects.get(brand__slug="chagee", open_24h=True)
     Store.objects.filter(pk=near.pk).update(capacity_per_minute=5)
     nxt = Store.objects.create(brand=near.brand, name="次近店", city="杭州", lat=near.lat + 0.01, lng=near.lng,

@@ -14,7 +14,8 @@ from vouchers.models import Voucher
 from vouchers.selectors import reconcile
 from vouchers.services import campaign_join, voucher_issue
 
-pytestmark = pytest.mark.django_db
+# Every test runs on a single Redis and on a three-master Redis Cluster (tests/conftest.py `redis_backend`).
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_backend")]
 
 
 @pytest.fixture(autouse=True)
