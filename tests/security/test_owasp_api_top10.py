@@ -132,8 +132,9 @@ def test_api7_server_side_request_forgery():
     # demo/simulation.py: the demo's simulated app users calling our own server (MIANDAN_PUBLIC_BASE_URL / --url).
     # events/services.py: webhook delivery to the endpoints staff with events.add_endpoint configure in admin
     # (never a URL an app user or a request supplies).
+    # deploy/cluster.py: the operator's `make cluster` probing the processes it started on 127.0.0.1.
     assert found == {"accounts/sms.py", "orders/merchant.py", "orders/simulated_merchant.py", "demo/simulation.py",
-                     "events/services.py"}, found
+                     "events/services.py", "deploy/cluster.py"}, found
     sms = (ROOT / "accounts/sms.py").read_text(encoding="utf-8")
     assert "url = settings.MIANDAN_SMS_HTTP_URL" in sms
 
