@@ -28,14 +28,11 @@ def sms_backend_in_production(app_configs, **kwargs):
 
     if settings.DEBUG or settings.MIANDAN_LOAD_TEST:
         return []
+    from miandan.checks import dev_sms_backend_error
+
     errors = []
-    if settings.MIANDAN_SMS_BACKEND in ("console", "fixed"):
-        errors.append(Error(
-            f"MIANDAN_SMS_BACKEND={settings.MIANDAN_SMS_BACKEND} while DJANGO_DEBUG=0",
-            hint="Set MIANDAN_SMS_BACKEND=http (with MIANDAN_SMS_HTTP_URL) or a dotted path to a real backend; "
-                 "MIANDAN_LOAD_TEST=1 only for load tests.",
-            id="miandan.E010",
-        ))
+    if (dev_sms := dev_sms_backend_error()) is not None:
+        errors.append(dev_sms)
     elif settings.MIANDAN_SMS_BACKEND == "http" and not settings.MIANDAN_SMS_HTTP_URL:
         errors.append(Error("MIANDAN_SMS_BACKEND=http needs MIANDAN_SMS_HTTP_URL", id="miandan.E010"))
     if settings.MIANDAN_FIXED_OTP:

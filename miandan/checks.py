@@ -36,16 +36,32 @@ def unsafe_to_serve() -> list[Error]:
     """
     if settings.DEBUG or settings.MIANDAN_LOAD_TEST:
         return []
-    errors = []
-    if settings.MIANDAN_SMS_BACKEND in ("console", "fixed"):
-        errors.append(Error(
-            f"MIANDAN_SMS_BACKEND={settings.MIANDAN_SMS_BACKEND} while DJANGO_DEBUG=0: one-time codes would be logged "
-            "or fixed", hint="Set a real SMS backend (MIANDAN_SMS_BACKEND=http with MIANDAN_SMS_HTTP_URL); "
-                             "MIANDAN_LOAD_TEST=1 only for load tests.", id="miandan.E010"))
-    if settings.SECRET_KEY.startswith(INSECURE_KEY_PREFIX):
-        errors.append(Error("SECRET_KEY is the demo fallback while DJANGO_DEBUG=0", hint="Set SECRET_KEY.",
-                            id="miandan.E011"))
-    return errors
+    return [e for e in (dev_sms_backend_error(), fallback_key_error()) if e is not None]
+
+
+def dev_sms_backend_error() -> Error | None:
+    """miandan.E010 for a development SMS backend (console logs codes, fixed accepts one code for every phone)
+    with DJANGO_DEBUG=0; shared by `check --deploy` (accounts/checks.py) and `unsafe_to_serve`."""
+    if settings.DEBUG or settings.MIANDAN_SMS_BACKEND not in ("console", "fixed"):
+        return None
+    return Error(
+        f"MIANDAN_SMS_BACKEND={settings.MIANDAN_SMS_BACKEND} while DJANGO_DEBUG=0",
+        hint="Set MIANDAN_SMS_BACKEND=http (with MIANDAN_SMS_HTTP_URL) or a dotted path to a real backend; "
+             "MIANDAN_LOAD_TEST=1 only for load tests.",
+        id="miandan.E010",
+    )
+
+
+def fallback_key_error() -> Error | None:
+    """miandan.E011: with DEBUG off the demo's SECRET_KEY signs sessions, OTP hashes and merchant callbacks, so
+    anyone can forge them; shared by `check --deploy` and `unsafe_to_serve`."""
+    if settings.DEBUG or not settings.SECRET_KEY.startswith(INSECURE_KEY_PREFIX):
+        return None
+    return Error(
+        "SECRET_KEY is the demo fallback while DJANGO_DEBUG=0",
+        hint="Set SECRET_KEY to a long random value (python -c 'import secrets; print(secrets.token_urlsafe(64))').",
+        id="miandan.E011",
+    )
 
 
 @register(TAG)
@@ -72,14 +88,8 @@ INSECURE_KEY_PREFIX = "django-insecure-"
 
 @register(checks.Tags.security, deploy=True)
 def secret_key_fallback(app_configs, **kwargs):
-    """With DEBUG off the demo's SECRET_KEY signs sessions, OTP hashes and merchant callbacks: anyone can forge them."""
-    if settings.DEBUG or not settings.SECRET_KEY.startswith(INSECURE_KEY_PREFIX):
-        return []
-    return [Error(
-        "SECRET_KEY is the demo fallback while DJANGO_DEBUG=0",
-        hint="Set SECRET_KEY to a long random value (python -c 'import secrets; print(secrets.token_urlsafe(64))').",
-        id="miandan.E011",
-    )]
+    """`check --deploy`: the demo SECRET_KEY with DEBUG off (fallback_key_error)."""
+    return [e for e in (fallback_key_error(),) if e is not None]
 
 
 @register(checks.Tags.security, deploy=True)
