@@ -18,7 +18,14 @@ the corrected product, so the user sees what will be made.
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
+
+# Only single characters' readings are looked up, never phrases: pypinyin's phrase dictionary (and the copy it
+# makes of it) is ~45 MB resident in every web and worker process that imports the parser. Both switches are
+# pypinyin's own, read when it is first imported.
+os.environ.setdefault("PYPINYIN_NO_PHRASES", "1")
+os.environ.setdefault("PYPINYIN_NO_DICT_COPY", "1")
 
 from pypinyin import Style, pinyin
 

@@ -10,7 +10,6 @@ import hashlib
 import io
 from decimal import Decimal
 
-import segno
 from django.conf import settings
 from django.urls import reverse
 
@@ -91,6 +90,8 @@ def qr_render(code: str, kind: str, request=None) -> bytes:
 
 
 def _qr_bytes(code: str, kind: str, url: str) -> bytes:
+    import segno  # about 11 MB resident: only processes that draw a QR code carry it (issue 12's RSS budget)
+
     qr = segno.make(url, error="m")
     buf = io.BytesIO()
     if kind == "png":

@@ -15,17 +15,19 @@ from __future__ import annotations
 import csv
 from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
-from typing import IO
-
-from openpyxl import Workbook
-from openpyxl.cell import WriteOnlyCell
-from openpyxl.styles import Font
-from openpyxl.utils import get_column_letter
+from typing import IO, TYPE_CHECKING
 
 from orders.models import Order
 from vouchers.models import Voucher
 
 from .selectors import LEDGER_COLUMNS, SHANGHAI, SUMMARY_LABELS, BudgetReport
+
+if TYPE_CHECKING:
+    from openpyxl.cell import WriteOnlyCell
+
+# openpyxl (about 20 MB resident) is imported where an XLSX is written, not with this module: the web and
+# Celery processes that import the reports app for its CSV paths and tasks must not carry it (issue 12's
+# worker RSS budget); the first XLSX in a process pays the import once.
 
 BOM = "\ufeff"
 MONEY_FORMAT = "#,##0.00"
@@ -119,6 +121,8 @@ GROUP_TITLES = {"day": "日期", "brand": "品牌", "city": "城市"}
 
 def _text_cell(ws, value) -> WriteOnlyCell:
     """openpyxl types a str starting with "=" as a formula: force the string type."""
+    from openpyxl.cell import WriteOnlyCell
+
     cell = WriteOnlyCell(ws, value=value)
     cell.data_type = "s"
     return cell
@@ -130,6 +134,8 @@ def _x(ws, value):
 
 
 def _cell(ws, value, kind: str = "str", bold: bool = False) -> WriteOnlyCell:
+    from openpyxl.cell import WriteOnlyCell
+
     cell = WriteOnlyCell(ws, value=value)
     if isinstance(value, str):
         cell.data_type = "s"
@@ -138,12 +144,16 @@ def _cell(ws, value, kind: str = "str", bold: bool = False) -> WriteOnlyCell:
     elif kind == "int" and isinstance(value, int):
         cell.number_format = INT_FORMAT
     if bold:
+        from openpyxl.styles import Font
+
         cell.font = Font(bold=True)
     return cell
 
 
 def _widths(ws, columns) -> None:
     """Write-only sheets take column widths before the first row."""
+    from openpyxl.utils import get_column_letter
+
     for i, col in enumerate(columns, start=1):
         label = len(col.label) * 2 + 2  # the header, in CJK characters
         ws.column_dimensions[get_column_letter(i)].width = max(WIDE.get(col.key, WIDTHS[col.kind]), label)
@@ -151,6 +161,8 @@ def _widths(ws, columns) -> None:
 
 def budget_report_xlsx(report: BudgetReport, fileobj: IO[bytes]) -> None:
     """Two sheets: 汇总 (figures and reconciliation) and 明细 (grouped rows, streamed)."""
+    from openpyxl import Workbook
+
     wb = Workbook(write_only=True)
     ws = wb.create_sheet("汇总")
     ws.column_dimensions["A"].width = 24
@@ -240,6 +252,8 @@ def ledger_csv_copy(copy_sql: str, fileobj: IO[str], progress: Progress | None =
 
 
 def ledger_xlsx(rows: Iterable[tuple], fileobj: IO[bytes], progress: Progress | None = None) -> None:
+    from openpyxl import Workbook
+
     wb = Workbook(write_only=True)
     ws = wb.create_sheet("预算流水")
     _widths(ws, LEDGER_COLUMNS)
