@@ -43,6 +43,10 @@ demo: install ## run the platform with the demo campaign on http://127.0.0.1:800
 # Branch coverage (pytest-cov, settings in pyproject.toml) is measured on every `make test` (COVERAGE=0 turns it
 # off); a whole-suite run (no PYTEST_ARGS) then fails when a money module is under MONEY_COVERAGE % of branches.
 COVERAGE ?= 1
+# The suite runs on TEST_WORKERS pytest-xdist workers (one test file per worker at a time: module fixtures stay
+# together); each has its own test database, Redis prefix and Celery queue. Much of the suite waits on servers and
+# workers it starts, so two workers on two cores halve the wall time (891 s -> about 360 s measured); 0 runs serially.
+TEST_WORKERS ?= 2
 MONEY_MODULES := campaign/services.py,vouchers/services.py,orders/services.py,referrals/services.py
 MONEY_COVERAGE ?= 95
 comma := ,
@@ -51,7 +55,8 @@ test: install ## run the whole suite against PostgreSQL and Redis on 127.0.0.1 (
 	DATABASE_URL="$${DATABASE_URL:-$(TEST_DATABASE_URL)}" \
 	REDIS_URL="$${REDIS_URL:-$(TEST_REDIS_URL)}" \
 	CELERY_BROKER_URL="$${CELERY_BROKER_URL:-$${REDIS_URL:-$(TEST_REDIS_URL)}}" \
-	$(VENV)/bin/pytest $(if $(filter 1,$(COVERAGE)),--cov --cov-report=term) $(PYTEST_ARGS)
+	$(VENV)/bin/pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) \
+	  $(if $(filter 1,$(COVERAGE)),--cov --cov-report=term) $(PYTEST_ARGS)
 	@if [ "$(COVERAGE)" = 1 ] && [ -z "$(strip $(PYTEST_ARGS))" ]; then $(MAKE) --no-print-directory money-coverage; fi
 
 money-coverage: ## each money module at >= MONEY_COVERAGE % branch coverage, from the last `make test`'s .coverage

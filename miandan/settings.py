@@ -195,6 +195,20 @@ AUTH_PASSWORD_VALIDATORS = [
 # --- Redis, cache, Celery ------------------------------------------------------------
 REDIS_URL = env("REDIS_URL")
 REDIS_KEY_PREFIX = env("REDIS_KEY_PREFIX", "miandan")
+# Under pytest-xdist (`make test` runs the suite on several workers) each worker gets its own keys and queue, as
+# pytest-django gives it its own test database. The servers and Celery workers a test starts inherit the
+# variable and the unsuffixed environment, so they land on the same suffix; a name that already carries it
+# (a test passes `mdq-x-gw1-ff-1234` down explicitly) is left alone. Set by pytest-xdist only, never by an operator.
+_XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+
+
+def _per_worker(name: str) -> str:
+    if not _XDIST_WORKER or f"-{_XDIST_WORKER}-" in f"{name}-":
+        return name
+    return f"{name}-{_XDIST_WORKER}"
+
+
+REDIS_KEY_PREFIX = _per_worker(REDIS_KEY_PREFIX)
 # Seconds; for the cache and the fast-path client (admission, capacity, GEO): a slow Redis must not slow requests.
 REDIS_CONNECT_TIMEOUT = env_float("REDIS_CONNECT_TIMEOUT", 0.5)
 REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 0.5)
@@ -280,7 +294,7 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
-CELERY_TASK_DEFAULT_QUEUE = env("CELERY_DEFAULT_QUEUE", "miandan")
+CELERY_TASK_DEFAULT_QUEUE = _per_worker(env("CELERY_DEFAULT_QUEUE", "miandan"))
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

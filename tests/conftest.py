@@ -39,6 +39,29 @@ def pytest_configure(config):
         s.bind(("127.0.0.1", 0))
         settings.MIANDAN_MERCHANT_URL = f"http://127.0.0.1:{s.getsockname()[1]}"
     check_services(settings)  # CI=true: PostgreSQL, Redis and the brokers must answer (tests/ci_guard.py)
+    _recreate_staff_groups_after_flush()
+
+
+def _recreate_staff_groups_after_flush() -> None:
+    """A `transaction=True` test ends with a flush, which drops the staff groups the data migrations made.
+
+    The flush sends post_migrate (that is how Django recreates content types and permissions); this receiver,
+    connected after every app's own, puts the groups back once the last app has been handled. Without it a
+    test that needs a group passes or fails by which test ran before it on its pytest-xdist worker.
+    """
+    from django.apps import apps
+    from django.db.models.signals import post_migrate
+
+    # post_migrate goes to the apps that have a models module, in INSTALLED_APPS order.
+    last = [config for config in apps.get_app_configs() if config.models_module is not None][-1].label
+
+    def receiver(sender, using="default", **kwargs):
+        if sender.label == last and using == "default":
+            from tests.staff.groups import ensure_staff_groups
+
+            ensure_staff_groups()
+
+    post_migrate.connect(receiver, weak=False, dispatch_uid="tests-staff-groups")
 
 
 @pytest.fixture(autouse=True)
