@@ -132,3 +132,28 @@ def test_enqueue_reports_a_refusing_broker_instead_of_raising():
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "refused"
     assert "could not enqueue orders.sweep" in result.stderr
+
+
+@pytest.mark.parametrize(("worker", "prefix", "queue", "want_prefix", "want_queue"), [
+    ("", "mdt", "mdq", "mdt", "mdq"),                                    # not under pytest-xdist: as given
+    ("gw1", "mdt", "mdq", "mdt-gw1", "mdq-gw1"),                         # a worker: its own keys and queue
+    ("gw1", "mdt-gw1-ff-12ab", "mdq-gw1-ff-12ab", "mdt-gw1-ff-12ab", "mdq-gw1-ff-12ab"),  # passed down: kept
+    ("gw1", "mdt-gw10", "mdq-gw10", "mdt-gw10-gw1", "mdq-gw10-gw1"),     # gw10 is not gw1
+], ids=["serial", "worker", "passed-down", "other-worker"])
+@pytest.mark.django_db(False)
+def test_each_xdist_worker_gets_its_own_redis_prefix_and_queue(worker, prefix, queue, want_prefix, want_queue):
+    """A server or Celery worker a test starts inherits PYTEST_XDIST_WORKER and must land on its test's names."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTEST_XDIST_WORKER": worker, "REDIS_KEY_PREFIX": prefix, "CELERY_DEFAULT_QUEUE": queue,
+           "DJANGO_SETTINGS_MODULE": "miandan.settings", "REDIS_URL": "redis://127.0.0.1:6379/15"}
+    probe = ("from django.conf import settings; "
+             "print(settings.REDIS_KEY_PREFIX, settings.CELERY_TASK_DEFAULT_QUEUE, settings.CACHES['default'].get('KEY_PREFIX'))")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=root, capture_output=True, text=True, timeout=60,
+                         check=True)
+    got_prefix, got_queue, cache_prefix = out.stdout.split()[-3:]
+    assert (got_prefix, got_queue) == (want_prefix, want_queue)
+    assert cache_prefix == want_prefix  # the Django caches share the keys' namespace
