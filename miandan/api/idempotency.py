@@ -1,8 +1,9 @@
 """Idempotency-Key for creating POSTs (IETF httpapi idempotency-key draft, as api.md states it).
 
-- Keys are scoped to the caller and the endpoint (method + path).
-- A repeat with the same key and body gets the original status and body back.
-- The same key with a different body: 422 `idempotency_key_reused`.
+- Keys are scoped to the caller (api.md): one key names one request of that caller, whatever the endpoint.
+- A repeat with the same key, endpoint and body gets the original status and body back.
+- The same key with a different body, or on another endpoint: 422 `idempotency_key_reused` (the endpoint,
+  method + path without the trailing slash, is part of the request's fingerprint).
 - A repeat while the first is still running: 409 `idempotency_in_progress`.
 - Records live 24 hours. 5xx, 429 and 503 answers are not stored: the client may retry them;
   nor are 400/401/413/415 (refused before doing anything: a corrected request may reuse the key).
@@ -44,10 +45,18 @@ class IdempotencyInProgress(DomainError):
     status = 409
 
 
+# Every record of a caller shares one scope: the column (and its unique constraint with user and key) predates
+# caller-wide keys; the endpoint moved into the fingerprint instead.
+CALLER_SCOPE = "caller"
+
+
 def _fingerprint(request) -> str:
-    """Hash of the parsed body. A body that does not parse raises here (400/413/415) before any record exists."""
+    """Hash of the endpoint and the parsed body. A body that does not parse raises here (400/413/415) before any
+    record exists. Both spellings of a path are one endpoint (miandan.api.routes): a retry may add or drop the
+    slash."""
+    endpoint = f"{request.method} {request.path.rstrip('/')}"
     canonical = json.dumps(request.data, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hashlib.sha256(f"{endpoint}\n{canonical}".encode()).hexdigest()
 
 
 def _replay(record: IdempotencyRecord) -> Response:
@@ -90,8 +99,7 @@ def idempotent(method):
             raise InvalidInput(
                 "Idempotency-Key 格式不正确", extra={"fields": {"Idempotency-Key": ["1 到 255 个可见 ASCII 字符"]}}
             )
-        # Both spellings of a path are one endpoint (miandan.api.routes): a retry may add or drop the slash.
-        scope = f"{request.method} {request.path.rstrip('/')}"[:128]
+        scope = CALLER_SCOPE
         fingerprint = _fingerprint(request)
         existing = _claim(request.user, scope, key, fingerprint)
         if existing is not None:

@@ -7,7 +7,7 @@ class IdempotencyRecord(models.Model):
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
     key = models.CharField(max_length=255)
-    scope = models.CharField(max_length=128)  # method + route, so one key cannot cross endpoints
+    scope = models.CharField(max_length=128)  # "caller": keys are caller-wide; the endpoint is in the fingerprint
     fingerprint = models.CharField(max_length=64)
     status_code = models.PositiveSmallIntegerField(null=True, blank=True)
     # The rendered JSON text, not jsonb: jsonb reorders keys, and a replay must be the original body.
