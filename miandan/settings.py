@@ -369,6 +369,7 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "PREPROCESSING_HOOKS": ["miandan.api.schema.drop_slash_aliases"],
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums",
+                             "miandan.api.schema.document_operations_endpoints",
                              "miandan.api.schema.document_guard_responses",
                              "miandan.api.schema.document_error_responses",
                              "miandan.api.schema.document_links"],

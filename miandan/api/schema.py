@@ -93,6 +93,15 @@ IDEMPOTENT_POSTS = {
 }
 
 
+IDEMPOTENCY_KEY_PARAMETER = {
+    "in": "header", "name": "Idempotency-Key", "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x21-\\x7e]+$"},
+    "description": "幂等键（IETF httpapi idempotency-key 草案）：同一调用者内唯一。相同键、相同接口与请求体的重试返回原始"
+                   "响应（`Idempotent-Replayed: true`）；相同键用于不同请求为 422 `idempotency_key_reused`；首个请求仍在"
+                   "处理时为 409 `idempotency_in_progress`。保存 24 小时。",
+}
+
+
 def _add(responses: dict, status: str, codes: list[str]) -> None:
     ref = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
     entry = responses.setdefault(status, {"description": ""})
@@ -129,6 +138,9 @@ def document_error_responses(result, generator, request, public):
             # Any operation that reads the database: unreachable for a moment (failover, network) -> 503 busy.
             _add(responses, "503", ["busy"])
             if method == "post" and path in IDEMPOTENT_POSTS:
+                parameters = operation.setdefault("parameters", [])
+                if not any(p.get("in") == "header" and p.get("name") == "Idempotency-Key" for p in parameters):
+                    parameters.append(IDEMPOTENCY_KEY_PARAMETER)
                 _add(responses, "409", ["idempotency_in_progress"])
                 _add(responses, "422", ["idempotency_key_reused"])
             for status, codes in DOMAIN_CODES.get((method, path), {}).items():
@@ -239,4 +251,40 @@ def document_links(result, generator, request, public):
             if body is not None:
                 link["requestBody"] = body
             out[name] = link
+    return result
+
+
+def document_operations_endpoints(result, generator, request, public):
+    """drf-spectacular postprocessing hook: /healthz, /readyz and /metrics are plain Django views (no DRF, so the
+    probes stay cheap), which the generator does not see; api.md says the schema describes all of the API."""
+    paths = result.setdefault("paths", {})
+    paths.setdefault("/healthz", {"get": {
+        "operationId": "healthz", "tags": ["operations"], "security": [{}],
+        "summary": "Liveness: 200 while the process lives (touches no dependency)",
+        "responses": {"200": {"description": "进程存活", "content": {"application/json": {"schema": {
+            "type": "object", "properties": {"status": {"type": "string", "enum": ["ok"]}}, "required": ["status"]}}}}},
+    }})
+    readiness = {"type": "object", "required": ["status", "checks", "failed"], "properties": {
+        "status": {"type": "string", "enum": ["ok", "unavailable"]},
+        "checks": {"type": "object", "additionalProperties": {"type": "string",
+                                                             "enum": ["ok", "error", "timeout", "skipped"]}},
+        "failed": {"type": "array", "items": {"type": "string"}},
+        "elapsed_ms": {"type": "number"},
+        "code": {"type": "string", "enum": ["not_ready"]}, "detail": {"type": "string"}}}
+    paths.setdefault("/readyz", {"get": {
+        "operationId": "readyz", "tags": ["operations"], "security": [{}],
+        "summary": "Readiness: 200 only when the database, Redis and the Celery broker answer",
+        "responses": {
+            "200": {"description": "依赖服务全部可用", "content": {"application/json": {"schema": readiness}}},
+            "503": {"description": "`not_ready`：依赖服务不可用（`failed` 只列名称）",
+                    "content": {"application/json": {"schema": readiness}}}},
+    }})
+    paths.setdefault("/metrics", {"get": {
+        "operationId": "metrics", "tags": ["operations"], "security": [{"bearerAuth": []}, {}],
+        "summary": "Prometheus metrics: with the bearer MIANDAN_METRICS_TOKEN or from MIANDAN_METRICS_ALLOWED_NETS",
+        "responses": {
+            "200": {"description": "Prometheus 文本格式", "content": {"text/plain": {"schema": {"type": "string"}}}},
+            "404": {"description": "`not_found`：没有令牌且不在允许的网段（不暴露其存在）",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}},
+    }})
     return result

@@ -124,3 +124,18 @@ def test_schema_documents_the_servers_414_for_an_overlong_request_line(api_clien
     for path, operations in schema["paths"].items():
         for method, operation in operations.items():
             assert "414" in operation["responses"], (method, path)
+
+
+def test_schema_describes_the_operations_endpoints_and_the_idempotency_key_header(api_client):
+    """Found by an outside review: api.md says /api/schema/ describes all of the API."""
+    from miandan.api.schema import IDEMPOTENT_POSTS
+
+    schema = api_client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert "200" in schema["paths"][path]["get"]["responses"], path
+    assert "503" in schema["paths"]["/readyz"]["get"]["responses"]
+    for path in IDEMPOTENT_POSTS:
+        headers = [p["name"] for p in schema["paths"][path]["post"].get("parameters", []) if p["in"] == "header"]
+        assert headers == ["Idempotency-Key"], (path, headers)
+    # Only the creating POSTs take it.
+    assert not any(p["in"] == "header" for p in schema["paths"]["/api/v1/auth/otp"]["post"].get("parameters", []))
