@@ -24,6 +24,12 @@ from campaign.gate import campaign_is_live, campaign_is_visible
 from . import sharing
 from .selectors import invite_code_get
 
+
+def _printable(text: str) -> str:
+    """What the visitor typed, for showing back: control characters (a NUL from /invite/%00) left out."""
+    return "".join(ch for ch in text if ch.isprintable())
+
+
 QR_MAX_AGE = 7 * 24 * 3600  # the image of a code never changes unless the public URL does (new ETag)
 
 
@@ -90,7 +96,7 @@ class InviteLandingView(_PublicView):
         invite = invite_code_get(code=code)
         if invite is None or not campaign_is_visible(invite.campaign):  # a draft's invite does not exist yet
             response = render(request._request, "referrals/not_found.html",
-                              {"code": code[:32], "app_name": settings.MIANDAN_APP_NAME}, status=404)
+                              {"code": _printable(code)[:32], "app_name": settings.MIANDAN_APP_NAME}, status=404)
             patch_cache_control(response, private=True, max_age=60)
             return response
         campaign = invite.campaign

@@ -331,3 +331,12 @@ def test_app_deep_link_is_configurable(client_for, campaign):
     code = invite_of(client_for(), campaign)["code"]
     html = Client().get(f"/invite/{code}", HTTP_USER_AGENT=PHONE_UA).content.decode()
     assert f"https://app.example.cn/open?invite={code}&amp;x={{y}}" in html
+
+
+@pytest.mark.django_db
+def test_an_unknown_invite_with_control_characters_is_shown_back_without_them():
+    """Found by an outside review: /invite/%00 echoed a raw NUL byte into the page."""
+    response = Client().get("/invite/AB%00C%07D")
+    assert response.status_code == 404
+    page = response.content.decode()
+    assert "\x00" not in page and "\x07" not in page and "ABCD" in page
