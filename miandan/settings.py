@@ -315,6 +315,8 @@ CELERY_BEAT_SCHEDULE.update({
 
 # --- I18N ---------------------------------------------------------------------------
 LANGUAGE_CODE = "zh-hans"
+# Project overrides of a few wrong or missing Chinese messages of Django and DRF (locale/zh_Hans/LC_MESSAGES).
+LOCALE_PATHS = [BASE_DIR / "locale"]
 LANGUAGES = [("zh-hans", "简体中文"), ("en", "English")]
 TIME_ZONE = "Asia/Shanghai"
 USE_I18N = True

@@ -94,12 +94,17 @@ def domain_error_response(exc: DomainError) -> JsonResponse:
     return response
 
 
+# DRF messages it does not mark for translation, by (code, text); the rest come translated (or from locale/).
+_UNTRANSLATED = {("null", "No data provided"): "没有提供数据"}
+
+
 def _flatten(detail: Any) -> Any:
     if isinstance(detail, dict):
         return {key: _flatten(value) for key, value in detail.items()}
     if isinstance(detail, list):
         return [_flatten(item) for item in detail]
-    return str(detail)
+    text = str(detail)
+    return _UNTRANSLATED.get((getattr(detail, "code", None), text), text)
 
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:
