@@ -409,14 +409,18 @@ def test_a_write_admitted_at_its_first_statement_is_timed_from_the_door():
 
 
 def test_joins_refused_from_redis_are_answered_while_every_slot_is_held(settings, tiny_limiter, make_auth_client,
-                                                                        campaign):
+                                                                        campaign, monkeypatch, caplog):
     """In-process, real PostgreSQL and Redis: with the only slot held, a join Redis refuses (budget exhausted)
     still gets its 409, while a fresh join, which needs PostgreSQL, is refused 503 busy at its first statement."""
     from decimal import Decimal
 
+    from campaign import selectors as campaign_selectors
     from tests.factories import CampaignFactory
     from vouchers.models import Voucher
 
+    # The campaign row stays in the per-process cache for the whole test (a slow machine must not make a
+    # refused join read it again midway); the last step clears it on purpose.
+    monkeypatch.setattr(campaign_selectors, "CACHE_SECONDS", 3600.0)
     if not settings.REDIS_URL:
         pytest.skip("the exhausted hint lives in Redis")
     settings.MIANDAN_RATELIMITS = {"join_user": "1000/m", "join_ip": "1000/m"}
@@ -441,6 +445,14 @@ def test_joins_refused_from_redis_are_answered_while_every_slot_is_held(settings
         assert Voucher.objects.count() == cards
         snap = tiny_limiter.snapshot()
         assert snap["inflight"] == 1 and snap["deferred"] == 0
+        # The same refused join when its switch check must read the campaign from PostgreSQL: that read needs
+        # a slot too, so it is shed (503 busy), not logged as an unreadable switch and not a 500.
+        campaign_selectors.campaign_cache_clear()
+        with caplog.at_level("WARNING"):
+            r = refused.post(f"/api/v1/campaigns/{empty.slug}/join", {"app_version": "1.0.0"}, format="json")
+        assert r.status_code == 503 and r.json()["code"] == "busy"
+        assert not [rec for rec in caplog.records if rec.levelname in ("WARNING", "ERROR")], caplog.records
+        assert tiny_limiter.snapshot()["deferred"] == 0
     finally:
         tiny_limiter.cancel(held)
     assert fresh.post(f"/api/v1/campaigns/{campaign.slug}/join", {"app_version": "1.0.0"},

@@ -184,6 +184,10 @@ class GuardMiddleware:
 
         try:
             stop = paused(policy, request, view_kwargs)
+        except AdmissionRefused as refused:
+            # A deferred write whose switch check had to read PostgreSQL, with no slot free: refused, not
+            # "unreadable" (SheddingMiddleware turns this into its shed answer).
+            return _reject(refused)
         except Exception:
             # The campaign row could not be read: the view will hit the same database and decide.
             logger.warning("guard: kill switch unreadable", exc_info=True)
