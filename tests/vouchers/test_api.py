@@ -107,6 +107,25 @@ def test_the_card_list_builds_no_model_instances(auth_client):
     assert body["count"] == 3 and built == []
 
 
+def test_the_plain_card_list_builds_no_filter_serializer_and_bad_filters_are_still_400(auth_client, monkeypatch):
+    from vouchers.api import VoucherListApi
+
+    voucher_issue(user=auth_client.user, campaign=CampaignFactory(), source=Voucher.Source.REFERRAL_INVITEE)
+    made = []
+    real = VoucherListApi.FilterSerializer.__init__
+
+    def counting(self, *args, **kwargs):
+        made.append(1)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(VoucherListApi.FilterSerializer, "__init__", counting)
+    assert auth_client.get("/api/v1/vouchers/?page_size=5").json()["count"] == 1
+    assert made == []
+    bad = auth_client.get("/api/v1/vouchers/?status=nope")
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid" and made == [1]
+    assert auth_client.get("/api/v1/vouchers/?campaign=a%20b").status_code == 400
+
+
 def test_someone_elses_card_is_404_and_nothing_changes(auth_client, campaign):
     theirs = voucher_issue(user=UserFactory(), campaign=campaign, source=Voucher.Source.REFERRAL_INVITEE)
     mine = voucher_issue(user=auth_client.user, campaign=campaign, source=Voucher.Source.REFERRAL_INVITEE)
