@@ -408,6 +408,8 @@ def test_a_write_admitted_at_its_first_statement_is_timed_from_the_door():
     assert limiter.baseline("join") == pytest.approx(0.012)
 
 
+@pytest.mark.django_db(transaction=True)  # as in production: no test transaction around the requests (a refused
+# UPDATE inside one would mark the test's own transaction for rollback)
 def test_joins_refused_from_redis_are_answered_while_every_slot_is_held(settings, tiny_limiter, make_auth_client,
                                                                         campaign, monkeypatch, caplog):
     """In-process, real PostgreSQL and Redis: with the only slot held, a join Redis refuses (budget exhausted)
@@ -445,6 +447,17 @@ def test_joins_refused_from_redis_are_answered_while_every_slot_is_held(settings
         assert Voucher.objects.count() == cards
         snap = tiny_limiter.snapshot()
         assert snap["inflight"] == 1 and snap["deferred"] == 0
+        # The same refused join when its token's last-use touch is due: that UPDATE needs a slot too, so it is
+        # shed (503 busy), not logged as a failed touch.
+        from accounts.auth import _touch_key, hash_token
+        from miandan.redis import get_redis
+
+        raw = refused._credentials["HTTP_AUTHORIZATION"].split()[1]
+        get_redis().delete(_touch_key(hash_token(raw)))
+        with caplog.at_level("WARNING"):
+            r = refused.post(f"/api/v1/campaigns/{empty.slug}/join", {"app_version": "1.0.0"}, format="json")
+        assert r.status_code == 503 and r.json()["code"] == "busy"
+        assert not [rec for rec in caplog.records if rec.levelname in ("WARNING", "ERROR")], caplog.records
         # The same refused join when its switch check must read the campaign from PostgreSQL: that read needs
         # a slot too, so it is shed (503 busy), not logged as an unreadable switch and not a 500.
         campaign_selectors.campaign_cache_clear()
