@@ -29,6 +29,7 @@ from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, models
 from rest_framework import authentication, exceptions
 
+from miandan.api.guard import AdmissionRefused
 from miandan.redis import ERRORS as REDIS_ERRORS
 from miandan.redis import get_redis, key
 
@@ -88,6 +89,8 @@ def token_touch(token, *, due: bool | None) -> None:
     stale = Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - dt.timedelta(seconds=settings.MIANDAN_TOKEN_TOUCH_SECONDS))
     try:
         AuthToken.objects.filter(stale, pk=token.pk).update(last_used_at=now)
+    except AdmissionRefused:
+        raise  # a campaign write with no slot free for its first statement: answered 503 busy, not a failed touch
     except Exception:  # bookkeeping: never fail a request over it (e.g. a read-only replica)
         logger.warning("token touch failed", exc_info=True)
 

@@ -22,13 +22,58 @@ OPEN = (Voucher.Status.ISSUED, Voucher.Status.LOCKED)
 CLOSED = (Voucher.Status.EXPIRED, Voucher.Status.VOID)
 
 
-def voucher_list(*, user, campaign_slug: str | None = None, status: str | None = None) -> QuerySet[Voucher]:
-    qs = Voucher.objects.filter(user=user).select_related("campaign")
-    if campaign_slug:
-        qs = qs.filter(campaign__slug=campaign_slug)
-    if status:
-        qs = qs.filter(status=status)
-    return qs.order_by("expires_at", "id")
+class CardRows:
+    """The caller's cards for the list endpoint as plain row tuples, the one that expires first first
+    (expiry, then id).
+
+    Hand-written SQL on purpose: measured in-process, compiling the ORM's `select_related` query and building
+    the model instances took longer than PostgreSQL took to answer (issue 14: ~1.3 of the list's ~3.3 ms).
+    It slices and counts like a queryset, so Django's paginator and `miandan.api.pagination` take it as one.
+    Columns: `CARD_COLUMNS`.
+    """
+
+    ordered = True  # Paginator warns about unordered object lists; this one is ordered by (expires_at, id)
+
+    def __init__(self, *, user_id: int, campaign_slug: str | None = None, status: str | None = None) -> None:
+        where, params = ["v.user_id = %s"], [user_id]
+        if campaign_slug:
+            where.append("c.slug = %s")
+            params.append(campaign_slug)
+        if status:
+            where.append("v.status = %s")
+            params.append(status)
+        self._from = (f" FROM {Voucher._meta.db_table} v JOIN {Campaign._meta.db_table} c ON c.id = v.campaign_id"
+                      f" WHERE {' AND '.join(where)}")
+        self._params = params
+
+    def count(self) -> int:
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SELECT count(*)" + self._from, self._params)
+            return cursor.fetchone()[0]
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def __getitem__(self, index: slice) -> list[tuple]:
+        if not isinstance(index, slice) or index.step is not None:
+            raise TypeError("CardRows takes a slice without a step")
+        start = max(index.start or 0, 0)
+        sql = f"SELECT {CARD_COLUMNS}{self._from} ORDER BY v.expires_at, v.id"
+        params = list(self._params)
+        if index.stop is not None:
+            sql += " LIMIT %s"
+            params.append(max(index.stop - start, 0))
+        if start:
+            sql += " OFFSET %s"
+            params.append(start)
+        with connections["default"].cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchall()
+
+
+# The list endpoint's columns, in the order `CardRows` returns them.
+CARD_COLUMNS = ("v.code, c.slug, v.status, v.source, v.face_value, v.subsidy, v.slot, v.order_id, v.issued_at,"
+                " v.expires_at")
 
 
 def voucher_get(*, user, code: str) -> Voucher | None:

@@ -350,3 +350,125 @@ def test_gunicorn_threads_cap_applies_to_the_limiter(settings, monkeypatch):
     monkeypatch.setenv("MIANDAN_SERVER_THREADS", "8")
     settings.MIANDAN_SHED_MAX_LIMIT = 0
     assert get_limiter().max_limit == 7
+
+
+# --- answers that never reach PostgreSQL (issue 14: refused joins at 32 connections were mostly shed) ---------
+
+def test_a_route_whose_answers_run_no_sql_is_deferred_not_shed_on_a_simulated_clock():
+    from miandan.api.guard.shedding import DEFERRED
+
+    clock = SimClock()
+    limiter = AdaptiveLimiter(min_limit=2, max_limit=4, initial=2, clock=clock)
+    held = [limiter.try_acquire(), limiter.try_acquire()]  # the limit is full
+    assert limiter.admit("join") is None  # nothing known about the route: shed at the door, as before
+    for _ in range(6):
+        limiter.answered("join", ran_sql=False)
+    assert limiter.admit("join") is None  # 1 - 0.9^6 < 0.5: not yet most of its recent answers
+    limiter.answered("join", ran_sql=False)
+    deferred = [limiter.admit("join") for _ in range(5)]
+    # At most max_limit requests run unadmitted at once; beyond that the door sheds again.
+    assert deferred == [DEFERRED] * 4 + [None]
+    assert limiter.admit("orders") is None  # another route's answers say nothing about this one
+    # A deferred request that reaches the database needs a slot like any write: none is free, it is refused.
+    clock.now += 0.003
+    assert limiter.try_acquire(start=clock.now - 0.003) is None
+    snap = limiter.snapshot()
+    assert snap["inflight"] == 2 and snap["deferred"] == 4
+    for _ in deferred[:4]:
+        limiter.end_deferred()
+    for t in held:
+        limiter.release(t, key="join", sample=False)
+    assert limiter.snapshot()["deferred"] == 0 and limiter.snapshot()["inflight"] == 0
+
+
+def test_deferral_stops_as_soon_as_the_routes_answers_reach_postgresql_again():
+    """E.g. staff add budget: the joins the crowd sends start doing real work; the door sheds them again."""
+    from miandan.api.guard.shedding import DEFERRED
+
+    limiter = AdaptiveLimiter(min_limit=1, max_limit=4, initial=1, clock=SimClock())
+    for _ in range(50):
+        limiter.answered("join", ran_sql=False)
+    held = limiter.try_acquire()
+    assert limiter.admit("join") == DEFERRED
+    limiter.end_deferred()
+    for _ in range(7):  # 0.9^7 < 0.5
+        limiter.answered("join", ran_sql=True)
+    assert limiter.admit("join") is None
+    limiter.cancel(held)
+
+
+def test_a_write_admitted_at_its_first_statement_is_timed_from_the_door():
+    clock = SimClock()
+    limiter = AdaptiveLimiter(min_limit=1, max_limit=4, initial=1, clock=clock)
+    door = clock.now
+    clock.now += 0.002  # auth, rate limits, the Redis check
+    ticket = limiter.try_acquire(start=door)
+    clock.now += 0.010
+    limiter.release(ticket, key="join")
+    assert limiter.baseline("join") == pytest.approx(0.012)
+
+
+@pytest.mark.django_db(transaction=True)  # as in production: no test transaction around the requests (a refused
+# UPDATE inside one would mark the test's own transaction for rollback)
+def test_joins_refused_from_redis_are_answered_while_every_slot_is_held(settings, tiny_limiter, make_auth_client,
+                                                                        campaign, monkeypatch, caplog):
+    """In-process, real PostgreSQL and Redis: with the only slot held, a join Redis refuses (budget exhausted)
+    still gets its 409, while a fresh join, which needs PostgreSQL, is refused 503 busy at its first statement."""
+    from decimal import Decimal
+
+    from campaign import selectors as campaign_selectors
+    from tests.factories import CampaignFactory
+    from vouchers.models import Voucher
+
+    # The campaign row stays in the per-process cache for the whole test (a slow machine must not make a
+    # refused join read it again midway); the last step clears it on purpose.
+    monkeypatch.setattr(campaign_selectors, "CACHE_SECONDS", 3600.0)
+    if not settings.REDIS_URL:
+        pytest.skip("the exhausted hint lives in Redis")
+    settings.MIANDAN_RATELIMITS = {"join_user": "1000/m", "join_ip": "1000/m"}
+    empty = CampaignFactory(total_budget=Decimal("0.00"), bucket_count=1)
+    refused = make_auth_client()
+    for _ in range(12):  # the route learns: after the first two, its answers come from Redis alone
+        r = refused.post(f"/api/v1/campaigns/{empty.slug}/join", {"app_version": "1.0.0"}, format="json")
+        assert r.status_code == 409 and r.json()["code"] == "budget_exhausted"
+    assert tiny_limiter.snapshot()["no_sql"]["campaign-join"] > 0.5
+    held = tiny_limiter.try_acquire()
+    assert held is not None
+    try:
+        for _ in range(5):
+            r = refused.post(f"/api/v1/campaigns/{empty.slug}/join", {"app_version": "1.0.0"}, format="json")
+            assert r.status_code == 409 and r.json()["code"] == "budget_exhausted"
+        cards = Voucher.objects.count()
+        fresh = make_auth_client()
+        shed = fresh.post(f"/api/v1/campaigns/{campaign.slug}/join", {"app_version": "1.0.0"}, format="json")
+        assert shed.status_code == 503 and shed.json()["code"] == "busy"
+        assert int(shed["Retry-After"]) == shed.json()["retry_after"] >= 1
+        assert shed["Server-Timing"].startswith("shed;dur=")
+        assert Voucher.objects.count() == cards
+        snap = tiny_limiter.snapshot()
+        assert snap["inflight"] == 1 and snap["deferred"] == 0
+        # The same refused join when its token's last-use touch is due: that UPDATE needs a slot too, so it is
+        # shed (503 busy), not logged as a failed touch.
+        from accounts.auth import _touch_key, hash_token
+        from miandan.redis import get_redis
+
+        raw = refused._credentials["HTTP_AUTHORIZATION"].split()[1]
+        get_redis().delete(_touch_key(hash_token(raw)))
+        with caplog.at_level("WARNING"):
+            r = refused.post(f"/api/v1/campaigns/{empty.slug}/join", {"app_version": "1.0.0"}, format="json")
+        assert r.status_code == 503 and r.json()["code"] == "busy"
+        assert not [rec for rec in caplog.records if rec.levelname in ("WARNING", "ERROR")], caplog.records
+        # The same refused join when its switch check must read the campaign from PostgreSQL: that read needs
+        # a slot too, so it is shed (503 busy), not logged as an unreadable switch and not a 500.
+        campaign_selectors.campaign_cache_clear()
+        with caplog.at_level("WARNING"):
+            r = refused.post(f"/api/v1/campaigns/{empty.slug}/join", {"app_version": "1.0.0"}, format="json")
+        assert r.status_code == 503 and r.json()["code"] == "busy"
+        assert not [rec for rec in caplog.records if rec.levelname in ("WARNING", "ERROR")], caplog.records
+        assert tiny_limiter.snapshot()["deferred"] == 0
+    finally:
+        tiny_limiter.cancel(held)
+    assert fresh.post(f"/api/v1/campaigns/{campaign.slug}/join", {"app_version": "1.0.0"},
+                      format="json").status_code == 201
+    assert tiny_limiter.snapshot()["inflight"] == 0 and tiny_limiter.snapshot()["deferred"] == 0
+    assert reconcile(campaign=campaign).ok and reconcile(campaign=empty).ok

@@ -9,6 +9,7 @@ from django.utils import timezone
 from campaign.models import Campaign, LedgerEntry
 from campaign.selectors import campaign_cache_clear
 from tests.factories import CampaignFactory, UserFactory
+from vouchers.api import VoucherOutput
 from vouchers.models import Voucher
 from vouchers.services import voucher_issue
 
@@ -59,6 +60,70 @@ def test_vouchers_list_filters_and_paginates(auth_client):
     assert issued["count"] == 2
     card = issued["results"][0]
     assert card["face_value"] == "25.00" and card["campaign"] == a.slug and card["status"] == "issued"
+
+
+def test_the_card_list_is_voucher_output_byte_for_byte(auth_client):
+    """The list renders plain rows (issue 14); each card must read exactly as VoucherOutput renders the model."""
+    mine = auth_client.user
+    a, b = CampaignFactory(), CampaignFactory()
+    cards = [voucher_issue(user=mine, campaign=a, source=Voucher.Source.REFERRAL_INVITEE) for _ in range(4)]
+    cards.append(voucher_issue(user=mine, campaign=b, source=Voucher.Source.STAFF, reason="测试发卡"))
+    Voucher.objects.filter(pk=cards[1].pk).update(status="locked", order_id=9001)
+    Voucher.objects.filter(pk=cards[2].pk).update(status="redeemed", order_id=9002, subsidy=Decimal("12.5"))
+    Voucher.objects.filter(pk=cards[3].pk).update(status="void", expires_at=dt.datetime(2030, 1, 1, 0, 0, 0, 123456,
+                                                                                       tzinfo=dt.UTC))
+    expected = [VoucherOutput(v).data for v in Voucher.objects.filter(user=mine).select_related("campaign")
+                .order_by("expires_at", "id")]
+    for query in ("", "?page_size=2", "?page_size=2&page=2", "?page_size=2&page=3"):
+        response = auth_client.get(f"/api/v1/vouchers/{query}")
+        assert response.status_code == 200
+        body = response.json()
+        first = (int(query.rsplit("page=", 1)[1]) - 1) * 2 if "&page=" in query else 0
+        assert body["results"] == expected[first:first + (2 if query else 20)], query
+        assert list(body["results"][0]) == list(expected[0])  # the same keys in the same order
+    redeemed = next(c for c in expected if c["status"] == "redeemed")
+    assert redeemed["subsidy"] == "12.50" and redeemed["order_id"] == 9002 and redeemed["status_display"] == "已使用"
+    assert any(c["expires_at"] == "2030-01-01T08:00:00.123456+08:00" for c in expected)
+    filtered = auth_client.get(f"/api/v1/vouchers/?campaign={b.slug}&status=issued").json()
+    assert filtered["count"] == 1 and filtered["results"] == [c for c in expected if c["campaign"] == b.slug]
+
+
+def test_the_card_list_builds_no_model_instances(auth_client):
+    """Issue 14: the ORM's query compilation and one model per card cost more than the query itself."""
+    from django.db.models.signals import post_init
+
+    for _ in range(3):
+        voucher_issue(user=auth_client.user, campaign=CampaignFactory(), source=Voucher.Source.REFERRAL_INVITEE)
+    built = []
+
+    def count(sender, **kwargs):
+        built.append(sender)
+
+    post_init.connect(count, sender=Voucher, weak=False)
+    try:
+        body = auth_client.get("/api/v1/vouchers/").json()
+    finally:
+        post_init.disconnect(count, sender=Voucher)
+    assert body["count"] == 3 and built == []
+
+
+def test_the_plain_card_list_builds_no_filter_serializer_and_bad_filters_are_still_400(auth_client, monkeypatch):
+    from vouchers.api import VoucherListApi
+
+    voucher_issue(user=auth_client.user, campaign=CampaignFactory(), source=Voucher.Source.REFERRAL_INVITEE)
+    made = []
+    real = VoucherListApi.FilterSerializer.__init__
+
+    def counting(self, *args, **kwargs):
+        made.append(1)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(VoucherListApi.FilterSerializer, "__init__", counting)
+    assert auth_client.get("/api/v1/vouchers/?page_size=5").json()["count"] == 1
+    assert made == []
+    bad = auth_client.get("/api/v1/vouchers/?status=nope")
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid" and made == [1]
+    assert auth_client.get("/api/v1/vouchers/?campaign=a%20b").status_code == 400
 
 
 def test_someone_elses_card_is_404_and_nothing_changes(auth_client, campaign):
@@ -114,3 +179,23 @@ def test_join_records_app_version_once(auth_client, campaign):
 def test_me(auth_client):
     body = auth_client.get("/api/v1/me").json()
     assert body["id"] == auth_client.user.pk and body["phone"] == auth_client.user.phone
+
+
+@pytest.mark.parametrize("body", [
+    {"app_version": "1.0.0"}, {"app_version": "  2.10.3 \t"}, {"app_version": "x" * 32}, {"app_version": "x" * 33},
+    {"app_version": " " + "x" * 32 + " "}, {"app_version": ""}, {"app_version": "   "}, {"app_version": "1.0\x00"},
+    {"app_version": "版本1"}, {"app_version": 1}, {"app_version": None}, {"app_version": True}, {"app_version": ["1"]},
+    {}, {"app_version": "1.0.0", "extra": 1}, ["1.0.0"], "1.0.0", {"app_version": "\x1f1.0\x1c"},
+])
+def test_the_joins_plain_body_reading_agrees_with_its_serializer(body):
+    """The join reads the plain body without InputSerializer (issue 14); whatever it accepts, the serializer accepts
+    with the same value, and everything else still goes to the serializer (its 400 answers unchanged)."""
+    from vouchers.api import CampaignJoinApi
+
+    fast = CampaignJoinApi.plain_app_version(body)
+    serializer = CampaignJoinApi.InputSerializer(data=body)
+    if fast is not None:
+        assert serializer.is_valid(), serializer.errors
+        assert serializer.validated_data["app_version"] == fast
+    if body == {"app_version": "1.0.0"}:
+        assert fast == "1.0.0"  # the body every app sends takes the plain reading

@@ -18,6 +18,7 @@ import logging
 import time
 
 from django.conf import settings
+from django.db import connections
 from django.http import HttpResponse
 
 from miandan.api import metrics
@@ -27,6 +28,7 @@ from miandan.options import policy_for
 from .client import client_inet, client_ip
 from .ratelimit import RateLimitUnavailable, check_rate_limits
 from .shedding import (
+    DEFERRED,
     AdaptiveLimiter,
     Ticket,
     get_limiter,
@@ -36,7 +38,7 @@ from .shedding import (
 )
 from .switches import paused, register_switch_check
 
-__all__ = ["AdaptiveLimiter", "GuardMiddleware", "SheddingMiddleware", "Ticket", "client_inet", "client_ip",
+__all__ = ["AdaptiveLimiter", "AdmissionRefused", "GuardMiddleware", "SheddingMiddleware", "Ticket", "client_inet", "client_ip",
            "get_limiter", "gunicorn_threads", "queued_ms", "register_switch_check"]
 
 logger = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ def _busy(detail: str = Busy.detail) -> DomainError:
 _BUSY_BODIES: dict[int, bytes] = {}
 
 
-def _shed_response(started: float, policy_key: str) -> HttpResponse:
+def _shed_response(started: float, policy_key: str, *, counted: bool = False) -> HttpResponse:
     """503 `busy` in the api.md shape, its bytes built once per Retry-After value (no JSON encoding per refusal)."""
     retry = retry_after_seconds()
     body = _BUSY_BODIES.get(retry)
@@ -69,10 +71,42 @@ def _shed_response(started: float, policy_key: str) -> HttpResponse:
     response.error_code = "busy"
     response._has_been_logged = True  # expected under load; counted in /metrics instead of one ERROR line each
     metrics.SHED.labels(policy_key).inc()
-    metrics.REJECTIONS.labels("busy", policy_key).inc()
+    if not counted:  # a refusal at the first SQL statement passed MetricsMiddleware already
+        metrics.REJECTIONS.labels("busy", policy_key).inc()
     # The server's own time for the refusal, so a load test can tell it from time spent queueing outside.
     response["Server-Timing"] = f"shed;dur={(time.perf_counter() - started) * 1000:.3f}"
     return response
+
+
+class AdmissionRefused(Busy):
+    """A deferred write reached its first SQL statement while the limit was full (SheddingMiddleware answers it)."""
+
+
+class _Admission:
+    """One campaign write's slot, watched at the database: a `connection.execute_wrapper` for the request.
+
+    It records whether the request ran any SQL (what the limiter learns per route); a deferred request (no slot
+    from the door) takes its slot here, before its first statement runs, or is refused with AdmissionRefused.
+    """
+
+    def __init__(self, limiter: AdaptiveLimiter, ticket: Ticket | None, started: float) -> None:
+        self.limiter = limiter
+        self.ticket = ticket
+        self.deferred = ticket is None
+        self.started = started
+        self.ran_sql = False
+        self.refused = False
+
+    def __call__(self, execute, sql, params, many, context):
+        if not self.ran_sql:
+            self.ran_sql = True
+            if self.ticket is None:
+                # Latency counts from the door, as for a write admitted there.
+                self.ticket = self.limiter.try_acquire(start=self.started)
+                self.refused = self.ticket is None
+        if self.refused:
+            raise AdmissionRefused(retry_after=retry_after_seconds())
+        return execute(sql, params, many, context)
 
 
 class SheddingMiddleware:
@@ -99,22 +133,39 @@ class SheddingMiddleware:
             if waited > settings.MIANDAN_SHED_MAX_QUEUE_MS:
                 # Already late: the client has likely given up or will retry; do not start the work.
                 return _shed_response(started, policy.key)
-        ticket = limiter.try_acquire()
+        ticket = limiter.admit(policy.key)
         if ticket is None:
             return _shed_response(started, policy.key)
+        admission = _Admission(limiter, None if ticket == DEFERRED else ticket, started)
         request._shed_sample = True
         try:
-            response = self.get_response(request)
+            with connections["default"].execute_wrapper(admission):
+                response = self.get_response(request)
         except BaseException:
-            limiter.cancel(ticket)
+            self._finish(limiter, admission, policy.key, sample=False)
             raise
-        if request._shed_sample:
-            # A latency sample only from writes that did their work (201): cheap answers (409 from Redis,
-            # 400, 401) would teach the limiter a baseline real writes never meet.
-            limiter.release(ticket, key=policy.key, sample=response.status_code == 201)
-        else:
-            limiter.cancel(ticket)  # refused before the view: its latency says nothing about capacity
+        if admission.refused:
+            # Whatever a layer made of AdmissionRefused (DRF answers it as 503 busy), the answer is the shed one.
+            self._finish(limiter, admission, policy.key, sample=False)
+            return _shed_response(started, policy.key, counted=True)
+        # A latency sample only from writes that did their work (201): cheap answers (409 from Redis,
+        # 400, 401) would teach the limiter a baseline real writes never meet. Refused before the view
+        # (`_shed_sample` off: paused, rate limited): its latency says nothing about capacity.
+        self._finish(limiter, admission, policy.key, sample=request._shed_sample and response.status_code == 201,
+                     cancel=not request._shed_sample)
         return response
+
+    @staticmethod
+    def _finish(limiter: AdaptiveLimiter, admission: _Admission, key: str, *, sample: bool,
+                cancel: bool = True) -> None:
+        if admission.deferred:
+            limiter.end_deferred()
+        if admission.ticket is not None:
+            if cancel:
+                limiter.cancel(admission.ticket)
+            else:
+                limiter.release(admission.ticket, key=key, sample=sample)
+        limiter.answered(key, ran_sql=admission.ran_sql)
 
 
 class GuardMiddleware:
@@ -133,6 +184,10 @@ class GuardMiddleware:
 
         try:
             stop = paused(policy, request, view_kwargs)
+        except AdmissionRefused as refused:
+            # A deferred write whose switch check had to read PostgreSQL, with no slot free: refused, not
+            # "unreadable" (SheddingMiddleware turns this into its shed answer).
+            return _reject(refused)
         except Exception:
             # The campaign row could not be read: the view will hit the same database and decide.
             logger.warning("guard: kill switch unreadable", exc_info=True)

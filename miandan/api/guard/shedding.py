@@ -17,6 +17,12 @@ The model (docs/operations.md, "The admission model"):
 - A queue signal (time spent before Django, from a trusted proxy's X-Request-Start): while most of the
   last 20 writes queued longer than the target, the limit is cut by 20 % (at most every 50 ms). A
   single request never moves the limit: it can at most be shed itself (too late to be worth starting).
+- Answers that never reach PostgreSQL (a join refused from Redis: budget exhausted, card cap) do not need a
+  slot: the work the limit protects is the database's. Per route the limiter keeps the share of recent
+  answers that ran no SQL statement; while most did (>= `defer_share`) and the limit is full, a write is let
+  in unadmitted ("deferred", at most `max_limit` at a time) and must take a slot at its first SQL statement,
+  or is refused there with the same 503 `busy`. So a crowd refused from Redis is answered instead of shed,
+  while real work still never runs past the limit; on any other route mix the door sheds as before.
 - Floor: never below what the cores can run (ceil(cores / gunicorn workers), at least 1); ceiling: the
   worker's threads minus one (one stays free for refusals and reads), or MIANDAN_SHED_MAX_LIMIT.
 
@@ -48,6 +54,9 @@ class Ticket:
     start: float
 
 
+DEFERRED = "deferred"  # AdaptiveLimiter.admit: go on without a slot; take one at the first SQL statement
+
+
 class AdaptiveLimiter:
     """Latency-gradient concurrency limit with a learned no-load baseline, a floor and a ceiling.
 
@@ -56,7 +65,7 @@ class AdaptiveLimiter:
 
     def __init__(self, *, min_limit: int, max_limit: int, initial: float | None = None, tolerance: float = 2.0,
                  window: float = 10.0, queue_target: float = 0.1, clock: Callable[[], float] = time.monotonic,
-                 ) -> None:
+                 defer_share: float = 0.5) -> None:
         self.min_limit = max(1, int(min_limit))
         self.max_limit = max(self.min_limit, int(max_limit))
         start = initial if initial is not None else self.min_limit
@@ -74,11 +83,16 @@ class AdaptiveLimiter:
         self._windows: dict[str, list[float]] = {}
         self._held_back = False  # a write was refused since the last completion: the limit is binding
         self._last_decrease = -math.inf
+        self.defer_share = defer_share
+        self.deferred = 0  # requests in flight without a slot, to be admitted at their first SQL statement
+        # route -> share of its recent answers (EWMA over ~10) that ran no SQL statement; unknown routes: 0
+        self._no_sql: dict[str, float] = {}
         self._lock = threading.Lock()
         metrics.SHED_LIMIT.set(self.limit)
 
     # --- admission ---------------------------------------------------------------------------
-    def try_acquire(self) -> Ticket | None:
+    def try_acquire(self, *, start: float | None = None) -> Ticket | None:
+        """A slot, or None (the limit is full). `start`: when the request began, if earlier than now."""
         with self._lock:
             if self.inflight >= math.floor(self.limit):
                 self.shed += 1
@@ -86,7 +100,32 @@ class AdaptiveLimiter:
                 return None
             self.inflight += 1
         metrics.SHED_INFLIGHT.inc()
+        return Ticket(start=self.clock() if start is None else start)
+
+    def admit(self, key: str = "") -> Ticket | str | None:
+        """At the door: a slot; else DEFERRED while most of `key`'s recent answers ran no SQL (and fewer than
+        `max_limit` are deferred already); else None (shed). A DEFERRED request calls `try_acquire` before its
+        first SQL statement and `end_deferred` when it is answered."""
+        with self._lock:
+            if self.inflight >= math.floor(self.limit):
+                self._held_back = True  # a write wanted a slot: the limit is binding either way
+                if self._no_sql.get(key, 0.0) >= self.defer_share and self.deferred < self.max_limit:
+                    self.deferred += 1
+                    return DEFERRED
+                self.shed += 1
+                return None
+            self.inflight += 1
+        metrics.SHED_INFLIGHT.inc()
         return Ticket(start=self.clock())
+
+    def end_deferred(self) -> None:
+        with self._lock:
+            self.deferred -= 1
+
+    def answered(self, key: str, *, ran_sql: bool) -> None:
+        """Learn whether `key`'s answers reach PostgreSQL (every answered request, admitted or deferred)."""
+        with self._lock:
+            self._no_sql[key] = 0.9 * self._no_sql.get(key, 0.0) + (0.0 if ran_sql else 0.1)
 
     def cancel(self, ticket: Ticket) -> None:
         """Give the slot back without a latency sample (refused before the view: paused, rate limited)."""
@@ -158,6 +197,7 @@ class AdaptiveLimiter:
     def snapshot(self) -> dict:
         with self._lock:
             return {"limit": self.limit, "inflight": self.inflight, "shed": self.shed, "latency_ratio": self.latency,
+                    "deferred": self.deferred, "no_sql": dict(self._no_sql),
                     "baselines": {k: min(w[1], w[2]) for k, w in self._windows.items()}, "queue": self.queue,
                     "min": self.min_limit, "max": self.max_limit}
 
