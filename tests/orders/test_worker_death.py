@@ -142,6 +142,12 @@ def test_worker_killed_inside_submit_then_inside_the_redeem_step_the_broker_rede
     card.refresh_from_db()
     assert Order.objects.get(pk=order_id).status == "delivering" and card.status == "locked"
     assert not LedgerEntry.objects.filter(order_id=order_id, kind="spend").exists()
+    # The killed poll had pushed the order's next check 1 s out (its claim committed before the merchant's
+    # answer was applied). A worker restarts in ~0.3 s now, and a redelivered poll that finds the order not due
+    # yet does nothing (with no beat, nothing polls again): restart once the order is due, as beat's next tick
+    # would find it.
+    wait_until(lambda: Order.objects.filter(pk=order_id, next_check_at__lte=timezone.now()).exists(), timeout=10,
+               what="order due again for the redelivered poll")
     stack.worker.start(**worker_env)
     wait_until(lambda: Order.objects.get(pk=order_id).status == "completed", timeout=60,
                what="order completed by the redelivered poll\n" + stack.logs())
