@@ -18,6 +18,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from campaign.models import Campaign
+from miandan.api.admin import ReadOnlyAdminMixin
 from miandan.api.admin_scale import LargeTableAdminMixin, digits, ids_or_none, phone_prefix
 from miandan.api.errors import DomainError
 
@@ -41,7 +42,8 @@ def chain_url(user_id: int, campaign_id: int | None = None) -> str:
 
 
 @admin.register(InviteCode)
-class InviteCodeAdmin(LargeTableAdminMixin, admin.ModelAdmin):
+class InviteCodeAdmin(LargeTableAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    # Codes are created by the app on first use; staff only look them up.
     list_display = ("code", "owner", "campaign", "invitee_count", "created_at")
     list_filter = ("campaign",)
     search_fields = ("code", "user__phone", "user__username")
@@ -77,18 +79,9 @@ class InviteCodeAdmin(LargeTableAdminMixin, admin.ModelAdmin):
     def invitee_count(self, obj: InviteCode) -> int:
         return obj._invitees
 
-    # Codes are created by the app on first use; staff only look them up.
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
 
-class ClawbackInline(admin.TabularInline):
+class ClawbackInline(ReadOnlyAdminMixin, admin.TabularInline):
     """The referral's detail page: what happened to each reward card when it was rejected after the fact."""
 
     model = Clawback
@@ -98,19 +91,13 @@ class ClawbackInline(admin.TabularInline):
     fields = ("side", "voucher", "action", "amount", "order_id", "actor", "note", "created_at")
     readonly_fields = fields
 
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
     def has_view_permission(self, request, obj=None) -> bool:
         # Part of the referral's page: whoever may see the referral sees what was clawed back.
         return request.user.has_perm("referrals.view_referral") or request.user.has_perm("referrals.review_referral")
 
 
 @admin.register(Referral)
-class ReferralAdmin(LargeTableAdminMixin, admin.ModelAdmin):
+class ReferralAdmin(LargeTableAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     change_list_template = "referrals/admin/referral_change_list.html"
     list_display = ("id", "campaign", "inviter_link", "invitee_link", "status", "inviter_outcome", "invitee_outcome",
                     "depth", "reasons", "created_at")
@@ -161,14 +148,6 @@ class ReferralAdmin(LargeTableAdminMixin, admin.ModelAdmin):
     def reasons(self, obj: Referral) -> str:
         return "；".join(REVIEW_REASONS.get(r, r) for r in obj.review_reasons or []) or "-"
 
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
     def has_review_permission(self, request) -> bool:
         return request.user.has_perm("referrals.review_referral")
@@ -371,7 +350,7 @@ class PendingReferralAdmin(ReferralAdmin):
 
 
 @admin.register(Clawback)
-class ClawbackAdmin(admin.ModelAdmin):
+class ClawbackAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """Follow-up list: reward cards of referrals rejected after the fact (used ones need someone to act)."""
 
     list_display = ("id", "referral", "side", "voucher", "action", "amount", "order_id", "actor", "created_at")
@@ -381,11 +360,3 @@ class ClawbackAdmin(admin.ModelAdmin):
     search_help_text = "邀请记录号或订单号"
     show_full_result_count = False
 
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
