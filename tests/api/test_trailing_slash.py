@@ -55,9 +55,7 @@ def _documented(api_client) -> list[tuple[str, str]]:
 
 def test_every_documented_path_answers_both_ways(api_client, make_auth_client, campaign):
     from orders.merchant import get_merchant
-    from tests.staff.groups import ensure_staff_groups
 
-    ensure_staff_groups()
     client = make_auth_client()
     user = client.user
     user.groups.add(Group.objects.get(name="finance"))

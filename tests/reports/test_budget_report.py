@@ -37,7 +37,6 @@ from tests.factories import (
     UserFactory,
     VoucherFactory,
 )
-from tests.staff.groups import ensure_staff_groups
 from vouchers.models import Voucher
 from vouchers.selectors import reconcile
 from vouchers.services import voucher_expire_batch, voucher_lock_for_order, voucher_redeem, voucher_release, voucher_void
@@ -97,7 +96,6 @@ def _redeem(*, user, campaign, order: Order) -> Voucher:
 
 @pytest.fixture
 def scenario():
-    ensure_staff_groups()
     campaign = CampaignFactory(total_budget=D("1000.00"), bucket_count=8, name="对账活动")
     brand_x, brand_y = BrandFactory(name="品牌X"), BrandFactory(name="品牌Y")
     x_hz = StoreFactory(brand=brand_x, city="杭州")
@@ -306,7 +304,6 @@ def test_openapi_schema_documents_the_report(client):
 
 def test_day_rows_use_the_shanghai_calendar(client):
     """23:30 and 00:30 Beijing time are different days even though both are 1 January in UTC."""
-    ensure_staff_groups()
     campaign = CampaignFactory(total_budget=D("100.00"), bucket_count=1)
     bucket = campaign.buckets.get()
     with connection.cursor() as cursor:

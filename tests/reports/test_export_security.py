@@ -19,7 +19,6 @@ from reports.models import ExportJob
 from reports.selectors import ledger_rows
 from reports.services import export_cleanup, export_job_run
 from tests.factories import CampaignFactory, StaffFactory
-from tests.staff.groups import ensure_staff_groups
 
 pytestmark = pytest.mark.django_db
 
@@ -86,7 +85,6 @@ def test_xlsx_text_cells_are_strings_never_formulas(evil_ledger):
 
 
 def test_export_files_have_random_names_outside_media_and_expire(client, settings, tmp_path):
-    ensure_staff_groups()
     settings.MIANDAN_EXPORT_ROOT = tmp_path / "private"
     settings.MEDIA_ROOT = tmp_path / "media"
     campaign = CampaignFactory(bucket_count=1)
@@ -126,7 +124,6 @@ def test_the_budget_report_get_reuses_one_reconcile_briefly(client, settings):
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    ensure_staff_groups()
     campaign = CampaignFactory(bucket_count=2)
     client.force_login(StaffFactory(groups=["finance"]))
     url = f"/api/v1/reports/campaigns/{campaign.slug}/budget"

@@ -11,7 +11,6 @@ from campaign.models import LedgerEntry
 from reports.models import ExportJob
 from tests.celery_worker import celery_worker  # noqa: F401  (fixture)
 from tests.factories import CampaignFactory, StaffFactory, VoucherFactory
-from tests.staff.groups import ensure_staff_groups
 
 pytestmark = [pytest.mark.celery_worker, pytest.mark.django_db(transaction=True)]
 
@@ -28,7 +27,6 @@ def _wait_done(job_id: int, timeout: float = 60.0) -> ExportJob:
 
 @pytest.mark.parametrize("fmt", ["csv", "xlsx"])
 def test_ledger_export_runs_on_a_worker_and_downloads(client, celery_worker, settings, tmp_path, fmt):  # noqa: F811
-    ensure_staff_groups()
     settings.MIANDAN_EXPORT_ROOT = tmp_path
     campaign = CampaignFactory(bucket_count=4)
     for _ in range(5):

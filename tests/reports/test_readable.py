@@ -15,7 +15,6 @@ from campaign.services import campaign_budget_change
 from reports.exports import ledger_csv, ledger_xlsx
 from reports.selectors import ledger_rows
 from tests.factories import CampaignFactory, StaffFactory, UserFactory, VoucherFactory
-from tests.staff.groups import ensure_staff_groups
 from vouchers.services import voucher_void
 
 pytestmark = pytest.mark.django_db
@@ -23,7 +22,6 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def scene():
-    ensure_staff_groups()
     campaign = CampaignFactory(total_budget=Decimal("3000000000.00"), bucket_count=4)
     holder = UserFactory(phone="13912345678", username="13912345678")
     card = VoucherFactory(campaign=campaign, user=holder)

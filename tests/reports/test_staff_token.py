@@ -3,13 +3,11 @@ from django.core.management import CommandError, call_command
 from rest_framework.test import APIClient
 
 from tests.factories import CampaignFactory, StaffFactory, UserFactory
-from tests.staff.groups import ensure_staff_groups
 
 pytestmark = pytest.mark.django_db
 
 
 def test_staff_token_downloads_the_report(capsys):
-    ensure_staff_groups()
     campaign = CampaignFactory()
     StaffFactory(username="fin-cli", groups=["finance"])
     call_command("staff_token", "fin-cli")

@@ -1,7 +1,8 @@
 """Recreate the staff groups for tests.
 
-The groups come from data migrations (accounts 0002, reports 0002). A `transaction=True` test
-flushes the database afterwards, which drops them, so tests that need them call this first.
+The groups come from data migrations (accounts 0002, reports 0002, orders 0006). A `transaction=True` test
+flushes the database afterwards, which drops them; tests/conftest.py calls this after every flush (post_migrate),
+so every test finds them.
 """
 
 import importlib

@@ -15,7 +15,6 @@ from accounts.services import token_create
 from campaign.models import AuditLog, BudgetBucket, Campaign, LedgerEntry
 from reports.models import ExportJob
 from tests.factories import CampaignFactory, StaffFactory, UserFactory, VoucherFactory
-from tests.staff.groups import ensure_staff_groups
 from vouchers.selectors import reconcile
 
 pytestmark = pytest.mark.django_db
@@ -23,7 +22,6 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def staff():
-    ensure_staff_groups()
     users = {name: StaffFactory(username=name, groups=[name]) for name in ("marketing", "finance", "support")}
     users["superuser"] = StaffFactory(username="root", is_superuser=True)
     return users

@@ -9,7 +9,6 @@ from django.urls import reverse
 from campaign.models import AuditLog
 from miandan.display import duration_cn, money_html, yuan, yuan_cn
 from tests.factories import CampaignFactory, StaffFactory
-from tests.staff.groups import ensure_staff_groups
 
 pytestmark = pytest.mark.django_db
 PASSWORD = "pw-for-tests-123"
@@ -17,7 +16,6 @@ PASSWORD = "pw-for-tests-123"
 
 @pytest.fixture
 def staff():
-    ensure_staff_groups()
     return {name: StaffFactory(username=f"{name}-p", groups=[name]) for name in ("marketing", "finance", "support")}
 
 

@@ -12,7 +12,6 @@ from django.db import transaction
 
 from orders.models import Order
 from tests.factories import CampaignFactory, OrderFactory, StaffFactory, StoreFactory, VoucherFactory
-from tests.staff.groups import ensure_staff_groups
 from vouchers.services import voucher_lock_for_order, voucher_redeem
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -37,7 +36,6 @@ def browser():
 
 @pytest.fixture
 def scene():
-    ensure_staff_groups()
     campaign = CampaignFactory(name="浏览器测试活动", total_budget=Decimal("1000.00"), bucket_count=4)
     cards = [VoucherFactory(campaign=campaign) for _ in range(3)]
     # One card redeemed on an 18-yuan order, so spending, orders and top stores have something to show.

@@ -13,7 +13,6 @@ from campaign.models import Campaign, PaceMode
 from campaign.selectors import pace_gauges
 from reports.services import pace_check
 from tests.factories import CampaignFactory, StaffFactory, UserFactory
-from tests.staff.groups import ensure_staff_groups
 from vouchers.services import campaign_join
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("guard_off")]
@@ -28,7 +27,6 @@ def guard_off(settings):
 
 @pytest.fixture
 def marketing():
-    ensure_staff_groups()
     return StaffFactory(username="marketing", groups=["marketing"])
 
 

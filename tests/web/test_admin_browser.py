@@ -19,7 +19,6 @@ from referrals.models import Referral
 from referrals.services import invite_code_get_or_create, referral_accept
 from tests.factories import CampaignFactory, StaffFactory, UserFactory, VoucherFactory
 from tests.referrals.conftest import relax
-from tests.staff.groups import ensure_staff_groups
 from tests.web.conftest import DESKTOP, launch, shot, watch
 from vouchers.selectors import reconcile
 
@@ -30,7 +29,6 @@ PASSWORD = "pw-for-tests-123"  # StaffFactory's
 @pytest.fixture
 def scene(settings):
     settings.RATELIMIT_ENABLE = False
-    ensure_staff_groups()
     campaign = CampaignFactory(slug="spring-tea", name="春节请你喝奶茶", total_budget=Decimal("3000000000.00"),
                                bucket_count=64)
     for _ in range(3):
