@@ -93,30 +93,27 @@ class AdaptiveLimiter:
     # --- admission ---------------------------------------------------------------------------
     def try_acquire(self, *, start: float | None = None) -> Ticket | None:
         """A slot, or None (the limit is full). `start`: when the request began, if earlier than now."""
-        with self._lock:
-            if self.inflight >= math.floor(self.limit):
-                self.shed += 1
-                self._held_back = True
-                return None
-            self.inflight += 1
-        metrics.SHED_INFLIGHT.inc()
-        return Ticket(start=self.clock() if start is None else start)
+        return self._acquire(start=start, defer_key=None)  # without a defer_key it is never DEFERRED
 
     def admit(self, key: str = "") -> Ticket | str | None:
         """At the door: a slot; else DEFERRED while most of `key`'s recent answers ran no SQL (and fewer than
         `max_limit` are deferred already); else None (shed). A DEFERRED request calls `try_acquire` before its
         first SQL statement and `end_deferred` when it is answered."""
+        return self._acquire(start=None, defer_key=key)
+
+    def _acquire(self, *, start: float | None, defer_key: str | None) -> Ticket | str | None:
         with self._lock:
             if self.inflight >= math.floor(self.limit):
                 self._held_back = True  # a write wanted a slot: the limit is binding either way
-                if self._no_sql.get(key, 0.0) >= self.defer_share and self.deferred < self.max_limit:
+                if (defer_key is not None and self._no_sql.get(defer_key, 0.0) >= self.defer_share
+                        and self.deferred < self.max_limit):
                     self.deferred += 1
                     return DEFERRED
                 self.shed += 1
                 return None
             self.inflight += 1
         metrics.SHED_INFLIGHT.inc()
-        return Ticket(start=self.clock())
+        return Ticket(start=self.clock() if start is None else start)
 
     def end_deferred(self) -> None:
         with self._lock:
