@@ -3,9 +3,10 @@
 The command line (or GUNICORN_CMD_ARGS) still wins for one-off changes; `-b` picks the address.
 
 Why this shape (measured, BENCHMARKS.md; docs/operations.md "The server shape" and "The admission model"):
-- gthread: the admission limit hands at most `threads - 2` of a worker's threads to campaign writes, so
-  refusals, core reads and health checks always find a free thread. A sync worker serves one request at
-  a time, and every excess request waits in the kernel's listen backlog where no Python code sees it.
+- gthread (miandan.server.ThreadWorker: gunicorn's, plus a stamp of when a request joined the thread-pool
+  queue): the admission limit hands at most `threads - 1` of a worker's threads to running campaign writes,
+  and a write waiting for a slot frees its thread within MIANDAN_SHED_MAX_WAIT_MS. A sync worker serves one
+  request at a time, and every excess request waits in the kernel's listen backlog where no Python code sees it.
 - 2 workers per core: one process's GIL does not cap a core, and PostgreSQL's share of the CPU is used.
 - 8 threads per worker: up to 7 campaign writes in flight per worker, one thread always free for refusals,
   reads and health checks. Every thread may hold a PostgreSQL connection (CONN_MAX_AGE), so one machine holds
@@ -17,7 +18,9 @@ import os
 
 _cores = os.cpu_count() or 1
 
-worker_class = "gthread"
+# gthread, plus a stamp of when each request joined the worker's thread-pool queue (miandan/server.py): admission
+# sees how long a write already waited here, with no proxy in front.
+worker_class = "miandan.server.ThreadWorker"
 workers = int(os.environ.get("WEB_CONCURRENCY", 2 * _cores))
 threads = int(os.environ.get("WEB_THREADS", 8))
 worker_connections = 1000  # open keep-alive connections per worker (gthread)

@@ -94,7 +94,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "miandan.api.middleware.RequestIdMiddleware",
-    # Admission of campaign writes before anything else runs: a refusal costs no I/O and waits for nothing.
+    # Admission of campaign writes before anything else runs: a refusal costs no I/O.
     "miandan.api.guard.SheddingMiddleware",
     "miandan.api.metrics.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -278,9 +278,13 @@ MIANDAN_SHED_INITIAL_LIMIT = env_int("MIANDAN_SHED_INITIAL_LIMIT", 0)
 MIANDAN_SHED_TOLERANCE = env_float("MIANDAN_SHED_TOLERANCE", 4.0)
 # Base of Retry-After on a shed answer; each answer says base..2 x base seconds at random (jitter).
 MIANDAN_SHED_RETRY_AFTER = env_int("MIANDAN_SHED_RETRY_AFTER", 1)
-# Behind a trusted proxy (MIANDAN_PROXY_COUNT > 0) only, from its X-Request-Start: a write that waited longer
-# than MAX_QUEUE_MS is shed itself; a smoothed queue wait above QUEUE_TARGET_MS cuts the limit by 20 %.
+# A write that already queued longer than MAX_QUEUE_MS (in the gunicorn worker's own queue, stamped by
+# miandan.server, or before it by a trusted proxy's X-Request-Start) is shed itself. With the limit full, a write
+# may wait for a slot for what is left of MAX_WAIT_MS after its queueing, when a slot is expected in that time.
 MIANDAN_SHED_MAX_QUEUE_MS = env_float("MIANDAN_SHED_MAX_QUEUE_MS", 500.0)
+MIANDAN_SHED_MAX_WAIT_MS = env_float("MIANDAN_SHED_MAX_WAIT_MS", 1000.0)
+# A write that queued longer than QUEUE_TARGET_MS never waits for a slot (a standing queue); behind a trusted
+# proxy (MIANDAN_PROXY_COUNT > 0), most of the last 20 writes above it cut the limit by 20 %.
 MIANDAN_SHED_QUEUE_TARGET_MS = env_float("MIANDAN_SHED_QUEUE_TARGET_MS", 100.0)
 MIANDAN_READYZ_TIMEOUT = env_float("MIANDAN_READYZ_TIMEOUT", 1.0)
 

@@ -1,8 +1,9 @@
 """The flash-crowd guard: load shedding, kill switches and rate limits, before any view runs.
 
 1. shedding     -> 503 `busy`     (`SheddingMiddleware`, second in MIDDLEWARE, before URL resolution,
-                                   sessions or DRF: the write's concurrency slot, or a refusal that costs
-                                   no I/O and waits for nothing; shedding.py holds the model)
+                                   sessions or DRF: the write's concurrency slot (after a short wait when
+                                   one is expected soon), or a refusal that costs no I/O; shedding.py holds
+                                   the model)
 2. kill switch  -> 503 `paused`   (`GuardMiddleware.process_view`, right before the view: switches.py,
                                    the campaign gate's lookup from a 0.5 s per-process cache)
 3. rate limits  -> 429 `rate_limited` (ratelimit.py: counters in Redis, one pipelined round trip)
@@ -35,6 +36,7 @@ from .shedding import (
     gunicorn_threads,
     queued_ms,
     retry_after_seconds,
+    server_queued_ms,
 )
 from .switches import paused, register_switch_check
 
@@ -112,8 +114,9 @@ class _Admission:
 class SheddingMiddleware:
     """Admission of campaign writes, before URL resolution and every other middleware but the request id.
 
-    An admitted write holds a slot until its response is built; a write over the limit, or one that a
-    trusted proxy says already queued too long, is answered 503 `busy` here, without I/O or waiting.
+    An admitted write holds a slot until its response is built; a write over the limit that may not wait for
+    a slot, or one that already queued too long (in this worker or behind a trusted proxy), is answered
+    503 `busy` here, without I/O.
     """
 
     def __init__(self, get_response):
@@ -127,13 +130,21 @@ class SheddingMiddleware:
             return self.get_response(request)
         started = time.perf_counter()
         limiter = get_limiter()
-        waited = queued_ms(request)
+        waited = queued_ms(request)  # before this server: a trusted proxy's X-Request-Start
         if waited is not None:
             limiter.queue_sample(waited)
-            if waited > settings.MIANDAN_SHED_MAX_QUEUE_MS:
-                # Already late: the client has likely given up or will retry; do not start the work.
-                return _shed_response(started, policy.key)
-        ticket = limiter.admit(policy.key)
+        queued = max(waited or 0.0, server_queued_ms(request) or 0.0)
+        if queued > settings.MIANDAN_SHED_MAX_QUEUE_MS:
+            # Already late: the client has likely given up or will retry; do not start the work.
+            return _shed_response(started, policy.key)
+        # With the limit full, a write that did not queue in front (no standing queue: at most QUEUE_TARGET_MS)
+        # may wait for a slot for what is left of MAX_WAIT_MS, when the limiter expects one in that time; so a
+        # client that would only come straight back waits instead of spinning refusals through the same cores.
+        # Behind a standing queue waiting would only deepen it: refused at once, the queue drains.
+        wait = 0.0
+        if queued <= settings.MIANDAN_SHED_QUEUE_TARGET_MS:
+            wait = max(0.0, settings.MIANDAN_SHED_MAX_WAIT_MS - queued) / 1000.0
+        ticket = limiter.admit(policy.key, wait=wait)
         if ticket is None:
             return _shed_response(started, policy.key)
         admission = _Admission(limiter, None if ticket == DEFERRED else ticket, started)

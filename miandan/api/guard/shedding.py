@@ -3,9 +3,9 @@
 The model (docs/operations.md, "The admission model"):
 
 - Campaign writes (join, referral accept, orders) are admitted while fewer than `limit` run in this
-  process; the rest are refused at once with 503 `busy`. Nothing waits for a slot, so a refusal never
-  queues behind admitted work, and the threads the limit does not hand out stay free for refusals,
-  reads and health checks.
+  process; the rest are refused at once with 503 `busy`, unless the door gives them a wait budget (they did
+  not queue in front) and a slot is expected within it: then they block for the slot (no CPU), so a client
+  that would come straight back does not spin refusals through the cores the admitted writes need.
 - The limit follows capacity, not a fixed latency: each admitted write that did its work (201) reports
   its latency; its route's no-load latency is the lowest its smoothed latency (EWMA over ~5 writes) was
   over the last two windows (`window` seconds each). While smoothed latency / no-load latency stays
@@ -47,6 +47,7 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 from miandan.api import metrics
+from miandan.server import QUEUED_AT
 
 
 @dataclass
@@ -65,7 +66,7 @@ class AdaptiveLimiter:
 
     def __init__(self, *, min_limit: int, max_limit: int, initial: float | None = None, tolerance: float = 2.0,
                  window: float = 10.0, queue_target: float = 0.1, clock: Callable[[], float] = time.monotonic,
-                 defer_share: float = 0.5) -> None:
+                 defer_share: float = 0.5, max_waiting: int = 0) -> None:
         self.min_limit = max(1, int(min_limit))
         self.max_limit = max(self.min_limit, int(max_limit))
         start = initial if initial is not None else self.min_limit
@@ -87,7 +88,12 @@ class AdaptiveLimiter:
         self.deferred = 0  # requests in flight without a slot, to be admitted at their first SQL statement
         # route -> share of its recent answers (EWMA over ~10) that ran no SQL statement; unknown routes: 0
         self._no_sql: dict[str, float] = {}
+        self.max_waiting = max(0, int(max_waiting))
+        self.waiting = 0  # writes blocked in admit(wait=...) for a slot (each holds a server thread, no CPU)
+        self.timed_out = 0  # waiters whose slot did not come within their budget (then shed)
+        self.service: float | None = None  # EWMA of an admitted write's latency (s), from writes that did their work
         self._lock = threading.Lock()
+        self._slot_freed = threading.Condition(self._lock)
         metrics.SHED_LIMIT.set(self.limit)
 
     # --- admission ---------------------------------------------------------------------------
@@ -95,13 +101,14 @@ class AdaptiveLimiter:
         """A slot, or None (the limit is full). `start`: when the request began, if earlier than now."""
         return self._acquire(start=start, defer_key=None)  # without a defer_key it is never DEFERRED
 
-    def admit(self, key: str = "") -> Ticket | str | None:
+    def admit(self, key: str = "", *, wait: float = 0.0) -> Ticket | str | None:
         """At the door: a slot; else DEFERRED while most of `key`'s recent answers ran no SQL (and fewer than
-        `max_limit` are deferred already); else None (shed). A DEFERRED request calls `try_acquire` before its
-        first SQL statement and `end_deferred` when it is answered."""
-        return self._acquire(start=None, defer_key=key)
+        `max_limit` are deferred already); else, when a slot is expected within `wait` seconds, the slot after
+        waiting for it; else None (shed). A DEFERRED request calls `try_acquire` before its first SQL statement
+        and `end_deferred` when it is answered."""
+        return self._acquire(start=None, defer_key=key, wait=wait)
 
-    def _acquire(self, *, start: float | None, defer_key: str | None) -> Ticket | str | None:
+    def _acquire(self, *, start: float | None, defer_key: str | None, wait: float = 0.0) -> Ticket | str | None:
         with self._lock:
             if self.inflight >= math.floor(self.limit):
                 self._held_back = True  # a write wanted a slot: the limit is binding either way
@@ -109,11 +116,34 @@ class AdaptiveLimiter:
                         and self.deferred < self.max_limit):
                     self.deferred += 1
                     return DEFERRED
-                self.shed += 1
-                return None
+                if not self._wait_for_slot(wait):
+                    self.shed += 1
+                    return None
             self.inflight += 1
         metrics.SHED_INFLIGHT.inc()
         return Ticket(start=self.clock() if start is None else start)
+
+    def _wait_for_slot(self, budget: float) -> bool:
+        """Under the lock, the limit full: wait up to `budget` seconds for a slot, but only when one is expected
+        in time, (waiters ahead + 1) x the write's smoothed latency / limit. A refusal is then still answered at
+        once (a client told "busy" after waiting gained nothing), and a closed-loop client that would only come
+        straight back waits a few milliseconds instead of spinning refusals through the same cores."""
+        if budget <= 0 or self.service is None or self.waiting >= self.max_waiting:
+            return False  # nothing learned yet (no write finished): no basis for a promise
+        if (self.waiting + 1) * self.service / max(1, math.floor(self.limit)) > budget:
+            return False
+        deadline = time.monotonic() + budget  # real time: waiting blocks a real thread whatever `clock` is
+        self.waiting += 1
+        try:
+            while self.inflight >= math.floor(self.limit):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self.timed_out += 1
+                    return False
+                self._slot_freed.wait(remaining)
+            return True
+        finally:
+            self.waiting -= 1
 
     def end_deferred(self) -> None:
         with self._lock:
@@ -128,6 +158,7 @@ class AdaptiveLimiter:
         """Give the slot back without a latency sample (refused before the view: paused, rate limited)."""
         with self._lock:
             self.inflight -= 1
+            self._slot_freed.notify()
         metrics.SHED_INFLIGHT.dec()
 
     def release(self, ticket: Ticket, *, key: str = "", sample: bool = True) -> None:
@@ -142,7 +173,9 @@ class AdaptiveLimiter:
             binding = self._held_back or self.inflight >= math.floor(self.limit)
             self._held_back = False
             self.inflight -= 1
+            self._slot_freed.notify()
             if sample:
+                self.service = latency if self.service is None else 0.8 * self.service + 0.2 * latency
                 self._learn(key, latency, now, binding)
             elif binding and self.latency <= self.tolerance:
                 # A cheap answer (409 from Redis, 400) while writes were held back: no latency lesson, but the
@@ -194,7 +227,8 @@ class AdaptiveLimiter:
     def snapshot(self) -> dict:
         with self._lock:
             return {"limit": self.limit, "inflight": self.inflight, "shed": self.shed, "latency_ratio": self.latency,
-                    "deferred": self.deferred, "no_sql": dict(self._no_sql),
+                    "deferred": self.deferred, "no_sql": dict(self._no_sql), "waiting": self.waiting,
+                    "timed_out": self.timed_out, "service": self.service,
                     "baselines": {k: min(w[1], w[2]) for k, w in self._windows.items()}, "queue": self.queue,
                     "min": self.min_limit, "max": self.max_limit}
 
@@ -266,9 +300,13 @@ def get_limiter() -> AdaptiveLimiter:
         with _limiter_lock:
             if _limiter is None:
                 floor, ceiling, initial = limits_for_this_process()
+                # Each waiter holds a server thread: under gunicorn at most all of them (a waiter frees its thread
+                # within MIANDAN_SHED_MAX_WAIT_MS), elsewhere (runserver, tests) as many as the ceiling.
+                max_waiting = gunicorn_threads() or ceiling
                 _limiter = AdaptiveLimiter(min_limit=floor, max_limit=ceiling, initial=initial,
                                            tolerance=settings.MIANDAN_SHED_TOLERANCE,
-                                           queue_target=settings.MIANDAN_SHED_QUEUE_TARGET_MS / 1000.0)
+                                           queue_target=settings.MIANDAN_SHED_QUEUE_TARGET_MS / 1000.0,
+                                           max_waiting=max_waiting)
     return _limiter
 
 
@@ -287,6 +325,15 @@ def retry_after_seconds() -> int:
 
 # Queue ages outside this range are not a queue: a wrong clock or a forged header.
 QUEUE_PLAUSIBLE_MS = (-1000.0, 60_000.0)
+
+
+def server_queued_ms(request, now: float | None = None) -> float | None:
+    """Time the request waited in this gunicorn worker's own queue for a thread (stamped by miandan.server's
+    worker, so it can be trusted without a proxy); None under another server."""
+    stamp = request.META.get(QUEUED_AT)
+    if not isinstance(stamp, float):
+        return None
+    return max(0.0, ((now if now is not None else time.time()) - stamp) * 1000.0)
 
 
 def queued_ms(request, now: float | None = None) -> float | None:
