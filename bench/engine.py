@@ -167,8 +167,20 @@ def prepare(*, me_users: int = 64, fresh: int = 20000, capped: int = 3000, exhau
         Store.objects.update(capacity_per_minute=1_000_000, open_24h=True)
         insert_cards(campaign, users_of(out["order"]), slots=1, source=Voucher.Source.WELCOME,
                      reason="bench: 预置新人卡")
+    analyze()
     out["prepare_seconds"] = round(time.time() - started, 1)
     return out
+
+
+def analyze() -> None:
+    """Planner statistics for the tables just loaded, as autovacuum keeps them on a live database. Without them
+    the planner guessed one row per campaign and status and found a user's card by scanning every card of the
+    campaign (measured on the engine's database: the chat order's card lock 6.6 ms instead of an index lookup,
+    the whole chat order 22.7 ms in-process instead of 12.6 ms)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")
 
 
 def stats() -> dict:

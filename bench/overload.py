@@ -65,7 +65,7 @@ def prepare(*, join_users: int, order_users: int, read_users: int) -> dict:
 
     from django.utils import timezone
 
-    from bench.engine import prepare_users
+    from bench.engine import analyze, prepare_users
     from campaign.models import Campaign
     from campaign.services import CampaignSpec, campaign_create
     from demo.catalog import catalog_load
@@ -89,6 +89,7 @@ def prepare(*, join_users: int, order_users: int, read_users: int) -> dict:
     tokens = AuthToken.objects.filter(key_hash__in=list(hashes)).select_related("user")
     for token in tokens:
         voucher_issue(user=token.user, campaign=campaign, source=Voucher.Source.WELCOME)
+    analyze()
     return {"join": join_tokens, "order": holders[:order_users], "read": holders[order_users:]}
 
 
