@@ -113,6 +113,19 @@ MIDDLEWARE = [
     # Turns a locked-out admin login into its 429 page (accounts/backends.py).
     "axes.middleware.AxesMiddleware",
 ]
+# The chain of an app call to the JSON API (a /api/v1/ path, no session cookie: miandan/api/stack.py): the same
+# order without what only the admin and the pages use (static files, sessions, CSRF, auth, messages, axes).
+# The app authenticates with its bearer token in DRF; a browser with a session cookie gets MIDDLEWARE.
+MIANDAN_API_MIDDLEWARE = [
+    "miandan.api.middleware.RequestIdMiddleware",
+    "miandan.api.guard.SheddingMiddleware",
+    "miandan.api.metrics.MetricsMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "miandan.api.guard.GuardMiddleware",
+]
 
 ROOT_URLCONF = "miandan.urls"
 WSGI_APPLICATION = "miandan.wsgi.application"
