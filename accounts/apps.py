@@ -29,6 +29,12 @@ class AccountsConfig(AppConfig):
                             weak=False)
         pre_delete.connect(forget, sender=User, dispatch_uid="accounts.token_cache.user_deleted", weak=False)
 
+        from miandan.api.guard import register_prefetch
+
+        from .auth import token_prefetch
+
+        register_prefetch(token_prefetch)  # the token copy rides in the guard's rate-limit round trip
+
         from axes.signals import user_locked_out
 
         from .backends import log_lockout

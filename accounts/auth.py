@@ -135,6 +135,14 @@ def _decode(raw: str):
     return token
 
 
+def _cache_commands(pipe, key_hash: str) -> int:
+    """Queue the token copy's GET and the touch marker's SET NX on a pipeline; returns how many commands."""
+    if settings.MIANDAN_TOKEN_CACHE_SECONDS > 0:
+        pipe.get(_cache_key(key_hash))
+    pipe.set(_touch_key(key_hash), "1", ex=max(1, settings.MIANDAN_TOKEN_TOUCH_SECONDS), nx=True)
+    return 2 if settings.MIANDAN_TOKEN_CACHE_SECONDS > 0 else 1
+
+
 def _cache_get(key_hash: str):
     """(cached token or None, touch due: True/False, None without Redis), in one Redis round trip.
 
@@ -143,17 +151,20 @@ def _cache_get(key_hash: str):
     client = get_redis()
     if client is None:
         return None, None
-    use_cache = settings.MIANDAN_TOKEN_CACHE_SECONDS > 0
     try:
         pipe = client.pipeline(transaction=False)
-        if use_cache:
-            pipe.get(_cache_key(key_hash))
-        pipe.set(_touch_key(key_hash), "1", ex=max(1, settings.MIANDAN_TOKEN_TOUCH_SECONDS), nx=True)
+        _cache_commands(pipe, key_hash)
         replies = pipe.execute()
     except REDIS_ERRORS:
         return None, None
+    return _cache_result(replies)
+
+
+def _cache_result(replies: list):
     due = bool(replies[-1])
-    raw = replies[0] if use_cache else None
+    raw = replies[0] if len(replies) == 2 else None
+    if isinstance(raw, bytes):  # read by the rate-limit cache's client (no decode_responses)
+        raw = raw.decode()
     if not raw or raw == TOMBSTONE:
         return None, due
     try:
@@ -203,6 +214,23 @@ def token_cache_forget(key_hashes: list[str]) -> None:
                      settings.MIANDAN_TOKEN_CACHE_SECONDS)
 
 
+def token_prefetch(request, pipe):
+    """Registered with the guard (miandan.api.guard.register_prefetch): a rate-limited request's token copy is
+    read in the same Redis round trip as its counters, and `authenticate` uses that answer. Only a read: a
+    tombstone or a miss still sends the request to PostgreSQL, so revocation stays exact. (A request then
+    refused 429 has set the touch marker without writing last_used_at: that token's next window writes it.)"""
+    header = request.META.get("HTTP_AUTHORIZATION", "").split()
+    if len(header) != 2 or header[0].lower() != "bearer" or not header[1].isascii():
+        return None
+    key_hash = hash_token(header[1])
+    added = _cache_commands(pipe, key_hash)
+
+    def consume(replies: list) -> None:
+        request._token_prefetched = (key_hash, _cache_result(replies))
+
+    return added, consume
+
+
 class BearerTokenAuthentication(authentication.BaseAuthentication):
     keyword = "Bearer"
 
@@ -217,7 +245,9 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         except UnicodeDecodeError as exc:
             raise exceptions.AuthenticationFailed("令牌格式错误") from exc
         key_hash = hash_token(raw)
-        token, due = _cache_get(key_hash)
+        # A guarded write read the copy already, in the guard's rate-limit round trip (token_prefetch).
+        prefetched = getattr(getattr(request, "_request", request), "_token_prefetched", None)
+        token, due = prefetched[1] if prefetched and prefetched[0] == key_hash else _cache_get(key_hash)
         if token is None:
             from .models import AuthToken
 

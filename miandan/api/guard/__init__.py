@@ -27,7 +27,7 @@ from miandan.api.errors import Busy, DomainError, RateLimited, domain_error_resp
 from miandan.options import policy_for
 
 from .client import client_inet, client_ip
-from .ratelimit import RateLimitUnavailable, check_rate_limits
+from .ratelimit import RateLimitUnavailable, check_rate_limits, register_prefetch
 from .shedding import (
     DEFERRED,
     AdaptiveLimiter,
@@ -41,7 +41,7 @@ from .shedding import (
 from .switches import paused, register_switch_check
 
 __all__ = ["AdaptiveLimiter", "AdmissionRefused", "GuardMiddleware", "SheddingMiddleware", "Ticket", "client_inet", "client_ip",
-           "get_limiter", "gunicorn_threads", "queued_ms", "register_switch_check"]
+           "get_limiter", "gunicorn_threads", "queued_ms", "register_prefetch", "register_switch_check"]
 
 logger = logging.getLogger(__name__)
 REDIS_DOWN_DETAIL = "系统繁忙，请稍后再试"

@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import time
 import zlib
+from collections.abc import Callable
+from typing import Any
 
 from django.conf import settings
 from django.core.cache import caches
@@ -77,6 +79,27 @@ class RateLimitUnavailable(Exception):
     pass
 
 
+# Reads of other modules that ride in the rate-limit pipeline, so a guarded request pays one Redis round trip
+# for its counters and its own reads (accounts/auth.py: the bearer token's copy). Each is called with the request
+# and the pipeline, adds its commands and returns (how many it added, a callback for their replies), or None.
+Prefetch = Callable[[Any, Any], "tuple[int, Callable[[list], None]] | None"]
+_prefetches: list[Prefetch] = []
+
+
+def register_prefetch(prefetch: Prefetch) -> None:
+    if prefetch not in _prefetches:
+        _prefetches.append(prefetch)
+
+
+def _shares_main_redis() -> bool:
+    """The counters' Redis is the one the rest of the app reads (the default), and not a cluster (a cluster
+    pipeline would split the keys by slot anyway)."""
+    from miandan.redis import is_cluster_url
+
+    return bool(settings.REDIS_URL) and settings.RATELIMIT_REDIS_URL == settings.REDIS_URL and \
+        not is_cluster_url(settings.REDIS_URL)
+
+
 def _redis_of(cache):
     """The raw redis-py client behind a django-redis cache, or None for any other backend."""
     get_client = getattr(getattr(cache, "client", None), "get_client", None)
@@ -117,10 +140,16 @@ def check_rate_limits(policy: RoutePolicy, request) -> int | None:
             pipe.incr(key)
             pipe.expire(key, period + 2)
             counted.append((count, end))
+        riders = [r for r in (p(request, pipe) for p in _prefetches) if r] if _prefetches and _shares_main_redis() \
+            else []
         results = pipe.execute()
     except Exception as exc:
         breaker.trip()
         raise RateLimitUnavailable() from exc
+    offset = 2 * len(counted)
+    for added, consume in riders:
+        consume(results[offset:offset + added])
+        offset += added
     retry_after = None
     for i, (count, end) in enumerate(counted):
         if results[2 * i] > count:
