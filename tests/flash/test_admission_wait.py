@@ -36,33 +36,20 @@ def test_a_write_waits_for_a_slot_that_frees_within_its_budget():
     limiter.release(ticket)
 
 
-def test_without_a_budget_a_full_limit_refuses_at_once():
+@pytest.mark.parametrize("learned, budget", [
+    (0.02, 0.0),  # no budget (queued in front, or waiting not allowed): refused at once, as before
+    (None, 1.0),  # no write finished yet (or every slot stuck since the start): nothing says a slot will come
+    (0.5, 0.1),  # writes take half a second: a 100 ms budget cannot be met, so no promise
+], ids=["no-budget", "nothing-learned", "not-expected-in-time"])
+def test_a_write_with_no_slot_in_sight_is_refused_at_once(learned, budget):
     limiter = AdaptiveLimiter(min_limit=1, max_limit=1, initial=1, max_waiting=4)
-    _learned(limiter, 0.02)
+    if learned is not None:
+        _learned(limiter, learned)
     held = limiter.try_acquire()
     t0 = time.monotonic()
-    assert limiter.admit("join") is None
-    assert time.monotonic() - t0 < 0.05
-    limiter.release(held)
-
-
-def test_no_wait_before_any_write_finished():
-    """No latency learned yet (or every slot stuck since the start): nothing says a slot will come, so no promise."""
-    limiter = AdaptiveLimiter(min_limit=1, max_limit=1, initial=1, max_waiting=4)
-    held = limiter.try_acquire()
-    t0 = time.monotonic()
-    assert limiter.admit("join", wait=1.0) is None
-    assert time.monotonic() - t0 < 0.05
-    limiter.release(held)
-
-
-def test_no_wait_when_no_slot_is_expected_within_the_budget():
-    limiter = AdaptiveLimiter(min_limit=1, max_limit=1, initial=1, max_waiting=4)
-    _learned(limiter, 0.5)  # writes take half a second: a 100 ms budget cannot be met
-    held = limiter.try_acquire()
-    t0 = time.monotonic()
-    assert limiter.admit("join", wait=0.1) is None
-    assert time.monotonic() - t0 < 0.05  # refused at once, not after the budget
+    assert limiter.admit("join", wait=budget) is None
+    assert time.monotonic() - t0 < 0.05  # not after the budget
+    assert limiter.snapshot()["timed_out"] == 0
     limiter.release(held)
 
 

@@ -21,6 +21,7 @@ from vouchers.services import campaign_join, voucher_issue, voucher_void
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("guard_off")]
 THREADS = 20
 SHANGHAI = pacing.local_tz()
+ZERO = Decimal("0.00")
 
 
 def committed(campaign) -> Decimal:
@@ -213,3 +214,53 @@ def test_join_over_http_answers_409_budget_paced_with_retry_after(auth_client):
     body = response.json()
     assert body["code"] == "budget_paced" and body["detail"] == "今日免单卡已发完，明天再来"
     assert int(response["Retry-After"]) == body["retry_after"] >= 1
+
+
+def _two_buckets(day: dt.date, *, at_cap: tuple[int, ...]) -> Campaign:
+    """30 yuan over 2 buckets, a daily cap of 2 (1 per bucket), the buckets in `at_cap` at their count for `day`."""
+    campaign = CampaignFactory(bucket_count=2, total_budget=Decimal("30.00"))
+    BudgetBucket.objects.filter(campaign=campaign, index__in=at_cap).update(day_on=day, day_cards=1)
+    return campaign
+
+
+def test_the_slow_path_gathers_room_into_the_bucket_that_still_has_a_count_today():
+    """Deterministic cover of the consolidation under a daily cap (the concurrency test above reaches it only
+    when its threads happen to scatter the last of the budget)."""
+    from django.db import transaction
+
+    from campaign.services import DayCap, budget_reserve_slow
+
+    day = timezone.localdate()
+    campaign = _two_buckets(day, at_cap=(0,))
+    short = Decimal("25.00") - BudgetBucket.objects.get(campaign=campaign, index=1).available
+    assert short > 0  # bucket 1 alone cannot hold the card: room must be gathered into it
+    from campaign.models import LedgerEntry
+
+    entries_before = set(LedgerEntry.objects.filter(campaign=campaign).values_list("pk", flat=True))
+    with transaction.atomic():
+        target = budget_reserve_slow(campaign=campaign, amount=Decimal("25.00"), day_cap=DayCap(day=day, cap=2))
+    assert target.index == 1  # bucket 0 has no count left today: never the target, only a donor
+    assert (target.available, target.reserved, target.day_on, target.day_cards) == (ZERO, Decimal("25.00"), day, 1)
+    donor = BudgetBucket.objects.get(campaign=campaign, index=0)
+    assert (donor.available, donor.reserved, donor.day_cards) == (Decimal("5.00"), ZERO, 1)  # its count untouched
+    moves = LedgerEntry.objects.filter(campaign=campaign).exclude(pk__in=entries_before)
+    assert sorted((m.kind, m.amount) for m in moves) == [("adjust", -short), ("adjust", short)]  # paired, net zero
+
+
+def test_the_slow_path_refuses_when_no_bucket_has_a_count_left_today_and_moves_nothing():
+    from django.db import transaction
+
+    from campaign.services import DayCap, budget_reserve_slow
+
+    day = timezone.localdate()
+    campaign = _two_buckets(day, at_cap=(0, 1))
+    from campaign.models import LedgerEntry
+
+    before = list(BudgetBucket.objects.filter(campaign=campaign).order_by("index").values_list("allotment", "reserved"))
+    entries = LedgerEntry.objects.filter(campaign=campaign).count()
+    with pytest.raises(DailyCapReached) as refused, transaction.atomic():
+        budget_reserve_slow(campaign=campaign, amount=Decimal("25.00"), day_cap=DayCap(day=day, cap=2))
+    assert refused.value.retry_after > 0  # until local midnight
+    after = list(BudgetBucket.objects.filter(campaign=campaign).order_by("index").values_list("allotment", "reserved"))
+    assert after == before  # the gathering it tried rolled back with the refusal
+    assert LedgerEntry.objects.filter(campaign=campaign).count() == entries

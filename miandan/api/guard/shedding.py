@@ -128,8 +128,9 @@ class AdaptiveLimiter:
         in time, (waiters ahead + 1) x the write's smoothed latency / limit. A refusal is then still answered at
         once (a client told "busy" after waiting gained nothing), and a closed-loop client that would only come
         straight back waits a few milliseconds instead of spinning refusals through the same cores."""
+        # No budget, no write finished yet (no basis for a promise), or every waiter's thread taken: refuse.
         if budget <= 0 or self.service is None or self.waiting >= self.max_waiting:
-            return False  # nothing learned yet (no write finished): no basis for a promise
+            return False
         if (self.waiting + 1) * self.service / max(1, math.floor(self.limit)) > budget:
             return False
         deadline = time.monotonic() + budget  # real time: waiting blocks a real thread whatever `clock` is
