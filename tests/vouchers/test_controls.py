@@ -264,3 +264,20 @@ def test_the_slow_path_refuses_when_no_bucket_has_a_count_left_today_and_moves_n
     after = list(BudgetBucket.objects.filter(campaign=campaign).order_by("index").values_list("allotment", "reserved"))
     assert after == before  # the gathering it tried rolled back with the refusal
     assert LedgerEntry.objects.filter(campaign=campaign).count() == entries
+
+
+def test_the_slow_path_under_a_zero_plan_gathers_nothing_and_refuses_as_paced():
+    """A plan at 0 % (nothing may be committed yet): no donor can give, no bucket may take; refused BudgetPaced."""
+    from django.db import transaction
+
+    from campaign.models import LedgerEntry
+    from campaign.services import budget_reserve_slow
+
+    campaign = _two_buckets(timezone.localdate(), at_cap=())
+    before = list(BudgetBucket.objects.filter(campaign=campaign).order_by("index").values_list("allotment", "reserved"))
+    entries = LedgerEntry.objects.filter(campaign=campaign).count()
+    with pytest.raises(BudgetPaced), transaction.atomic():
+        budget_reserve_slow(campaign=campaign, amount=Decimal("25.00"), share=ZERO)
+    assert list(BudgetBucket.objects.filter(campaign=campaign).order_by("index").values_list(
+        "allotment", "reserved")) == before
+    assert LedgerEntry.objects.filter(campaign=campaign).count() == entries
