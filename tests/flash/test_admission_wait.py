@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from miandan.api.guard import AdaptiveLimiter, get_limiter
-from miandan.server import QUEUED_AT
+from miandan.api.guard.shedding import QUEUED_AT
+from miandan.server import QUEUED_AT as STAMPED_BY_THE_WORKER
 from tests.servers import serve
 
 
@@ -117,6 +118,10 @@ def test_a_write_that_queued_too_long_inside_the_server_is_shed_without_a_proxy(
     assert forged.status_code == 201
     fresh = auth_client.post(url, {"app_version": "1.0.0"}, format="json", **{QUEUED_AT: time.time() - 0.01})
     assert fresh.status_code in (200, 201)
+
+
+def test_the_guard_reads_the_key_the_worker_stamps():
+    assert QUEUED_AT == STAMPED_BY_THE_WORKER
 
 
 def test_the_worker_stamps_the_time_a_request_waited_for_a_thread(tmp_path: Path):

@@ -47,7 +47,10 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 from miandan.api import metrics
-from miandan.server import QUEUED_AT
+
+# The environ key miandan.server.ThreadWorker stamps. Not imported from there: that would load gunicorn into
+# every process that imports the guard, Celery workers included (13 MB; tests/test_footprint.py).
+QUEUED_AT = "miandan.queued_at"
 
 
 @dataclass
