@@ -8,8 +8,9 @@ Why this shape (measured, BENCHMARKS.md; docs/operations.md "The server shape" a
   and a write waiting for a slot frees its thread within MIANDAN_SHED_MAX_WAIT_MS. A sync worker serves one
   request at a time, and every excess request waits in the kernel's listen backlog where no Python code sees it.
 - 2 workers per core: one process's GIL does not cap a core, and PostgreSQL's share of the CPU is used.
-- 8 threads per worker: up to 7 campaign writes in flight per worker, one thread always free for refusals,
-  reads and health checks. Every thread may hold a PostgreSQL connection (CONN_MAX_AGE), so one machine holds
+- 8 threads per worker: at most 7 campaign writes run at once per worker, so at least one thread is left for
+  refusals, reads and health checks (a write waiting for a slot may occupy it for at most
+  MIANDAN_SHED_MAX_WAIT_MS). Every thread may hold a PostgreSQL connection (CONN_MAX_AGE), so one machine holds
   up to workers x threads = 32 of them on 2 cores: PostgreSQL's max_connections (100 here, shared) or PgBouncer
   bound this shape (measured: 12 threads ran this box out of connections beside the benchmark's floor server).
 """

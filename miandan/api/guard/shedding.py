@@ -24,7 +24,8 @@ The model (docs/operations.md, "The admission model"):
   or is refused there with the same 503 `busy`. So a crowd refused from Redis is answered instead of shed,
   while real work still never runs past the limit; on any other route mix the door sheds as before.
 - Floor: never below what the cores can run (ceil(cores / gunicorn workers), at least 1); ceiling: the
-  worker's threads minus one (one stays free for refusals and reads), or MIANDAN_SHED_MAX_LIMIT.
+  worker's threads minus one (one never runs a write: refusals and reads; a waiter holds it at most its budget),
+  or MIANDAN_SHED_MAX_LIMIT.
 
 Shed requests cost no I/O at all: the limiter is a counter under a lock.
 """
@@ -290,7 +291,7 @@ def limits_for_this_process() -> tuple[int, int, float]:
     if settings.MIANDAN_SHED_MAX_LIMIT:
         ceiling = settings.MIANDAN_SHED_MAX_LIMIT
     elif threads is not None:
-        ceiling = threads - 1  # one thread always free for refusals, reads and health checks
+        ceiling = threads - 1  # one thread never runs a write: refusals, reads and health checks
     else:
         ceiling = 16  # not under gunicorn (runserver, tests)
     ceiling = max(floor, ceiling)
