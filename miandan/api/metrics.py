@@ -45,6 +45,9 @@ REJECTIONS = Counter("miandan_rejections_total", "Refused API requests by error 
 SHED = Counter("miandan_shed_total", "Requests shed by the adaptive limiter", ["route"])
 SHED_LIMIT = Gauge("miandan_shed_limit", "Adaptive concurrency limit (per process)", multiprocess_mode="liveall")
 SHED_INFLIGHT = Gauge("miandan_shed_inflight", "Campaign writes in flight", multiprocess_mode="livesum")
+SHED_WAITING = Gauge("miandan_shed_waiting", "Campaign writes waiting for an admission slot", multiprocess_mode="livesum")
+SHED_WAIT_TIMEOUTS = Counter("miandan_shed_wait_timeouts_total",
+                             "Writes that waited for a slot and were refused when their budget ran out")
 RATELIMIT_REDIS_ERRORS = Counter("miandan_ratelimit_redis_errors_total", "Rate-limit checks without Redis", ["policy"])
 CARDS_ISSUED = Counter("miandan_cards_issued_total", "Cards issued (committed) by this process", ["source"])
 PACE_ALERTS = Counter("miandan_budget_pace_alerts_total", "Spend-ahead-of-plan alerts fired (issue 20)", ["campaign"])

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from miandan.api import metrics
 from miandan.api.guard import AdaptiveLimiter, get_limiter
 from miandan.api.guard.shedding import QUEUED_AT
 from miandan.server import QUEUED_AT as STAMPED_BY_THE_WORKER
@@ -55,6 +56,7 @@ def test_a_write_with_no_slot_in_sight_is_refused_at_once(learned, budget):
 
 
 def test_a_waiter_whose_slot_never_comes_is_shed_at_the_end_of_its_budget():
+    timeouts_before = metrics.SHED_WAIT_TIMEOUTS._value.get()
     limiter = AdaptiveLimiter(min_limit=1, max_limit=1, initial=1, max_waiting=4)
     _learned(limiter, 0.01)
     held = limiter.try_acquire()
@@ -63,10 +65,12 @@ def test_a_waiter_whose_slot_never_comes_is_shed_at_the_end_of_its_budget():
     assert 0.14 <= time.monotonic() - t0 < 1.0
     snap = limiter.snapshot()
     assert snap["timed_out"] == 1 and snap["shed"] == 1 and snap["waiting"] == 0
+    assert metrics.SHED_WAIT_TIMEOUTS._value.get() == timeouts_before + 1  # /metrics shows it
     limiter.release(held)
 
 
 def test_waiters_are_bounded_and_each_expected_wait_counts_those_ahead():
+    waiting_before = metrics.SHED_WAITING._value.get()
     limiter = AdaptiveLimiter(min_limit=1, max_limit=1, initial=1, max_waiting=2)
     _learned(limiter, 0.04)
     held = limiter.try_acquire()
@@ -76,6 +80,7 @@ def test_waiters_are_bounded_and_each_expected_wait_counts_those_ahead():
         while limiter.snapshot()["waiting"] < 2 and time.monotonic() < deadline:
             time.sleep(0.005)
         assert limiter.snapshot()["waiting"] == 2
+        assert metrics.SHED_WAITING._value.get() == waiting_before + 2  # /metrics: writes waiting for a slot
         t0 = time.monotonic()
         assert limiter.admit("join", wait=2.0) is None  # a third waiter would hold a third thread: refused at once
         assert time.monotonic() - t0 < 0.05

@@ -139,16 +139,19 @@ class AdaptiveLimiter:
             return False
         deadline = time.monotonic() + budget  # real time: waiting blocks a real thread whatever `clock` is
         self.waiting += 1
+        metrics.SHED_WAITING.inc()
         try:
             while self.inflight >= math.floor(self.limit):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     self.timed_out += 1
+                    metrics.SHED_WAIT_TIMEOUTS.inc()
                     return False
                 self._slot_freed.wait(remaining)
             return True
         finally:
             self.waiting -= 1
+            metrics.SHED_WAITING.dec()
 
     def end_deferred(self) -> None:
         with self._lock:
