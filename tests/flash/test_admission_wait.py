@@ -24,10 +24,16 @@ def _learned(limiter: AdaptiveLimiter, service: float) -> None:
     limiter.release(ticket)
 
 
+def _full_limiter(learned: float | None, *, max_waiting: int = 4):
+    """A limit of 1, its slot held, and (unless None) one finished write of `learned` seconds: (limiter, held)."""
+    limiter = AdaptiveLimiter(min_limit=1, max_limit=1, initial=1, max_waiting=max_waiting)
+    if learned is not None:
+        _learned(limiter, learned)
+    return limiter, limiter.try_acquire()
+
+
 def test_a_write_waits_for_a_slot_that_frees_within_its_budget():
-    limiter = AdaptiveLimiter(min_limit=1, max_limit=1, initial=1, max_waiting=4)
-    _learned(limiter, 0.02)
-    held = limiter.try_acquire()
+    limiter, held = _full_limiter(0.02)
     threading.Timer(0.1, limiter.release, args=(held,)).start()
     t0 = time.monotonic()
     ticket = limiter.admit("join", wait=1.0)
@@ -44,10 +50,7 @@ def test_a_write_waits_for_a_slot_that_frees_within_its_budget():
     (0.5, 0.1),  # writes take half a second: a 100 ms budget cannot be met, so no promise
 ], ids=["no-budget", "nothing-learned", "not-expected-in-time"])
 def test_a_write_with_no_slot_in_sight_is_refused_at_once(learned, budget):
-    limiter = AdaptiveLimiter(min_limit=1, max_limit=1, initial=1, max_waiting=4)
-    if learned is not None:
-        _learned(limiter, learned)
-    held = limiter.try_acquire()
+    limiter, held = _full_limiter(learned)
     t0 = time.monotonic()
     assert limiter.admit("join", wait=budget) is None
     assert time.monotonic() - t0 < 0.05  # not after the budget
@@ -57,9 +60,7 @@ def test_a_write_with_no_slot_in_sight_is_refused_at_once(learned, budget):
 
 def test_a_waiter_whose_slot_never_comes_is_shed_at_the_end_of_its_budget():
     timeouts_before = metrics.SHED_WAIT_TIMEOUTS._value.get()
-    limiter = AdaptiveLimiter(min_limit=1, max_limit=1, initial=1, max_waiting=4)
-    _learned(limiter, 0.01)
-    held = limiter.try_acquire()
+    limiter, held = _full_limiter(0.01)
     t0 = time.monotonic()
     assert limiter.admit("join", wait=0.15) is None
     assert 0.14 <= time.monotonic() - t0 < 1.0
@@ -71,9 +72,7 @@ def test_a_waiter_whose_slot_never_comes_is_shed_at_the_end_of_its_budget():
 
 def test_waiters_are_bounded_and_each_expected_wait_counts_those_ahead():
     waiting_before = metrics.SHED_WAITING._value.get()
-    limiter = AdaptiveLimiter(min_limit=1, max_limit=1, initial=1, max_waiting=2)
-    _learned(limiter, 0.04)
-    held = limiter.try_acquire()
+    limiter, held = _full_limiter(0.04, max_waiting=2)
     with ThreadPoolExecutor(4) as pool:
         waiters = [pool.submit(limiter.admit, "join", wait=2.0) for _ in range(2)]
         deadline = time.monotonic() + 5
@@ -92,9 +91,7 @@ def test_waiters_are_bounded_and_each_expected_wait_counts_those_ahead():
             if w.result() is not first:
                 limiter.release(w.result())
     # (waiters ahead + 1) x latency / limit: with 40 ms writes and limit 1, a 100 ms budget fits two waiters.
-    limiter = AdaptiveLimiter(min_limit=1, max_limit=1, initial=1, max_waiting=10)
-    _learned(limiter, 0.04)
-    held = limiter.try_acquire()
+    limiter, held = _full_limiter(0.04, max_waiting=10)
     with ThreadPoolExecutor(4) as pool:
         waiters = [pool.submit(limiter.admit, "join", wait=0.1) for _ in range(2)]
         while limiter.snapshot()["waiting"] < 2:
