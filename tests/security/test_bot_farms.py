@@ -169,3 +169,27 @@ def test_the_orm_path_counts_like_the_sql_one(monkeypatch):
     answers = [services.device_claim(campaign=campaign, device_id="orm-phone", kind="welcome") for _ in range(3)]
     assert answers == [True, True, False]
     assert DeviceClaim.objects.get(campaign=campaign, device_id="orm-phone").count == 2
+
+
+def test_the_device_cap_holds_on_the_join_s_slow_path_too(monkeypatch):
+    """When the folded join statement finds no bucket with room (the end of a budget), the join goes the slow
+    way (consolidation); the device cap is enforced there as well, and the refused card is rolled back."""
+    from campaign.models import BudgetBucket, LedgerEntry
+    from vouchers import services
+    from vouchers.errors import DeviceLimitReached
+
+    campaign = _campaign(bucket_count=2, device_welcome_cap=1)
+    services.campaign_join(user=UserFactory(), campaign=campaign, app_version="1.0.0", device_id="farm-phone")
+    monkeypatch.setattr(services, "_join_insert_pg", lambda **kwargs: None)  # "no bucket had room": slow path
+    reserved = list(BudgetBucket.objects.filter(campaign=campaign).order_by("index").values_list("reserved", flat=True))
+    entries = LedgerEntry.objects.filter(campaign=campaign).count()
+    with pytest.raises(DeviceLimitReached):
+        services.campaign_join(user=UserFactory(), campaign=campaign, app_version="1.0.0", device_id="farm-phone")
+    assert Voucher.objects.filter(campaign=campaign).count() == 1
+    assert list(BudgetBucket.objects.filter(campaign=campaign).order_by("index").values_list(
+        "reserved", flat=True)) == reserved
+    assert LedgerEntry.objects.filter(campaign=campaign).count() == entries
+    # Another phone still joins on the same slow path.
+    card, created = services.campaign_join(user=UserFactory(), campaign=campaign, app_version="1.0.0",
+                                           device_id="other-phone")
+    assert created and card.source == Voucher.Source.WELCOME
