@@ -23,21 +23,65 @@ import pstats
 import time
 
 
-def _tokens(prefix: str, n: int) -> list[str]:
-    """Raw tokens cannot be read back (only hashes are stored): mint fresh ones for existing users."""
+def _tokens(prefix: str, n: int, *, without_cards: bool = False) -> list[str]:
+    """Raw tokens cannot be read back (only hashes are stored): mint fresh ones for existing users.
+
+    `without_cards`: only users holding no card yet (a fresh join stays fresh when the tool is run again)."""
     import hashlib
     import secrets
 
-    from accounts.models import AuthToken, User
+    from django.db.models import Exists, OuterRef
 
-    users = list(User.objects.filter(phone__startswith=prefix).order_by("id")[:n])
+    from accounts.models import AuthToken, User
+    from vouchers.models import Voucher
+
+    users = User.objects.filter(phone__startswith=prefix)
+    if without_cards:
+        users = users.filter(~Exists(Voucher.objects.filter(user=OuterRef("pk"))))
+    users = list(users.order_by("id")[:n])
     raws = [secrets.token_urlsafe(32) for _ in users]
     AuthToken.objects.bulk_create([AuthToken(user=u, key_hash=hashlib.sha256(r.encode()).hexdigest(),
                                              device_id=f"profile-{u.pk}") for u, r in zip(users, raws, strict=True)])
     return raws
 
 
-def run(*, n: int = 200, cprofile: str = "", shapes: str = "") -> dict:
+class _WsgiClient:
+    """The production entry point (miandan.wsgi.application: the app-call dispatch, the chunked-body wrapper)
+    called with a WSGI environ built by Django's RequestFactory: what gunicorn hands a worker thread, minus
+    the HTTP parsing."""
+
+    def __init__(self, **defaults):
+        from django.test import RequestFactory
+
+        from miandan.wsgi import application
+
+        self.factory, self.app = RequestFactory(**defaults), application
+
+    def _call(self, method: str, path: str, body, **extra):
+        import json
+
+        data = json.dumps(body) if body is not None else ""
+        environ = self.factory.generic(method.upper(), path, data, content_type="application/json",
+                                       **extra).environ
+        status = []
+        chunks = self.app(environ, lambda s, h, exc_info=None: status.append(s))
+        b"".join(chunks)
+        if hasattr(chunks, "close"):
+            chunks.close()
+
+        class _R:
+            status_code = int(status[0].split()[0])
+
+        return _R
+
+    def get(self, path, body=None, content_type=None, **extra):
+        return self._call("get", path, None, **extra)
+
+    def post(self, path, body=None, content_type=None, **extra):
+        return self._call("post", path, body, **extra)
+
+
+def run(*, n: int = 200, cprofile: str = "", shapes: str = "", wsgi: bool = False) -> dict:
     from django.conf import settings
     from django.db import connection
     from django.test import Client
@@ -51,7 +95,7 @@ def run(*, n: int = 200, cprofile: str = "", shapes: str = "") -> dict:
     settings.MIANDAN_RATELIMITS = {"order_user": "1000/m", "join_user": "1000/m"}  # the same 50 users repeat here
     # Few users, many requests each: the steady state of a user who comes back (token copy, what Redis knows).
     me, capped, exhausted = _tokens("13", 10), _tokens("17", 10), _tokens("18", 10)
-    fresh = _tokens("15", n)
+    fresh = _tokens("15", n + 20, without_cards=True)
     orderers = _tokens("14", 10)
     join = {"app_version": "1.0.0"}
     order = {"text": "来一杯喜茶多肉葡萄，少冰", "lat": 30.2741, "lng": 120.1551, "campaign": "bench", "pay_full_price": True}
@@ -85,7 +129,7 @@ def run(*, n: int = 200, cprofile: str = "", shapes: str = "") -> dict:
     out = {}
     for name in wanted:
         method, path, body, tokens = all_shapes[name]
-        c = Client(HTTP_X_FORWARDED_FOR="10.77.0.1")
+        c = _WsgiClient(HTTP_X_FORWARDED_FOR="10.77.0.1") if wsgi else Client(HTTP_X_FORWARDED_FOR="10.77.0.1")
         # Warm: caches, connections, the Redis state of capped users.
         for i in range(min(20, len(tokens or [None]))):
             tok = tokens[i % len(tokens)] if tokens else None

@@ -162,6 +162,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 if env("MIANDAN_TEST_DB_NAME"):
     DATABASES["default"]["TEST"] = {"NAME": env("MIANDAN_TEST_DB_NAME")}
 USING_POSTGRES = DATABASES["default"]["ENGINE"].startswith("django.db.backends.postgresql")
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # The same backend with a health check that needs no `SELECT 1` round trip on a live connection
+    # (miandan/db_engines/postgresql/base.py).
+    DATABASES["default"]["ENGINE"] = "miandan.db_engines.postgresql"
 # DATABASE_URL points at PgBouncer in transaction pooling: each transaction may run on another server
 # connection, so nothing may outlive a transaction. No server-side cursors (`.iterator()` would open a
 # named cursor on one connection and fetch on another: tests/vouchers/test_pgbouncer.py) and no prepared
