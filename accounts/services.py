@@ -120,7 +120,10 @@ def _user_for_phone(phone: str) -> User:
 def token_create(*, user: User, device_id: str = "") -> str:
     """A new bearer token; only its hash is stored. Returns the secret once."""
     raw = secrets.token_urlsafe(32)
-    AuthToken.objects.create(key_hash=hash_token(raw), user=user, device_id=device_id[:128])
+    # Handing the token out is its first use: the app's first calls after a login (the join, in a flash crowd)
+    # find a last use inside the touch window and write nothing (accounts.auth.token_touch).
+    AuthToken.objects.create(key_hash=hash_token(raw), user=user, device_id=device_id[:128],
+                             last_used_at=timezone.now())
     return raw
 
 

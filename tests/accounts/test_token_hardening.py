@@ -50,14 +50,13 @@ def test_an_old_token_is_refused_from_the_database(settings):
 @pytest.mark.parametrize("cache_seconds", [60, 0])
 def test_last_used_is_written_once_per_window(settings, cache_seconds):
     settings.MIANDAN_TOKEN_CACHE_SECONDS = cache_seconds
+    before = timezone.now()
     raw = token_create(user=UserFactory(), device_id="d")
     client = _client(raw)
-    assert AuthToken.objects.get(key_hash=hash_token(raw)).last_used_at is None
-    assert client.get("/api/v1/me").status_code == 200
     first = AuthToken.objects.get(key_hash=hash_token(raw)).last_used_at
-    assert first is not None
+    assert first is not None and first >= before  # handing the token out is its first use
     with CaptureQueriesContext(connection) as queries:
-        for _ in range(5):
+        for _ in range(6):  # the first request after the login included: it writes nothing either
             assert client.get("/api/v1/me").status_code == 200
     writes = [q["sql"] for q in queries if q["sql"].startswith("UPDATE") and "accounts_authtoken" in q["sql"]]
     assert writes == []
@@ -68,6 +67,7 @@ def test_last_used_is_written_once_per_window(settings, cache_seconds):
 
     if get_redis() is not None:
         get_redis().delete(key("toktouch", hash_token(raw)))  # the marker's window is over too
+        get_redis().delete(key("tok", hash_token(raw)))  # and the copy's lifetime (no longer than the window)
     assert client.get("/api/v1/me").status_code == 200
     assert AuthToken.objects.get(key_hash=hash_token(raw)).last_used_at > first
 
@@ -82,3 +82,24 @@ def test_a_staff_token_only_opens_the_reports_api(campaign):
         assert response.json()["code"] == "not_found"
     # An app user's token keeps working everywhere it did.
     assert _client(token_create(user=UserFactory(), device_id="d")).get("/api/v1/me").status_code == 200
+
+
+def test_the_raw_token_lookup_reads_what_the_orm_reads():
+    """accounts.auth._token_row is the ORM's select_related lookup as one fixed statement (issue 14)."""
+    from accounts.auth import _token_row
+
+    user = UserFactory(joined_app_version="2.1.0", first_name="小明")
+    raw = token_create(user=user, device_id="dev-1")
+    orm = AuthToken.objects.select_related("user").get(key_hash=hash_token(raw))
+    token = _token_row(hash_token(raw))
+    for field in AuthToken._meta.concrete_fields:
+        assert getattr(token, field.attname) == getattr(orm, field.attname), field.name
+    for field in type(user)._meta.concrete_fields:
+        assert getattr(token.user, field.attname) == getattr(orm.user, field.attname), field.name
+    assert not token._state.adding and token.user.pk == user.pk
+    with CaptureQueriesContext(connection) as queries:
+        assert token.user.phone == user.phone  # the user came with the row: no second query
+    assert len(queries) == 0
+    AuthToken.objects.filter(pk=token.pk).update(revoked_at=timezone.now())
+    assert _token_row(hash_token(raw)) is None
+    assert _token_row(hash_token("no such token")) is None
