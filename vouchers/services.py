@@ -264,6 +264,21 @@ def voucher_issue(*, user, campaign: Campaign, source: str, actor=None, reason: 
     return voucher
 
 
+def _device_claim_sql(*, campaign: Campaign, device_id: str, kind: str, source: str = "",
+                      ) -> tuple[str, list] | None:
+    """device_claim's conditional upsert (PostgreSQL): a row back iff the device was counted. None when
+    nothing is counted (no device, cap 0). `source`: a CTE name; the upsert then runs only for its rows."""
+    cap = campaign.device_welcome_cap if kind == DeviceClaim.Kind.WELCOME else campaign.device_reward_cap
+    if not device_id or cap <= 0:
+        return None
+    table = connection.ops.quote_name(DeviceClaim._meta.db_table)
+    values = f"SELECT %s, %s, %s, 1, now() FROM {source}" if source else "VALUES (%s, %s, %s, 1, now())"
+    return (f"INSERT INTO {table} AS d (campaign_id, device_id, kind, count, updated_at) {values} "
+            "ON CONFLICT (campaign_id, device_id, kind) "
+            "DO UPDATE SET count = d.count + 1, updated_at = now() WHERE d.count < %s RETURNING d.count",
+            [campaign.pk, device_id[:128], kind, cap])
+
+
 def device_claim(*, campaign: Campaign, device_id: str, kind: str) -> bool:
     """Count one welcome card / referral reward for the device; False when the campaign's cap is reached.
 
@@ -275,13 +290,9 @@ def device_claim(*, campaign: Campaign, device_id: str, kind: str) -> bool:
     if not device_id or cap <= 0:
         return True
     if is_postgres():
-        table = connection.ops.quote_name(DeviceClaim._meta.db_table)
+        sql, params = _device_claim_sql(campaign=campaign, device_id=device_id, kind=kind)
         with connection.cursor() as cur:
-            cur.execute(
-                f"INSERT INTO {table} AS d (campaign_id, device_id, kind, count, updated_at) "
-                "VALUES (%s, %s, %s, 1, now()) ON CONFLICT (campaign_id, device_id, kind) "
-                "DO UPDATE SET count = d.count + 1, updated_at = now() WHERE d.count < %s RETURNING d.count",
-                [campaign.pk, device_id[:128], kind, cap])
+            cur.execute(sql, params)
             return cur.fetchone() is not None
     key = {"campaign": campaign, "device_id": device_id[:128], "kind": kind}
     claim = DeviceClaim.objects.select_for_update().filter(**key).first()
@@ -364,10 +375,9 @@ def _join_db(*, user, campaign: Campaign, app_version: str, device_id: str = "")
     advisory_lock("slot", campaign.pk, user.pk)
     controls = claim_controls(campaign, Voucher.Source.WELCOME)
     if is_postgres():
-        folded = _join_insert_pg(user=user, campaign=campaign, app_version=app_version, controls=controls)
+        folded = _join_insert_pg(user=user, campaign=campaign, app_version=app_version, controls=controls,
+                                 device_id=device_id)
         if folded is not None:
-            if folded[1] and not device_claim(campaign=campaign, device_id=device_id, kind=DeviceClaim.Kind.WELCOME):
-                raise DeviceLimitReached()
             return folded
     cards = list(Voucher.objects.filter(campaign=campaign, user=user).values_list("source", "code"))
     welcome = next((code for source, code in cards if source == Voucher.Source.WELCOME), "")
@@ -382,7 +392,7 @@ def _join_db(*, user, campaign: Campaign, app_version: str, device_id: str = "")
     return voucher, True, len(cards) + 1, voucher.code
 
 
-def _join_insert_pg(*, user, campaign: Campaign, app_version: str, controls: Controls,
+def _join_insert_pg(*, user, campaign: Campaign, app_version: str, controls: Controls, device_id: str = "",
                     ) -> tuple[Voucher | None, bool, int, str] | None:
     """A join's count and its welcome card in ONE statement, under the slot lock the caller holds.
 
@@ -429,10 +439,19 @@ def _join_insert_pg(*, user, campaign: Campaign, app_version: str, controls: Con
         sql += (f", u AS (UPDATE {qn(type(user)._meta.db_table)} SET joined_app_version = %s "
                 "WHERE id = %s AND joined_app_version = '' AND EXISTS (SELECT 1 FROM v)) ")
         params += [app_version[:32], user.pk]
-    sql += "SELECT c.n, c.w, v.id, v.bucket_id, v.slot FROM c LEFT JOIN v ON true"
+    device = _device_claim_sql(campaign=campaign, device_id=device_id, kind=DeviceClaim.Kind.WELCOME, source="v")
+    if device is not None:
+        # device_claim's upsert, only for a card issued here (FROM v): the device's count and the card in one
+        # round trip; a device at its cap has no row in dc, and raising below rolls the card back with it.
+        sql += f", dc AS ({device[0]}) "
+        params += device[1]
+    sql += ("SELECT c.n, c.w, v.id, v.bucket_id, v.slot, "
+            f"{'EXISTS (SELECT 1 FROM dc)' if device is not None else 'true'} FROM c LEFT JOIN v ON true")
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        held, welcome, card_id, bucket_id, slot = cursor.fetchone()
+        held, welcome, card_id, bucket_id, slot, device_counted = cursor.fetchone()
+    if card_id is not None and not device_counted:
+        raise DeviceLimitReached()
     if welcome:
         return Voucher.objects.get(code=welcome), False, held, welcome
     if held >= campaign.card_cap:
