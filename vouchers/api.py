@@ -65,6 +65,13 @@ def card_list_output(rows: list[tuple]) -> list[dict]:
     ]
 
 
+def card_output(card: Voucher, campaign_slug: str) -> dict:
+    """VoucherOutput's representation of one card, by the list's code (the join answers with it: the
+    serializer's field walk was ~9 % of a fresh join in-process, issue 14)."""
+    return card_list_output([(card.code, campaign_slug, card.status, card.source, card.face_value, card.subsidy,
+                              card.slot, card.order_id, card.issued_at, card.expires_at)])[0]
+
+
 class CampaignJoinApi(APIView):
     class InputSerializer(serializers.Serializer):
         app_version = StrictCharField(max_length=32, error_messages={"required": "请提供 App 版本号"})
@@ -86,8 +93,8 @@ class CampaignJoinApi(APIView):
         if created and first_version:
             # The join recorded the user's first app version: the cached copy of this token would not show it.
             token_cache_drop(request.auth)
-        voucher.campaign = campaign
-        return Response(VoucherOutput(voucher).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+        return Response(card_output(voucher, campaign.slug),
+                        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
 class VoucherListApi(APIView):

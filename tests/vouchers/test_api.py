@@ -179,3 +179,16 @@ def test_join_records_app_version_once(auth_client, campaign):
 def test_me(auth_client):
     body = auth_client.get("/api/v1/me").json()
     assert body["id"] == auth_client.user.pk and body["phone"] == auth_client.user.phone
+
+
+def test_the_join_answers_voucher_output_byte_for_byte(auth_client):
+    """The join renders its card with the list's code (issue 14): the same keys, order and values as VoucherOutput."""
+    campaign = CampaignFactory()
+    first = auth_client.post(f"/api/v1/campaigns/{campaign.slug}/join", {"app_version": "1.0.0"}, format="json")
+    again = auth_client.post(f"/api/v1/campaigns/{campaign.slug}/join", {"app_version": "1.0.0"}, format="json")
+    assert (first.status_code, again.status_code) == (201, 200)
+    card = Voucher.objects.select_related("campaign").get(code=first.json()["code"])
+    expected = VoucherOutput(card).data
+    for answer in (first, again):
+        assert answer.json() == expected
+        assert list(answer.json()) == list(expected)
