@@ -34,6 +34,9 @@ from miandan.api.guard import AdmissionRefused
 from miandan.redis import ERRORS as REDIS_ERRORS
 from miandan.redis import get_redis, key
 
+from . import token_local
+from .token_local import LOCAL
+
 logger = logging.getLogger(__name__)
 TOMBSTONE = "-"
 # The user's password hash never leaves PostgreSQL (it stays deferred on a cached user).
@@ -185,19 +188,20 @@ def _cache_commands(pipe, key_hash: str) -> int:
 
 
 def _cache_get(key_hash: str):
-    """(cached token or None, touch due: True/False, None without Redis), in one Redis round trip.
+    """(cached token or None, touch due: True/False, None without Redis, the raw copy or None), in one Redis
+    round trip.
 
     None as token: miss, tombstone, Redis down or an unreadable entry: ask the database.
     """
     client = get_redis()
     if client is None:
-        return None, None
+        return None, None, None
     try:
         pipe = client.pipeline(transaction=False)
         _cache_commands(pipe, key_hash)
         replies = pipe.execute()
     except REDIS_ERRORS:
-        return None, None
+        return None, None, None
     return _cache_result(replies)
 
 
@@ -207,12 +211,17 @@ def _cache_result(replies: list):
     if isinstance(raw, bytes):  # read by the rate-limit cache's client (no decode_responses)
         raw = raw.decode()
     if not raw or raw == TOMBSTONE:
-        return None, due
+        return None, due, None
+    token = _decode_or_none(raw)
+    return token, due, raw if token is not None else None
+
+
+def _decode_or_none(raw: str):
     try:
-        return _decode(raw), due
+        return _decode(raw)
     except Exception:  # an entry written by another version of the models: the database answers
         logger.warning("token cache: unreadable entry", exc_info=True)
-        return None, due
+        return None
 
 
 def _cache_fill(token) -> None:
@@ -229,26 +238,41 @@ def _cache_fill(token) -> None:
 def token_cache_drop(token) -> None:
     """Drop a valid token's copy because its user row changed in this request (not for revocations: those
     need `token_cache_forget`'s tombstone); the next request reads PostgreSQL and copies the new row."""
+    if token is None:
+        return
+    LOCAL.drop([token.key_hash])
     client = get_redis()
-    if client is None or token is None:
+    if client is None:
         return
     try:
-        client.delete(_cache_key(token.key_hash))
+        pipe = client.pipeline(transaction=False)
+        pipe.delete(_cache_key(token.key_hash))
+        if token_local.publishes():  # every process's own copy (accounts/token_local.py)
+            pipe.publish(token_local.channel(), token.key_hash)
+        pipe.execute()
     except REDIS_ERRORS:
         pass
+    LOCAL.drop([token.key_hash])
 
 
 def token_cache_forget(key_hashes: list[str]) -> None:
     """Tombstones over these tokens' entries: requests read PostgreSQL for the next entry lifetime (call
     before the change commits; a rollback only costs that spell of uncached reads)."""
+    if not key_hashes:
+        return
+    LOCAL.drop(key_hashes)
     client = get_redis()
-    if client is None or not key_hashes:
+    if client is None:
         return
     try:
         pipe = client.pipeline(transaction=False)
         for key_hash in key_hashes:
             pipe.set(_cache_key(key_hash), TOMBSTONE, ex=settings.MIANDAN_TOKEN_CACHE_SECONDS + 5)
+        # Every process's own copy goes too (accounts/token_local.py), in the same round trip.
+        for start in range(0, len(key_hashes), 500) if token_local.publishes() else ():
+            pipe.publish(token_local.channel(), " ".join(key_hashes[start:start + 500]))
         pipe.execute()
+        LOCAL.drop(key_hashes)  # a copy read here between the first drop and the tombstone
     except REDIS_ERRORS:
         # The entries expire on their own; until then a revoked token could still pass, so say it loudly.
         logger.error("token cache: could not forget %d token(s); they expire within %s s", len(key_hashes),
@@ -287,8 +311,20 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed("令牌格式错误") from exc
         key_hash = hash_token(raw)
         # A guarded write read the copy already, in the guard's rate-limit round trip (token_prefetch).
-        prefetched = getattr(getattr(request, "_request", request), "_token_prefetched", None)
-        token, due = prefetched[1] if prefetched and prefetched[0] == key_hash else _cache_get(key_hash)
+        local = LOCAL.get(key_hash)
+        if local is not None:
+            # This process's copy of the Redis copy (accounts/token_local.py): no round trip, and no touch
+            # (the read that filled it made the touch decision less than one entry's life ago).
+            token, due = _decode_or_none(local), False
+        else:
+            prefetched = getattr(getattr(request, "_request", request), "_token_prefetched", None)
+            if prefetched and prefetched[0] == key_hash:
+                token, due, _ = prefetched[1]
+            else:
+                ticket = LOCAL.begin()
+                token, due, copy = _cache_get(key_hash)
+                if token is not None and token_is_valid(token):
+                    LOCAL.put(ticket, key_hash, copy)
         if token is None:
             token = _token_row(key_hash)
             if token is not None and token_is_valid(token):

@@ -410,6 +410,9 @@ MIANDAN_FIXED_OTP = env("MIANDAN_FIXED_OTP")
 MIANDAN_OTP_RESEND_SECONDS = env_int("MIANDAN_OTP_RESEND_SECONDS", 30)
 # Seconds a token -> user copy lives in Redis (accounts/auth.py); revocation is exact anyway. 0 turns the copy off.
 MIANDAN_TOKEN_CACHE_SECONDS = env_int("MIANDAN_TOKEN_CACHE_SECONDS", 60)  # a phone gets a new code at most this often
+# Seconds a process keeps its own copy of a token copy, invalidated through Redis pub/sub as soon as it is revoked
+# (accounts/token_local.py); 0 turns it off. Plain Redis only (off on a Redis Cluster URL).
+MIANDAN_TOKEN_LOCAL_SECONDS = env_int("MIANDAN_TOKEN_LOCAL_SECONDS", 5)
 # The login endpoints' own per-IP floor: action -> (max requests, window seconds); generous, carrier NAT shares IPs.
 MIANDAN_AUTH_IP_LIMITS = {"otp": (30, 600), "token": (60, 600)}
 MIANDAN_BUDGET_BUCKETS = env_int("MIANDAN_BUDGET_BUCKETS", 64)
