@@ -90,9 +90,17 @@ def token_touch(token, *, due: bool | None) -> None:
     if token.last_used_at is not None and now - token.last_used_at < window:
         return
     try:
-        # The same conditional UPDATE the ORM would send, without building it per request (issue 14).
-        with connection.cursor() as cursor:
-            cursor.execute(_touch_sql(), [now, token.pk, now - window])
+        if connection.vendor == "postgresql":
+            # The same conditional UPDATE the ORM would send, without building it per request (issue 14).
+            with connection.cursor() as cursor:
+                cursor.execute(_touch_sql(), [now, token.pk, now - window])
+        else:
+            from django.db.models import Q
+
+            from .models import AuthToken
+
+            stale = Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - window)
+            AuthToken.objects.filter(stale, pk=token.pk).update(last_used_at=now)
     except AdmissionRefused:
         raise  # a campaign write with no slot free for its first statement: answered 503 busy, not a failed touch
     except Exception:  # bookkeeping: never fail a request over it (e.g. a read-only replica)
@@ -127,6 +135,8 @@ def _token_row(key_hash: str):
     """The unrevoked token with this hash and its user, or None."""
     from .models import AuthToken, User
 
+    if connection.vendor != "postgresql":  # raw rows skip the backend's converters (SQLite: text datetimes)
+        return AuthToken.objects.select_related("user").filter(key_hash=key_hash, revoked_at__isnull=True).first()
     sql, tok_names, usr_names = _token_row_sql()
     with connection.cursor() as cursor:
         cursor.execute(sql, [key_hash])
@@ -279,19 +289,39 @@ def token_cache_forget(key_hashes: list[str]) -> None:
                      settings.MIANDAN_TOKEN_CACHE_SECONDS)
 
 
+def _bearer_hash(request) -> str | None:
+    header = request.META.get("HTTP_AUTHORIZATION", "").split()
+    if len(header) != 2 or header[0].lower() != "bearer" or not header[1].isascii():
+        return None
+    return hash_token(header[1])
+
+
+def token_local_user_id(request) -> int | None:
+    """The user id of the request's bearer token when this process holds its copy (accounts/token_local.py),
+    else None. Not an authentication: for reads that may ride ahead of it (the join's Redis precheck)."""
+    key_hash = _bearer_hash(request)
+    raw = LOCAL.get(key_hash) if key_hash else None
+    if raw is None:
+        return None
+    try:
+        return int(json.loads(raw)["t"]["user_id"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def token_prefetch(request, pipe):
     """Registered with the guard (miandan.api.guard.register_prefetch): a rate-limited request's token copy is
     read in the same Redis round trip as its counters, and `authenticate` uses that answer. Only a read: a
     tombstone or a miss still sends the request to PostgreSQL, so revocation stays exact. (A request then
     refused 429 has set the touch marker without writing last_used_at: that token's next window writes it.)"""
-    header = request.META.get("HTTP_AUTHORIZATION", "").split()
-    if len(header) != 2 or header[0].lower() != "bearer" or not header[1].isascii():
-        return None
-    key_hash = hash_token(header[1])
+    key_hash = _bearer_hash(request)
+    if key_hash is None or LOCAL.get(key_hash) is not None:
+        return None  # no token, or this process holds its copy: `authenticate` answers from it
+    ticket = LOCAL.begin()  # before the read: a revocation arriving meanwhile keeps the copy out of LOCAL
     added = _cache_commands(pipe, key_hash)
 
     def consume(replies: list) -> None:
-        request._token_prefetched = (key_hash, _cache_result(replies))
+        request._token_prefetched = (key_hash, _cache_result(replies), ticket)
 
     return added, consume
 
@@ -319,12 +349,12 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         else:
             prefetched = getattr(getattr(request, "_request", request), "_token_prefetched", None)
             if prefetched and prefetched[0] == key_hash:
-                token, due, _ = prefetched[1]
+                (token, due, copy), ticket = prefetched[1], prefetched[2]
             else:
                 ticket = LOCAL.begin()
                 token, due, copy = _cache_get(key_hash)
-                if token is not None and token_is_valid(token):
-                    LOCAL.put(ticket, key_hash, copy)
+            if token is not None and token_is_valid(token):
+                LOCAL.put(ticket, key_hash, copy)
         if token is None:
             token = _token_row(key_hash)
             if token is not None and token_is_valid(token):

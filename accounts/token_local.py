@@ -184,16 +184,16 @@ class _Local:
                     return
                 if message is None:
                     return
-                kind = message.get("type")
-                if kind == "message":
+                # Anything read is a sign of life; the answer to the keeper's PING is one of them (its shape
+                # differs between RESP2 and RESP3 in redis-py, so it is not matched by type).
+                self.last_pong = time.monotonic()
+                if message.get("type") == "message":
                     data = message.get("data") or ""
                     if isinstance(data, bytes):
                         data = data.decode()
                     for key_hash in data.split():
                         self.entries.pop(key_hash, None)
                     self.epoch += 1
-                elif kind == "pong":
-                    self.last_pong = time.monotonic()
         except REDIS_ERRORS + (OSError, ValueError):
             self._lose(pubsub)
 

@@ -61,6 +61,21 @@ def precheck(campaign_id: int, user_id: int) -> tuple[UserState | None, bool]:
     return _state(data), bool(exhausted)
 
 
+def precheck_commands(pipe, campaign_id: int, user_id: int) -> int:
+    """`precheck`'s two reads queued on someone else's pipeline (the guard's rate-limit round trip); returns how
+    many commands were added. `precheck_result` reads their replies."""
+    pipe.hgetall(_user_key(campaign_id, user_id))
+    pipe.exists(_exhausted_key(campaign_id))
+    return 2
+
+
+def precheck_result(replies: list) -> tuple[UserState | None, bool]:
+    data, exhausted = replies
+    if data and isinstance(next(iter(data)), bytes):  # the rate-limit client does not decode replies
+        data = {k.decode(): v.decode() for k, v in data.items()}
+    return _state(data or {}), bool(exhausted)
+
+
 def _state(data: dict) -> UserState | None:
     """Parse a remembered user hash; anything odd counts as "don't know" (the database decides)."""
     if not data:

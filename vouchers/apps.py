@@ -16,3 +16,9 @@ class VouchersConfig(AppConfig):
         if admission.clear_exhausted not in BUDGET_LISTENERS:
             BUDGET_LISTENERS.append(admission.clear_exhausted)
         register_state_reader("cards", card_gauges)  # /metrics cards by status
+
+        from miandan.api.guard import register_prefetch
+
+        from .api import join_prefetch
+
+        register_prefetch(join_prefetch)  # the join's Redis precheck rides in the guard's rate-limit round trip

@@ -316,15 +316,17 @@ def _check_join(*, campaign: Campaign, app_version: object) -> None:
         raise AppUpgradeRequired(extra={"min_app_version": campaign.min_app_version})
 
 
-def campaign_join(*, user, campaign: Campaign, app_version: object, device_id: str = "") -> tuple[Voucher, bool]:
+def campaign_join(*, user, campaign: Campaign, app_version: object, device_id: str = "",
+                  known: tuple[admission.UserState | None, bool] | None = None) -> tuple[Voucher, bool]:
     """Give the user their welcome card. Returns (card, created); a repeat returns the same card.
 
     Redis (one round trip) answers the hopeless and the repeats; PostgreSQL decides every success.
     `device_id` (the one the login bound to the token) counts against the campaign's device_welcome_cap
-    in the card's own transaction (DeviceLimitReached past it).
+    in the card's own transaction (DeviceLimitReached past it). `known`: what `admission.precheck` would
+    answer, when the caller already read it in an earlier round trip of this request.
     """
     _check_join(campaign=campaign, app_version=app_version)
-    state, exhausted = admission.precheck(campaign.pk, user.pk)
+    state, exhausted = known if known is not None else admission.precheck(campaign.pk, user.pk)
     if state is not None:
         if state.welcome_code:
             existing = Voucher.objects.filter(code=state.welcome_code, user=user, campaign=campaign).first()

@@ -195,3 +195,53 @@ def test_revocation_is_exact_on_every_worker_of_a_real_server(tmp_path, settings
         token_revoke(token=AuthToken.objects.get(key_hash=hash_token(raw)))
         answers = [me(url)[0] for _ in range(40)]
     assert answers == [401] * 40
+
+
+def _round_trips(monkeypatch) -> list[str]:
+    """Every Redis round trip of this process: pipelines and single commands (redis-py's own classes)."""
+    import redis
+
+    trips: list[str] = []
+    real_pipe, real_command = redis.client.Pipeline.execute, redis.Redis.execute_command
+
+    def pipe(self, *args, **kwargs):
+        trips.append("pipeline")
+        return real_pipe(self, *args, **kwargs)
+
+    def command(self, *args, **kwargs):
+        trips.append(str(args[0]))
+        return real_command(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", pipe)
+    monkeypatch.setattr(redis.Redis, "execute_command", command)
+    return trips
+
+
+@pytest.mark.parametrize("refusal", ["budget_exhausted", "card_limit_reached"])
+def test_a_join_redis_refuses_costs_one_round_trip_for_a_known_token(settings, make_auth_client, monkeypatch,
+                                                                     refusal):
+    """With the token in the process copy, the join's Redis precheck rides in the guard's rate-limit pipeline
+    (vouchers.api.join_prefetch): one round trip per refused join instead of two."""
+    from decimal import Decimal
+
+    from tests.factories import CampaignFactory, VoucherFactory
+
+    settings.RATELIMIT_ENABLE = True
+    settings.MIANDAN_RATELIMITS = {"join_user": "1000/m", "join_ip": "1000/m"}
+    _subscribed(LOCAL)
+    client = make_auth_client()
+    if refusal == "budget_exhausted":
+        campaign = CampaignFactory(total_budget=Decimal("0.00"), bucket_count=1)
+    else:
+        campaign = CampaignFactory(card_cap=2)
+        VoucherFactory(user=client.user, campaign=campaign, source="referral_invitee", slot=1)
+        VoucherFactory(user=client.user, campaign=campaign, source="referral_invitee", slot=2)
+    path = f"/api/v1/campaigns/{campaign.slug}/join"
+    for _ in range(3):  # learn: the token copy in the process, the user's state in Redis
+        answer = client.post(path, {"app_version": "1.0.0"}, format="json")
+        assert answer.status_code == 409 and answer.json()["code"] == refusal
+    trips = _round_trips(monkeypatch)
+    for _ in range(5):
+        answer = client.post(path, {"app_version": "1.0.0"}, format="json")
+        assert answer.status_code == 409 and answer.json()["code"] == refusal
+    assert trips == ["pipeline"] * 5

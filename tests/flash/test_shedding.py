@@ -1,8 +1,10 @@
 """Adaptive load shedding: campaign writes get 503 busy when saturated; core reads never do."""
 
+import datetime as dt
 import threading
 
 import pytest
+from django.utils import timezone
 
 from miandan.api.guard import AdaptiveLimiter, get_limiter
 from tests.factories import VoucherFactory
@@ -428,6 +430,11 @@ def test_joins_refused_from_redis_are_answered_while_every_slot_is_held(settings
     settings.MIANDAN_RATELIMITS = {"join_user": "1000/m", "join_ip": "1000/m"}
     empty = CampaignFactory(total_budget=Decimal("0.00"), bucket_count=1)
     refused = make_auth_client()
+    # A token last used long ago (the login stamps a new one): its Redis copy keeps that time, so the touch
+    # below is due once the marker is gone.
+    from accounts.models import AuthToken
+
+    AuthToken.objects.filter(user=refused.user).update(last_used_at=timezone.now() - dt.timedelta(hours=1))
     for _ in range(12):  # the route learns: after the first two, its answers come from Redis alone
         r = refused.post(f"/api/v1/campaigns/{empty.slug}/join", {"app_version": "1.0.0"}, format="json")
         assert r.status_code == 409 and r.json()["code"] == "budget_exhausted"
@@ -454,6 +461,9 @@ def test_joins_refused_from_redis_are_answered_while_every_slot_is_held(settings
 
         raw = refused._credentials["HTTP_AUTHORIZATION"].split()[1]
         get_redis().delete(_touch_key(hash_token(raw)))
+        from accounts.token_local import LOCAL
+
+        LOCAL.clear()  # the process's own copy answers without a touch while it lives
         with caplog.at_level("WARNING"):
             r = refused.post(f"/api/v1/campaigns/{empty.slug}/join", {"app_version": "1.0.0"}, format="json")
         assert r.status_code == 503 and r.json()["code"] == "busy"
