@@ -200,3 +200,28 @@ def test_a_join_waits_for_the_slot_of_a_join_in_flight_instead_of_being_refused(
     assert results == {"holder": 201, "waiter": 201}
     assert get_limiter().snapshot()["inflight"] == 0
     assert reconcile(campaign=campaign).ok
+
+
+def test_a_deferred_write_waits_at_its_first_statement_as_it_could_at_the_door():
+    """A write let in without a slot (its route's answers mostly ran no SQL) that meets a full limit at its
+    first statement waits for a slot within what is left of the door's budget, instead of being refused."""
+    from miandan.api.guard import _Admission
+
+    limiter, held = _full_limiter(0.02)
+    admission = _Admission(limiter, None, time.perf_counter(), wait=1.0)
+    threading.Timer(0.1, limiter.release, args=(held,)).start()
+    ran = []
+    t0 = time.monotonic()
+    admission(lambda *args: ran.append(args[0]), "SELECT 1", None, False, {})
+    assert ran == ["SELECT 1"] and admission.ticket is not None and not admission.refused
+    assert 0.08 <= time.monotonic() - t0 < 0.9
+    limiter.release(admission.ticket)
+    # Without a budget left (or nothing learned) it is refused at its first statement at once, as before.
+    limiter, held = _full_limiter(0.02)
+    admission = _Admission(limiter, None, time.perf_counter(), wait=0.0)
+    from miandan.api.guard import AdmissionRefused
+
+    with pytest.raises(AdmissionRefused):
+        admission(lambda *args: ran.append(args[0]), "SELECT 2", None, False, {})
+    assert ran == ["SELECT 1"]
+    limiter.release(held)

@@ -91,11 +91,14 @@ class _Admission:
     from the door) takes its slot here, before its first statement runs, or is refused with AdmissionRefused.
     """
 
-    def __init__(self, limiter: AdaptiveLimiter, ticket: Ticket | None, started: float) -> None:
+    def __init__(self, limiter: AdaptiveLimiter, ticket: Ticket | None, started: float, *, wait: float = 0.0) -> None:
         self.limiter = limiter
         self.ticket = ticket
         self.deferred = ticket is None
         self.started = started
+        # The wait budget the door granted (seconds): a deferred write that meets a full limit at its first
+        # statement may wait for a slot for what is left of it, as it could have at the door.
+        self.wait_until = time.monotonic() + wait
         self.ran_sql = False
         self.refused = False
 
@@ -104,7 +107,8 @@ class _Admission:
             self.ran_sql = True
             if self.ticket is None:
                 # Latency counts from the door, as for a write admitted there.
-                self.ticket = self.limiter.try_acquire(start=self.started)
+                self.ticket = self.limiter.try_acquire(start=self.started,
+                                                       wait=max(0.0, self.wait_until - time.monotonic()))
                 self.refused = self.ticket is None
         if self.refused:
             raise AdmissionRefused(retry_after=retry_after_seconds())
@@ -147,7 +151,7 @@ class SheddingMiddleware:
         ticket = limiter.admit(policy.key, wait=wait)
         if ticket is None:
             return _shed_response(started, policy.key)
-        admission = _Admission(limiter, None if ticket == DEFERRED else ticket, started)
+        admission = _Admission(limiter, None if ticket == DEFERRED else ticket, started, wait=wait)
         request._shed_sample = True
         try:
             with connections["default"].execute_wrapper(admission):

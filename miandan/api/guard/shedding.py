@@ -101,9 +101,10 @@ class AdaptiveLimiter:
         metrics.SHED_LIMIT.set(self.limit)
 
     # --- admission ---------------------------------------------------------------------------
-    def try_acquire(self, *, start: float | None = None) -> Ticket | None:
-        """A slot, or None (the limit is full). `start`: when the request began, if earlier than now."""
-        return self._acquire(start=start, defer_key=None)  # without a defer_key it is never DEFERRED
+    def try_acquire(self, *, start: float | None = None, wait: float = 0.0) -> Ticket | None:
+        """A slot, or None (the limit is full and no slot is expected within `wait` seconds, or none came).
+        `start`: when the request began, if earlier than now."""
+        return self._acquire(start=start, defer_key=None, wait=wait)  # without a defer_key it is never DEFERRED
 
     def admit(self, key: str = "", *, wait: float = 0.0) -> Ticket | str | None:
         """At the door: a slot; else DEFERRED while most of `key`'s recent answers ran no SQL (and fewer than
