@@ -296,11 +296,22 @@ def _bearer_hash(request) -> str | None:
     return hash_token(header[1])
 
 
+def _local_copy(request) -> tuple[str | None, str | None]:
+    """(token hash, this process's copy or None) for the request's bearer token, looked up once per request:
+    the guard's riders and `authenticate` share it (an invalidation after that lookup reaches this request
+    no more than it would have a microsecond earlier)."""
+    request = getattr(request, "_request", request)  # DRF's Request wraps Django's
+    found = getattr(request, "_token_local", None)
+    if found is None:
+        key_hash = _bearer_hash(request)
+        found = request._token_local = (key_hash, LOCAL.get(key_hash) if key_hash else None)
+    return found
+
+
 def token_local_user_id(request) -> int | None:
     """The user id of the request's bearer token when this process holds its copy (accounts/token_local.py),
     else None. Not an authentication: for reads that may ride ahead of it (the join's Redis precheck)."""
-    key_hash = _bearer_hash(request)
-    raw = LOCAL.get(key_hash) if key_hash else None
+    raw = _local_copy(request)[1]
     if raw is None:
         return None
     try:
@@ -314,8 +325,8 @@ def token_prefetch(request, pipe):
     read in the same Redis round trip as its counters, and `authenticate` uses that answer. Only a read: a
     tombstone or a miss still sends the request to PostgreSQL, so revocation stays exact. (A request then
     refused 429 has set the touch marker without writing last_used_at: that token's next window writes it.)"""
-    key_hash = _bearer_hash(request)
-    if key_hash is None or LOCAL.get(key_hash) is not None:
+    key_hash, local = _local_copy(request)
+    if key_hash is None or local is not None:
         return None  # no token, or this process holds its copy: `authenticate` answers from it
     ticket = LOCAL.begin()  # before the read: a revocation arriving meanwhile keeps the copy out of LOCAL
     added = _cache_commands(pipe, key_hash)
@@ -341,7 +352,9 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed("令牌格式错误") from exc
         key_hash = hash_token(raw)
         # A guarded write read the copy already, in the guard's rate-limit round trip (token_prefetch).
-        local = LOCAL.get(key_hash)
+        known_hash, local = _local_copy(request)
+        if known_hash != key_hash:  # a header DRF reads differently from the guard's split (never in practice)
+            local = LOCAL.get(key_hash)
         if local is not None:
             # This process's copy of the Redis copy (accounts/token_local.py): no round trip, and no touch
             # (the read that filled it made the touch decision less than one entry's life ago).

@@ -192,3 +192,36 @@ def test_the_join_answers_voucher_output_byte_for_byte(auth_client):
     for answer in (first, again):
         assert answer.json() == expected
         assert list(answer.json()) == list(expected)
+
+
+@pytest.mark.parametrize("body", [
+    {"app_version": "1.0.0"}, {"app_version": "  1.2.3 "}, {"app_version": "1" * 32}, {"app_version": " " + "1" * 32},
+    {"app_version": "1" * 33}, {"app_version": ""}, {"app_version": "   "}, {"app_version": 123},
+    {"app_version": None}, {"app_version": ["1.0.0"]}, {}, {"app_version": "1.0\x00"}, {"app_version": "１.０"},
+    {"app_version": "1.0.0\n"}, {"app_version": "abc"}, ["1.0.0"],
+], ids=repr)
+def test_the_join_reads_its_input_as_its_serializer_does(make_auth_client, body):
+    """The join takes a plain version without building its serializer (issue 14): every answer must be the one
+    the serializer gives (status, code, fields), the fast path's inputs included."""
+    from vouchers.api import CampaignJoinApi
+
+    campaign = CampaignFactory()
+    answer = make_auth_client().post(f"/api/v1/campaigns/{campaign.slug}/join", body, format="json")
+    serializer = CampaignJoinApi.InputSerializer(data=body)
+    if not serializer.is_valid():
+        assert answer.status_code == 400 and answer.json()["code"] == "invalid"
+        assert answer.json()["fields"] == {k: [str(e) for e in v] for k, v in serializer.errors.items()} or \
+            "non_field_errors" in serializer.errors
+        return
+    version = serializer.validated_data["app_version"]
+    from vouchers.services import parse_app_version
+
+    try:
+        parse_app_version(version)
+    except Exception:
+        assert answer.status_code == 400 and answer.json()["code"] == "invalid"
+        return
+    assert answer.status_code == 201, answer.json()
+    from accounts.models import User
+
+    assert User.objects.get(pk=answer.wsgi_request.user.pk).joined_app_version == version[:32]
