@@ -37,7 +37,9 @@ from miandan.redis import ERRORS as REDIS_ERRORS
 from miandan.redis import get_redis, is_cluster_url, key
 
 logger = logging.getLogger(__name__)
-MAX_ENTRIES = 100_000  # ~1 KB each: a bound on memory, not a working-set size (cleared when reached)
+# ~1 KB each: a bound on memory (~20 MB per process), not a working-set size (cleared when reached). Entries
+# past their life are purged every second, so what is held is the tokens seen in the last few seconds.
+MAX_ENTRIES = 20_000
 PING_EVERY = 1.0
 PONG_WITHIN = 3.0
 
@@ -148,6 +150,7 @@ class _Local:
                         pubsub = None
                         continue
                     self._drain()
+                    self._purge()
                     if self.pubsub is not pubsub:  # lost while draining
                         pubsub = None
                         continue
@@ -170,6 +173,12 @@ class _Local:
                         self._lose(pubsub)
                 pubsub = None
                 time.sleep(1.0)
+
+    def _purge(self) -> None:
+        """Caller holds the lock: forget entries past their life (a flash crowd's tokens seen once)."""
+        now = time.monotonic()
+        for key_hash in [k for k, (deadline, _) in self.entries.items() if deadline <= now]:
+            del self.entries[key_hash]
 
     def _drain(self) -> None:
         """Caller holds the lock: apply every invalidation already on the socket (non-blocking)."""

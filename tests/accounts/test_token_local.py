@@ -163,6 +163,22 @@ def test_an_entry_dies_after_its_life(settings):
         other.stop()
 
 
+def test_entries_past_their_life_are_purged_without_being_asked_for(settings):
+    settings.MIANDAN_TOKEN_LOCAL_SECONDS = 1
+    other = _Local()
+    try:
+        _subscribed(other)
+        for i in range(50):
+            other.put(other.begin(), f"token-{i}", "copy")
+        assert len(other.entries) == 50
+        deadline = time.monotonic() + 5
+        while other.entries and time.monotonic() < deadline:  # the keeper purges every second
+            time.sleep(0.1)
+        assert other.entries == {}
+    finally:
+        other.stop()
+
+
 @pytest.mark.django_db(transaction=True)
 def test_revocation_is_exact_on_every_worker_of_a_real_server(tmp_path, settings):
     """gunicorn with two workers, each holding the token in its own copy: right after the revocation returns,
