@@ -371,6 +371,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "miandan.api.negotiation.AppNegotiation",
     "DEFAULT_PARSER_CLASSES": ["miandan.api.parsers.LimitedJSONParser"],  # enforces DATA_UPLOAD_MAX_MEMORY_SIZE
     "DEFAULT_PAGINATION_CLASS": "miandan.api.pagination.Pagination",
     "PAGE_SIZE": 20,
