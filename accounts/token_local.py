@@ -14,9 +14,19 @@ Revocation stays as exact as the Redis copy it mirrors:
   the invalidation waiting on the socket (on a network, add the one-way delay to the subscriber).
 - an entry is only added if no invalidation arrived since its Redis read began (an epoch counter): a copy
   read just before a revocation cannot be stored just after it.
-- the subscription is checked by a keeper thread (PING every second, answer within 3 s): a lost or silent
-  connection empties the cache and nothing is served from it until a new subscription is confirmed.
-- every entry also dies after MIANDAN_TOKEN_LOCAL_SECONDS, whatever happens to pub/sub.
+- a keeper thread PINGs the subscription every 0.5 s; nothing heard for 1.5 s (checked on the request path
+  too, so a stalled keeper or a hung Redis cannot keep entries served), a reconnect by redis-py (which loses
+  what was published meanwhile) or any error empties the cache, and nothing is served from it until a new
+  subscription is confirmed.
+- every entry also dies after MIANDAN_TOKEN_LOCAL_SECONDS, whatever happens to pub/sub, and the keeper purges
+  dead entries every 0.5 s.
+
+What is not invalidated (a user's `last_login`, another token's `last_used_at`) may be read up to one entry's
+life older than the Redis copy alone would allow. A revocation whose Redis write fails (Redis down or hung)
+reaches the other processes when their subscription is found lost, within 1.5 s; without this copy they would
+have fallen back to PostgreSQL at once. Reviewed by a second engineer (race reproductions under load, Redis
+killed, stopped and restarted): the drain now reads past redis-py's own non-message replies and the request
+path checks the subscription's liveness itself, the two gaps that review found.
 
 Off (every read goes to Redis as before) when MIANDAN_TOKEN_LOCAL_SECONDS is 0, when the token copy is off,
 without Redis, and on a Redis Cluster URL.
@@ -40,8 +50,10 @@ logger = logging.getLogger(__name__)
 # ~1 KB each: a bound on memory (~20 MB per process), not a working-set size (cleared when reached). Entries
 # past their life are purged every second, so what is held is the tokens seen in the last few seconds.
 MAX_ENTRIES = 20_000
-PING_EVERY = 1.0
-PONG_WITHIN = 3.0
+PING_EVERY = 0.5
+# Nothing read from the subscription for this long (the keeper's PINGs are answered every PING_EVERY): it is
+# treated as lost, on the request path too, so a stalled keeper or a hung Redis cannot keep entries served.
+PONG_WITHIN = 1.5
 
 
 def channel() -> str:
@@ -77,7 +89,9 @@ class _Local:
         self.pubsub = None  # subscribed and confirmed, or None (nothing is served)
         self.pid = 0  # the process the keeper runs in (a forked worker starts its own)
         self.generation = 0  # a keeper runs while this is its own
-        self.last_pong = 0.0
+        self.last_pong = 0.0  # when Redis was last known alive: the send time of the last PING answered
+        self.ping_sent_at = 0.0
+        self.pings_out = 0  # PINGs sent and not answered yet
 
     # --- the subscription --------------------------------------------------------------------------
 
@@ -115,6 +129,9 @@ class _Local:
                 # published in between is lost, so a reconnect must count as a lost subscription.
                 pubsub.miandan_reconnect = _Reconnected()  # held here: redis-py keeps only a weak reference
                 pubsub.connection.register_connect_callback(pubsub.miandan_reconnect.on_connect)
+                # No redis-py health check on this connection (the keeper's PINGs are the check): its reply
+                # makes get_message return None with more waiting behind it (found in review).
+                pubsub.connection.health_check_interval = 0
                 return pubsub
         pubsub.close()
         return None
@@ -139,13 +156,15 @@ class _Local:
                         time.sleep(1.0)
                         continue
                     with self.lock:
-                        if self.generation != generation:
-                            self._lose(pubsub)
+                        if self.generation != generation:  # stopped meanwhile: a newer keeper owns the state
+                            pubsub.close()
                             return
-                        self.pubsub, self.last_pong = pubsub, time.monotonic()
+                        self.pubsub, self.last_pong, self.pings_out = pubsub, time.monotonic(), 0
                         self.epoch += 1
                 time.sleep(PING_EVERY)
                 with self.lock:
+                    if self.generation != generation:
+                        return  # stopped: a newer keeper (or none) owns the state
                     if self.pubsub is not pubsub:
                         pubsub = None
                         continue
@@ -159,6 +178,8 @@ class _Local:
                         self._lose(pubsub)
                         pubsub = None
                         continue
+                    self.ping_sent_at = time.monotonic()
+                    self.pings_out += 1
                     pubsub.ping()
             except REDIS_ERRORS + (OSError, ValueError):
                 with self.lock:
@@ -186,23 +207,31 @@ class _Local:
         if pubsub is None:
             return
         try:
-            while True:
+            for _ in range(100_000):  # bounded: a socket that never runs dry is treated as lost below
                 message = pubsub.get_message(timeout=0.0)
                 if pubsub.miandan_reconnect.happened:
                     self._lose(pubsub)
                     return
                 if message is None:
+                    if pubsub.connection is not None and pubsub.connection.can_read(timeout=0):
+                        continue  # something was read that is not a message (a reply): there is more
                     return
-                # Anything read is a sign of life; the answer to the keeper's PING is one of them (its shape
-                # differs between RESP2 and RESP3 in redis-py, so it is not matched by type).
-                self.last_pong = time.monotonic()
-                if message.get("type") == "message":
+                kind = message.get("type")
+                if kind == "message":
                     data = message.get("data") or ""
                     if isinstance(data, bytes):
                         data = data.decode()
                     for key_hash in data.split():
                         self.entries.pop(key_hash, None)
                     self.epoch += 1
+                elif kind not in ("subscribe", "unsubscribe"):
+                    # An answer to the keeper's PING (its shape differs between RESP2 and RESP3 in redis-py, so
+                    # it is not matched by type). Once every PING is answered, Redis is known alive as of the last
+                    # one's sending: an old answer read late proves nothing newer.
+                    self.pings_out = max(0, self.pings_out - 1)
+                    if self.pings_out == 0:
+                        self.last_pong = max(self.last_pong, self.ping_sent_at)
+            self._lose(pubsub)
         except REDIS_ERRORS + (OSError, ValueError):
             self._lose(pubsub)
 
@@ -214,7 +243,17 @@ class _Local:
             return None
         self._start()
         with self.lock:
-            return self.epoch if self.pubsub is not None else None
+            return self.epoch if self._live() else None
+
+    def _live(self) -> bool:
+        """Caller holds the lock: subscribed, and heard from within PONG_WITHIN (whether or not the keeper runs)."""
+        if self.pubsub is None:
+            return False
+        if time.monotonic() - self.last_pong > PONG_WITHIN:
+            self._drain()  # the answer to the last PING may be waiting
+            if self.pubsub is not None and time.monotonic() - self.last_pong > PONG_WITHIN:
+                self._lose(self.pubsub)
+        return self.pubsub is not None
 
     def get(self, key_hash: str) -> str | None:
         """The raw token copy of a live entry, or None."""
@@ -222,7 +261,7 @@ class _Local:
             return None
         with self.lock:
             entry = self.entries.get(key_hash)
-            if entry is None or self.pubsub is None:
+            if entry is None or not self._live():
                 return None
             self._drain()  # invalidations already sent are applied before this entry is trusted
             entry = self.entries.get(key_hash)
@@ -241,7 +280,7 @@ class _Local:
             return
         with self.lock:
             self._drain()
-            if self.pubsub is None or self.epoch != ticket:
+            if not self._live() or self.epoch != ticket:
                 return  # something was invalidated since the Redis read began: it may have been this token
             if len(self.entries) >= MAX_ENTRIES:
                 self.entries.clear()

@@ -261,3 +261,41 @@ def test_a_join_redis_refuses_costs_one_round_trip_for_a_known_token(settings, m
         answer = client.post(path, {"app_version": "1.0.0"}, format="json")
         assert answer.status_code == 409 and answer.json()["code"] == refusal
     assert trips == ["pipeline"] * 5
+
+
+def test_an_invalidation_behind_a_non_message_reply_is_still_applied():
+    """Found in review: redis-py's get_message returns None after reading its own health-check reply, with the
+    invalidation still waiting behind it; the drain must read on while the socket has data."""
+    other = _Local()
+    try:
+        _subscribed(other)
+        for i in range(10):
+            key_hash = f"behind-{i}"
+            other.put(other.begin(), key_hash, "copy")
+            with other.lock:
+                other.pubsub.connection.next_health_check = 0
+                other.pubsub.connection.health_check_interval = 1
+                other.pubsub.check_health()  # a health PING sent, its reply not read yet
+            time.sleep(0.01)
+            token_cache_forget([key_hash])
+            assert other.get(key_hash) is None, i
+    finally:
+        other.stop()
+
+
+def test_a_silent_subscription_stops_the_copy_even_without_the_keeper(monkeypatch):
+    """Found in review: liveness was only checked by the keeper thread; a stalled keeper must not leave entries
+    served. With nothing heard for PONG_WITHIN, the request path itself stops serving."""
+    from accounts import token_local
+
+    other = _Local()
+    try:
+        _subscribed(other)
+        other.put(other.begin(), "a-token", "copy")
+        assert other.get("a-token") == "copy"
+        other.generation += 1  # the keeper stops (as if stalled)
+        time.sleep(token_local.PONG_WITHIN + token_local.PING_EVERY + 0.3)  # its last PING may be answered
+        assert other.get("a-token") is None
+        assert other.begin() is None
+    finally:
+        other.stop()
