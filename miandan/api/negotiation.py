@@ -17,8 +17,9 @@ PLAIN_ACCEPTS = frozenset({"*/*", "application/json"})  # no header at all count
 
 class AppNegotiation(DefaultContentNegotiation):
     def select_renderer(self, request, renderers, format_suffix=None):
+        drf = self.settings  # DRF's api_settings (not Django's)
         if (format_suffix is None and len(renderers) == 1 and type(renderers[0]) is JSONRenderer
                 and request.META.get("HTTP_ACCEPT", "*/*").strip() in PLAIN_ACCEPTS
-                and self.settings.URL_FORMAT_OVERRIDE not in request.query_params):
+                and drf.URL_FORMAT_OVERRIDE not in request.query_params):
             return renderers[0], renderers[0].media_type
         return super().select_renderer(request, renderers, format_suffix)
