@@ -207,6 +207,9 @@ class _Local:
         if pubsub is None:
             return
         try:
+            connection = pubsub.connection
+            if connection is not None and not pubsub.miandan_reconnect.happened and not connection.can_read(timeout=0):
+                return  # nothing on the socket or in the parser's buffer: the common case, without get_message
             for _ in range(100_000):  # bounded: a socket that never runs dry is treated as lost below
                 message = pubsub.get_message(timeout=0.0)
                 if pubsub.miandan_reconnect.happened:
