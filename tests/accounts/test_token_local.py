@@ -11,7 +11,6 @@ import urllib.request
 
 import pytest
 
-from accounts import auth
 from accounts.auth import hash_token, token_cache_forget
 from accounts.models import AuthToken
 from accounts.services import token_create, token_revoke
@@ -46,22 +45,19 @@ def _subscribed(local: _Local, timeout: float = 5.0) -> None:
         time.sleep(0.02)
 
 
-def _redis_reads(monkeypatch) -> list[str]:
-    calls: list[str] = []
-    real = auth._cache_get
-
-    def counted(key_hash):
-        calls.append(key_hash)
-        return real(key_hash)
-
-    monkeypatch.setattr(auth, "_cache_get", counted)
-    return calls
+@pytest.fixture
+def other():
+    """A second holder with its own subscription: another worker process, as far as Redis can tell."""
+    holder = _Local()
+    _subscribed(holder)
+    yield holder
+    holder.stop()
 
 
-def test_a_known_token_is_answered_from_the_process_copy(monkeypatch):
+def test_a_known_token_is_answered_from_the_process_copy(own_lookups):
     _subscribed(LOCAL)
     client = _client(token_create(user=UserFactory(), device_id="d"))
-    reads = _redis_reads(monkeypatch)
+    reads = own_lookups
     assert client.get("/api/v1/me").status_code == 200  # PostgreSQL, then the Redis copy
     assert client.get("/api/v1/me").status_code == 200  # the Redis copy, kept in the process
     assert len(reads) == 2
@@ -70,10 +66,10 @@ def test_a_known_token_is_answered_from_the_process_copy(monkeypatch):
     assert len(reads) == 2  # no Redis read for a token the process holds
 
 
-def test_nothing_is_served_before_the_subscription_is_confirmed(monkeypatch, settings):
+def test_nothing_is_served_before_the_subscription_is_confirmed(own_lookups, settings):
     settings.MIANDAN_TOKEN_LOCAL_SECONDS = 0  # off: every request reads Redis
     client = _client(token_create(user=UserFactory(), device_id="d"))
-    reads = _redis_reads(monkeypatch)
+    reads = own_lookups
     for _ in range(4):
         assert client.get("/api/v1/me").status_code == 200
     assert len(reads) == 4
@@ -91,92 +87,67 @@ def test_logout_is_exact_with_a_process_copy():
     assert client.get("/api/v1/me").status_code == 401
 
 
-def test_another_process_s_copy_goes_when_the_revocation_returns():
+def test_another_process_s_copy_goes_when_the_revocation_returns(other):
     """A second holder with its own subscription stands for another worker: the revocation published in the
     revoking call is applied before that holder serves the token again, with no wait in between."""
-    other = _Local()
-    try:
-        _subscribed(other)
-        raw = token_create(user=UserFactory(), device_id="d")
-        key_hash = hash_token(raw)
-        ticket = other.begin()
-        other.put(ticket, key_hash, "copy")
-        assert other.get(key_hash) == "copy"
-        token_cache_forget([key_hash])
-        assert other.get(key_hash) is None
-    finally:
-        other.stop()
+    raw = token_create(user=UserFactory(), device_id="d")
+    key_hash = hash_token(raw)
+    ticket = other.begin()
+    other.put(ticket, key_hash, "copy")
+    assert other.get(key_hash) == "copy"
+    token_cache_forget([key_hash])
+    assert other.get(key_hash) is None
 
 
-def test_a_copy_read_before_a_revocation_is_not_kept():
+def test_a_copy_read_before_a_revocation_is_not_kept(other):
     """The race: a request read the copy, a revocation (of any token) arrives, then the request stores it."""
-    other = _Local()
-    try:
-        _subscribed(other)
-        ticket = other.begin()
-        token_cache_forget(["some-other-token"])
-        other.put(ticket, "a-token", "copy read before")
-        assert other.get("a-token") is None
-        other.put(other.begin(), "a-token", "copy read after")
-        assert other.get("a-token") == "copy read after"
-    finally:
-        other.stop()
+    ticket = other.begin()
+    token_cache_forget(["some-other-token"])
+    other.put(ticket, "a-token", "copy read before")
+    assert other.get("a-token") is None
+    other.put(other.begin(), "a-token", "copy read after")
+    assert other.get("a-token") == "copy read after"
 
 
 @pytest.mark.parametrize("how", ["client side", "killed by the server"])
-def test_a_lost_subscription_empties_the_copy(how):
+def test_a_lost_subscription_empties_the_copy(how, other):
     """redis-py reconnects and resubscribes on its own; what was published in between is lost, so the copy
     must go and nothing is served until the keeper confirms a new subscription."""
     from miandan.redis import get_redis
 
-    other = _Local()
-    try:
-        _subscribed(other)
-        other.put(other.begin(), "a-token", "copy")
-        with other.lock:
-            connection = other.pubsub.connection
-            if how == "client side":
-                connection.disconnect()
-            else:
-                host, port = connection._sock.getsockname()[:2]
-                assert get_redis().client_kill_filter(_id=None, addr=f"{host}:{port}") == 1
-                time.sleep(0.1)
-        assert other.get("a-token") is None
-        assert other.entries == {} and other.begin() is None
-        _subscribed(other)  # the keeper subscribes again
-        other.put(other.begin(), "a-token", "copy")
-        assert other.get("a-token") == "copy"
-    finally:
-        other.stop()
-
-
-def test_an_entry_dies_after_its_life(settings):
-    settings.MIANDAN_TOKEN_LOCAL_SECONDS = 1
-    other = _Local()
-    try:
-        _subscribed(other)
-        other.put(other.begin(), "a-token", "copy")
-        assert other.get("a-token") == "copy"
-        time.sleep(1.1)
-        assert other.get("a-token") is None
-    finally:
-        other.stop()
-
-
-def test_entries_past_their_life_are_purged_without_being_asked_for(settings):
-    settings.MIANDAN_TOKEN_LOCAL_SECONDS = 1
-    other = _Local()
-    try:
-        _subscribed(other)
-        for i in range(50):
-            other.put(other.begin(), f"token-{i}", "copy")
-        assert len(other.entries) == 50
-        deadline = time.monotonic() + 5
-        while other.entries and time.monotonic() < deadline:  # the keeper purges every second
+    other.put(other.begin(), "a-token", "copy")
+    with other.lock:
+        connection = other.pubsub.connection
+        if how == "client side":
+            connection.disconnect()
+        else:
+            host, port = connection._sock.getsockname()[:2]
+            assert get_redis().client_kill_filter(_id=None, addr=f"{host}:{port}") == 1
             time.sleep(0.1)
-        assert other.entries == {}
-    finally:
-        other.stop()
+    assert other.get("a-token") is None
+    assert other.entries == {} and other.begin() is None
+    _subscribed(other)  # the keeper subscribes again
+    other.put(other.begin(), "a-token", "copy")
+    assert other.get("a-token") == "copy"
+
+
+def test_an_entry_dies_after_its_life(settings, other):
+    settings.MIANDAN_TOKEN_LOCAL_SECONDS = 1
+    other.put(other.begin(), "a-token", "copy")
+    assert other.get("a-token") == "copy"
+    time.sleep(1.1)
+    assert other.get("a-token") is None
+
+
+def test_entries_past_their_life_are_purged_without_being_asked_for(settings, other):
+    settings.MIANDAN_TOKEN_LOCAL_SECONDS = 1
+    for i in range(50):
+        other.put(other.begin(), f"token-{i}", "copy")
+    assert len(other.entries) == 50
+    deadline = time.monotonic() + 5
+    while other.entries and time.monotonic() < deadline:  # the keeper purges every second
+        time.sleep(0.1)
+    assert other.entries == {}
 
 
 @pytest.mark.django_db(transaction=True)
@@ -263,39 +234,29 @@ def test_a_join_redis_refuses_costs_one_round_trip_for_a_known_token(settings, m
     assert trips == ["pipeline"] * 5
 
 
-def test_an_invalidation_behind_a_non_message_reply_is_still_applied():
+def test_an_invalidation_behind_a_non_message_reply_is_still_applied(other):
     """Found in review: redis-py's get_message returns None after reading its own health-check reply, with the
     invalidation still waiting behind it; the drain must read on while the socket has data."""
-    other = _Local()
-    try:
-        _subscribed(other)
-        for i in range(10):
-            key_hash = f"behind-{i}"
-            other.put(other.begin(), key_hash, "copy")
-            with other.lock:
-                other.pubsub.connection.next_health_check = 0
-                other.pubsub.connection.health_check_interval = 1
-                other.pubsub.check_health()  # a health PING sent, its reply not read yet
-            time.sleep(0.01)
-            token_cache_forget([key_hash])
-            assert other.get(key_hash) is None, i
-    finally:
-        other.stop()
+    for i in range(10):
+        key_hash = f"behind-{i}"
+        other.put(other.begin(), key_hash, "copy")
+        with other.lock:
+            other.pubsub.connection.next_health_check = 0
+            other.pubsub.connection.health_check_interval = 1
+            other.pubsub.check_health()  # a health PING sent, its reply not read yet
+        time.sleep(0.01)
+        token_cache_forget([key_hash])
+        assert other.get(key_hash) is None, i
 
 
-def test_a_silent_subscription_stops_the_copy_even_without_the_keeper(monkeypatch):
+def test_a_silent_subscription_stops_the_copy_even_without_the_keeper(monkeypatch, other):
     """Found in review: liveness was only checked by the keeper thread; a stalled keeper must not leave entries
     served. With nothing heard for PONG_WITHIN, the request path itself stops serving."""
     from accounts import token_local
 
-    other = _Local()
-    try:
-        _subscribed(other)
-        other.put(other.begin(), "a-token", "copy")
-        assert other.get("a-token") == "copy"
-        other.generation += 1  # the keeper stops (as if stalled)
-        time.sleep(token_local.PONG_WITHIN + token_local.PING_EVERY + 0.3)  # its last PING may be answered
-        assert other.get("a-token") is None
-        assert other.begin() is None
-    finally:
-        other.stop()
+    other.put(other.begin(), "a-token", "copy")
+    assert other.get("a-token") == "copy"
+    other.generation += 1  # the keeper stops (as if stalled)
+    time.sleep(token_local.PONG_WITHIN + token_local.PING_EVERY + 0.3)  # its last PING may be answered
+    assert other.get("a-token") is None
+    assert other.begin() is None

@@ -3,7 +3,6 @@
 import pytest
 from rest_framework.test import APIClient
 
-from accounts import auth
 from accounts.services import token_create
 from tests.factories import UserFactory
 
@@ -16,19 +15,6 @@ def single_redis(settings):
         pytest.skip("the prefetch rides in a single Redis's pipeline")
     settings.RATELIMIT_ENABLE = True
     settings.RATELIMIT_REDIS_URL = settings.REDIS_URL
-
-
-@pytest.fixture
-def own_lookups(monkeypatch):
-    calls = []
-    real = auth._cache_get
-
-    def counting(key_hash):
-        calls.append(key_hash)
-        return real(key_hash)
-
-    monkeypatch.setattr(auth, "_cache_get", counting)
-    return calls
 
 
 def _client(raw: str) -> APIClient:
