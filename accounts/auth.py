@@ -163,7 +163,7 @@ def _dump(obj: models.Model, exclude: frozenset[str] = frozenset()) -> dict:
     return out
 
 
-def _load(model: type[models.Model], data: dict) -> models.Model:
+def _fields(model: type[models.Model], data: dict) -> tuple[list[str], tuple]:
     names, values = [], []
     for field in model._meta.concrete_fields:  # from_db wants the values in field order
         if field.attname not in data:
@@ -173,19 +173,33 @@ def _load(model: type[models.Model], data: dict) -> models.Model:
             value = dt.datetime.fromisoformat(value)
         names.append(field.attname)
         values.append(value)
-    return model.from_db(DEFAULT_DB_ALIAS, names, values)
+    return names, tuple(values)  # immutable values only (str, int, bool, datetime, None): safe to share
 
 
 def _encode(token) -> str:
     return json.dumps({"t": _dump(token), "u": _dump(token.user, _USER_EXCLUDE)}, separators=(",", ":"))
 
 
+# A copy's parsed fields by its text: the same copy is decoded on every request that presents its token (from
+# this process's copy or from Redis), and parsing it (JSON, ISO datetimes) was most of the decoding. New model
+# instances are built per request from the shared immutable values. Bounded; cleared when full.
+_PARSED: dict[str, tuple] = {}
+_PARSED_MAX = 5_000
+
+
 def _decode(raw: str):
     from .models import AuthToken, User
 
-    data = json.loads(raw)
-    token = _load(AuthToken, data["t"])
-    token.user = _load(User, data["u"])
+    parsed = _PARSED.get(raw)
+    if parsed is None:
+        data = json.loads(raw)
+        parsed = (_fields(AuthToken, data["t"]), _fields(User, data["u"]))
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[raw] = parsed
+    (token_names, token_values), (user_names, user_values) = parsed
+    token = AuthToken.from_db(DEFAULT_DB_ALIAS, token_names, token_values)
+    token.user = User.from_db(DEFAULT_DB_ALIAS, user_names, user_values)
     return token
 
 

@@ -106,3 +106,20 @@ def test_the_raw_token_lookup_reads_what_the_orm_reads():
     AuthToken.objects.filter(pk=token.pk).update(revoked_at=timezone.now())
     assert _token_row(hash_token(raw)) is None
     assert _token_row(hash_token("no such token")) is None
+
+
+def test_a_decoded_copy_is_a_new_object_each_time():
+    """Decoding reuses the parsed fields of the same copy (accounts.auth._PARSED), never the model objects: a
+    request that changes its user must not change the next request's."""
+    from accounts.auth import _decode, _encode
+
+    user = UserFactory(joined_app_version="1.0.0")
+    token = AuthToken.objects.select_related("user").get(key_hash=hash_token(token_create(user=user, device_id="d")))
+    raw = _encode(token)
+    first, second = _decode(raw), _decode(raw)
+    assert first is not second and first.user is not second.user
+    first.user.joined_app_version, first.device_id = "9.9.9", "changed"
+    assert (second.user.joined_app_version, second.device_id) == ("1.0.0", "d")
+    third = _decode(raw)
+    assert (third.user.joined_app_version, third.device_id, third.created_at) == ("1.0.0", "d", token.created_at)
+    assert not third._state.adding and third.user.pk == user.pk
