@@ -82,8 +82,8 @@ class CampaignDetailApi(APIView):
         """The app's poll in a short way: a GET with a bearer token, a plain `Accept` and the detail already
         rendered in this process is answered here, without DRF's request wrapping, negotiation and response
         finalising (~15 % of this page in-process, issue 14). Anything else (no or a bad token, a staff token,
-        a miss, HEAD, OPTIONS, another Accept) goes through DRF as before; tests/campaign hold the two answers
-        equal header for header."""
+        a miss, HEAD, OPTIONS, another Accept) goes through DRF as before; tests/api/test_campaign_fast_path.py
+        holds the two answers equal header for header."""
         fast = self._fast(request, kwargs.get("slug", ""))
         return fast if fast is not None else super().dispatch(request, *args, **kwargs)
 
