@@ -68,9 +68,7 @@ def publishes() -> bool:
 
 
 def enabled() -> bool:
-    url = settings.REDIS_URL
-    return bool(url) and not is_cluster_url(url) and settings.MIANDAN_TOKEN_LOCAL_SECONDS > 0 \
-        and settings.MIANDAN_TOKEN_CACHE_SECONDS > 0
+    return publishes() and settings.MIANDAN_TOKEN_LOCAL_SECONDS > 0 and settings.MIANDAN_TOKEN_CACHE_SECONDS > 0
 
 
 class _Reconnected:

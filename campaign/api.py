@@ -91,8 +91,8 @@ class CampaignDetailApi(APIView):
         if request.method != "GET" or "format" in request.GET or \
                 request.META.get("HTTP_ACCEPT", "*/*").strip() not in PLAIN_ACCEPTS:
             return None
-        hit = DETAIL_CACHE.get(slug)
-        if hit is None or time.monotonic() - hit[0] >= CACHE_SECONDS:
+        hit = self._fresh(slug)
+        if hit is None:
             return None
         try:
             found = BearerTokenAuthentication().authenticate(request)
@@ -105,11 +105,17 @@ class CampaignDetailApi(APIView):
         response["Allow"] = ", ".join(self.allowed_methods)  # what DRF's finalize_response adds
         return response
 
+    @staticmethod
+    def _fresh(slug: str):
+        """The detail rendered in this process within CACHE_SECONDS, or None."""
+        hit = DETAIL_CACHE.get(slug)
+        return hit if hit is not None and time.monotonic() - hit[0] < CACHE_SECONDS else None
+
     @extend_schema(responses=CampaignOutput, summary="One campaign with its rules")
     def get(self, request, slug: str):
-        now = time.monotonic()
-        hit = DETAIL_CACHE.get(slug)
-        if hit is None or now - hit[0] >= CACHE_SECONDS:
+        hit = self._fresh(slug)
+        if hit is None:
+            now = time.monotonic()
             campaign = campaign_get_cached(slug=slug)
             if campaign is None or campaign.status == Campaign.Status.DRAFT:
                 raise CampaignNotFound()
