@@ -63,6 +63,34 @@ def campaign_get_cached(*, slug: str) -> Campaign | None:
     return campaign
 
 
+# id -> (when, slug): the card list names each card's campaign from here instead of joining the campaign
+# table per request (issue 14: the join was ~60 % of the list statement's planning and execution time in
+# PostgreSQL). A renamed slug shows within CACHE_SECONDS, like every other read of `_CACHE`.
+_SLUGS: dict[int, tuple[float, str]] = {}
+
+
+def campaign_slugs(ids) -> dict[int, str]:
+    """id -> slug of the given campaigns, from a per-process copy at most CACHE_SECONDS old (one query for the
+    ids it lacks). An id with no campaign is absent from the answer."""
+    import time
+
+    now = time.monotonic()
+    out, missing = {}, []
+    for campaign_id in ids:
+        hit = _SLUGS.get(campaign_id)
+        if hit is not None and now - hit[0] < CACHE_SECONDS:
+            out[campaign_id] = hit[1]
+        elif campaign_id not in missing:
+            missing.append(campaign_id)
+    if missing:
+        if len(_SLUGS) > 1000:
+            _SLUGS.clear()
+        for campaign_id, slug in Campaign.objects.filter(pk__in=missing).values_list("pk", "slug"):
+            _SLUGS[campaign_id] = (now, slug)
+            out[campaign_id] = slug
+    return out
+
+
 # slug -> (when, rendered detail, ETag): the campaign detail every app open polls (campaign/api.py).
 DETAIL_CACHE: dict[str, tuple[float, bytes, str]] = {}
 # While the budget covers fewer cards than this, `has_budget` is computed per request instead of cached:
@@ -72,6 +100,7 @@ DETAIL_EXACT_BELOW_CARDS = 1000
 
 def campaign_cache_clear() -> None:
     _CACHE.clear()
+    _SLUGS.clear()
     DETAIL_CACHE.clear()
 
 

@@ -1,6 +1,9 @@
+from django.conf import settings
+from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import serializers, status
+from rest_framework import ISO_8601, serializers, status
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from accounts.auth import token_cache_drop, token_local_user_id
@@ -40,13 +43,34 @@ _MONEY = serializers.DecimalField(max_digits=16, decimal_places=2)
 _TIME = serializers.DateTimeField()
 
 
+def _time_formatter():
+    """`_TIME.to_representation` for this request, with the current time zone looked up once per list instead of
+    once per value (the lookup through asgiref's Local was ~5 % of the list in-process, issue 14). Anything but
+    an aware datetime under ISO 8601 output goes to DRF itself."""
+    drf = _TIME.to_representation
+    tz = timezone.get_current_timezone() if settings.USE_TZ else None
+    if tz is None or str(getattr(_TIME, "format", api_settings.DATETIME_FORMAT)).lower() != ISO_8601:
+        return drf
+
+    def time(value):
+        if value is None or value.tzinfo is None:
+            return drf(value)
+        try:
+            text = value.astimezone(tz).isoformat()
+        except OverflowError:
+            return drf(value)  # DRF's own error
+        return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+    return time
+
+
 def card_list_output(rows: list[tuple]) -> list[dict]:
     """VoucherOutput's representation of `CardRows` tuples, field for field and in its order.
 
     The list endpoint's hot path (issue 14): VoucherOutput spent more time walking its fields per card than the
     formatting itself; tests/vouchers/test_api.py holds both side by side on cards in every state.
     """
-    money, time = _MONEY.to_representation, _TIME.to_representation
+    money, time = _MONEY.to_representation, _time_formatter()
     return [
         {
             "code": code,
@@ -59,8 +83,8 @@ def card_list_output(rows: list[tuple]) -> list[dict]:
             "subsidy": None if subsidy is None else money(subsidy),
             "slot": slot,
             "order_id": order_id,
-            "issued_at": None if issued_at is None else time(issued_at),
-            "expires_at": None if expires_at is None else time(expires_at),
+            "issued_at": time(issued_at),
+            "expires_at": time(expires_at),
         }
         for code, slug, status, source, face_value, subsidy, slot, order_id, issued_at, expires_at in rows
     ]

@@ -88,6 +88,44 @@ def test_the_card_list_is_voucher_output_byte_for_byte(auth_client):
     assert filtered["count"] == 1 and filtered["results"] == [c for c in expected if c["campaign"] == b.slug]
 
 
+def test_the_card_list_reads_one_table_and_names_campaigns_from_the_process_copy(auth_client, monkeypatch):
+    """Issue 14: the list statement joins no campaign table; the slug comes from a copy at most CACHE_SECONDS old."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    import campaign.selectors as campaign_selectors
+
+    a = CampaignFactory()
+    voucher_issue(user=auth_client.user, campaign=a, source=Voucher.Source.REFERRAL_INVITEE)
+    with CaptureQueriesContext(connection) as first:
+        assert [c["campaign"] for c in auth_client.get("/api/v1/vouchers/").json()["results"]] == [a.slug]
+    listed = [q["sql"] for q in first.captured_queries if "vouchers_voucher" in q["sql"]]
+    assert listed and not any("campaign_campaign" in sql for sql in listed)
+    with CaptureQueriesContext(connection) as again:
+        auth_client.get("/api/v1/vouchers/")
+    assert not any("campaign_campaign" in q["sql"] for q in again.captured_queries)  # the copy answered
+    Campaign.objects.filter(pk=a.pk).update(slug="renamed-tea")
+    monkeypatch.setattr(campaign_selectors, "CACHE_SECONDS", 0.0)  # the copy has aged past its window
+    assert [c["campaign"] for c in auth_client.get("/api/v1/vouchers/").json()["results"]] == ["renamed-tea"]
+    assert auth_client.get("/api/v1/vouchers/?campaign=renamed-tea").json()["count"] == 1
+    assert auth_client.get("/api/v1/vouchers/?campaign=no-such-campaign").json() == {
+        "count": 0, "next": None, "previous": None, "results": []}
+
+
+def test_the_card_list_formats_times_as_drf_does_in_any_current_time_zone(auth_client):
+    """The list looks the time zone up once per request (issue 14); it must still follow the active zone."""
+    campaign = CampaignFactory()
+    card = voucher_issue(user=auth_client.user, campaign=campaign, source=Voucher.Source.REFERRAL_INVITEE)
+    Voucher.objects.filter(pk=card.pk).update(expires_at=dt.datetime(2031, 5, 6, 7, 8, 9, tzinfo=dt.UTC))
+    for zone in ("UTC", "Asia/Shanghai", "America/New_York"):
+        with timezone.override(zone):
+            expected = [VoucherOutput(v).data for v in Voucher.objects.filter(user=auth_client.user)
+                        .select_related("campaign")]
+            assert auth_client.get("/api/v1/vouchers/").json()["results"] == expected, zone
+    with timezone.override("UTC"):
+        assert auth_client.get("/api/v1/vouchers/").json()["results"][0]["expires_at"] == "2031-05-06T07:08:09Z"
+
+
 def test_the_card_list_builds_no_model_instances(auth_client):
     """Issue 14: the ORM's query compilation and one model per card cost more than the query itself."""
     from django.db.models.signals import post_init
