@@ -199,7 +199,8 @@ def load(cfg: BenchConfig, *, cards: int, seed: int, stores_per_city: int) -> di
         "subsidy", "order_id", "issued_at", "expires_at", "locked_at", "redeemed_at", "closed_at", "void_reason"])
     s_order = Stream(dsn, "orders_order", [
         "id", "user_id", "campaign_id", "store_id", "voucher_id", "status", "total_price", "subsidy",
-        "amount_to_pay", "source_text", "failure_reason", "merchant_ref", "attempts", "created_at", "state_changed_at"])
+        "amount_to_pay", "source_text", "failure_reason", "merchant", "merchant_ref", "attempts", "created_at",
+        "state_changed_at"])
     s_item = Stream(dsn, "orders_orderitem", [
         "id", "order_id", "product_id", "quantity", "size", "sugar", "ice", "unit_price", "line_total"])
     s_event = Stream(dsn, "orders_orderevent", ["id", "order_id", "from_status", "to_status", "note", "created_at"])
@@ -260,7 +261,8 @@ def load(cfg: BenchConfig, *, cards: int, seed: int, stores_per_city: int) -> di
         final = t
         s_order.row(oid, uid, cid, store_id, card_id, status, _money(price), _money(subsidy), _money(price - subsidy),
                     rng.choice(sentences), "门店超时未接单" if status == "failed" else "",
-                    f"M{oid}" if status not in ("placed", "cancelled") else "", 1 if status != "placed" else 0,
+                    *(("sim", f"M{oid}") if status not in ("placed", "cancelled") else ("", "")),
+                    1 if status != "placed" else 0,
                     _ts(t_o), _ts(final))
         next_item += 1
         s_item.row(next_item, oid, product_id, 1, "", "", "", _money(price), _money(price))
@@ -269,7 +271,7 @@ def load(cfg: BenchConfig, *, cards: int, seed: int, stores_per_city: int) -> di
         if rng.random() < 0.02:  # now and then the same user orders at full price, no card
             next_order += 1
             s_order.row(next_order, uid, cid, store_id, None, "completed", _money(price), "0.00", _money(price),
-                        "不用卡，原价买一杯", "", f"M{next_order}", 1, _ts(t_o), _ts(final))
+                        "不用卡，原价买一杯", "", "sim", f"M{next_order}", 1, _ts(t_o), _ts(final))
             for step, prev_s in (("placed", ""), ("completed", "placed")):
                 next_event += 1
                 s_event.row(next_event, next_order, prev_s, step, "", _ts(t_o))
