@@ -21,6 +21,12 @@ def is_postgres() -> bool:
     return connection.vendor == "postgresql"
 
 
+def advisory_key(*parts: object) -> int:
+    """The 64-bit key `advisory_lock` takes for these parts (for a statement that takes the lock itself)."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
 def advisory_lock(*parts: object) -> None:
     """Transaction-scoped lock on an arbitrary key (PostgreSQL); SQLite already serialises writers.
 
@@ -29,13 +35,12 @@ def advisory_lock(*parts: object) -> None:
     """
     if not is_postgres():
         return
-    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
-    key = int.from_bytes(digest, "big", signed=True)
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [key])
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [advisory_key(*parts)])
 
 
-def _sqlstate(exc: BaseException) -> str | None:
+def sqlstate(exc: BaseException) -> str | None:
+    """PostgreSQL's SQLSTATE behind a Django database error, if any."""
     cause = exc.__cause__
     return getattr(cause, "sqlstate", None) or getattr(getattr(cause, "pgcode", None), "__str__", lambda: None)()
 
@@ -50,7 +55,7 @@ def retry_on_conflict(attempts: int = 4) -> Callable[[Callable[P, R]], Callable[
                 try:
                     return fn(*args, **kwargs)
                 except OperationalError as exc:
-                    if _sqlstate(exc) not in _RETRYABLE or attempt == attempts - 1:
+                    if sqlstate(exc) not in _RETRYABLE or attempt == attempts - 1:
                         raise
                     time.sleep(0.005 * (2**attempt))
             raise AssertionError("unreachable")

@@ -10,10 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import dataclass
 from decimal import Decimal
 
-from django.db import IntegrityError, connection, transaction
+from django.db import DataError, IntegrityError, connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 from packaging.version import InvalidVersion, Version
@@ -36,7 +37,7 @@ from events.models import EventType
 from events.services import event_record, event_record_many, event_record_sql
 from miandan.api.errors import InvalidInput
 from miandan.api.metrics import CARDS_ISSUED
-from miandan.db import advisory_lock, is_postgres, retry_on_conflict
+from miandan.db import advisory_key, advisory_lock, is_postgres, retry_on_conflict, sqlstate
 
 from . import admission
 from .errors import AppUpgradeRequired, CardLimitReached, DeviceLimitReached, NoVoucher, VoucherStateConflict
@@ -366,21 +367,51 @@ def _welcome_card(campaign: Campaign, user) -> Voucher | None:
     return Voucher.objects.filter(campaign=campaign, user=user, source=Voucher.Source.WELCOME).first()
 
 
-@retry_on_conflict()
-@transaction.atomic(durable=True)
 def _join_db(*, user, campaign: Campaign, app_version: str, device_id: str = "") -> tuple[Voucher | None, bool, int, str]:
     """(card, created, cards held, welcome code). card is None when the user is at the cap without a welcome card.
 
     Refusals are returned, not raised, so the caller can still cache what it learned. A device over its cap
     raises DeviceLimitReached, which rolls the new card, its reservation and its ledger row back.
+    On PostgreSQL the usual join is one message (`_join_folded`); the rest, and other databases, take
+    `_join_db_locked`.
     """
-    advisory_lock("slot", campaign.pk, user.pk)
-    controls = claim_controls(campaign, Voucher.Source.WELCOME)
     if is_postgres():
-        folded = _join_insert_pg(user=user, campaign=campaign, app_version=app_version, controls=controls,
-                                 device_id=device_id)
+        folded = _join_folded(user=user, campaign=campaign, app_version=app_version, device_id=device_id)
         if folded is not None:
             return folded
+    return _join_db_locked(user=user, campaign=campaign, app_version=app_version, device_id=device_id)
+
+
+# PostgreSQL's division_by_zero: how the join's statement refuses a device over its cap (see `_join_insert_pg`).
+_DEVICE_OVER_CAP = "22012"
+
+
+@retry_on_conflict()
+def _join_folded(*, user, campaign: Campaign, app_version: str, device_id: str) -> tuple[Voucher | None, bool, int, str] | None:
+    """The slot lock and the join's statement sent as ONE message (issue 14: BEGIN, the lock and COMMIT were
+    three of a fresh join's six round trips). Outside a transaction (production: autocommit) PostgreSQL runs the
+    message's statements as one implicit transaction, the lock's statement first, so the join's snapshot sees every
+    committed card of the user; inside one (a caller's atomic block, the test suite) a savepoint stands in for it.
+    """
+    controls = claim_controls(campaign, Voucher.Source.WELCOME)
+    try:
+        with transaction.atomic() if connection.in_atomic_block else nullcontext():
+            return _join_insert_pg(user=user, campaign=campaign, app_version=app_version, controls=controls,
+                                   device_id=device_id, lock_key=advisory_key("slot", campaign.pk, user.pk))
+    except DataError as exc:
+        if sqlstate(exc) == _DEVICE_OVER_CAP:
+            raise DeviceLimitReached() from None
+        raise
+
+
+@retry_on_conflict()
+@transaction.atomic(durable=True)
+def _join_db_locked(*, user, campaign: Campaign, app_version: str, device_id: str = "",
+                    ) -> tuple[Voucher | None, bool, int, str]:
+    """`_join_db` step by step in one transaction under the slot lock: other databases, and a join whose
+    statement found no free bucket (consolidation, BudgetPaced, DailyCapReached or BudgetExhausted decide)."""
+    advisory_lock("slot", campaign.pk, user.pk)
+    controls = claim_controls(campaign, Voucher.Source.WELCOME)
     cards = list(Voucher.objects.filter(campaign=campaign, user=user).values_list("source", "code"))
     welcome = next((code for source, code in cards if source == Voucher.Source.WELCOME), "")
     if welcome:
@@ -395,12 +426,13 @@ def _join_db(*, user, campaign: Campaign, app_version: str, device_id: str = "")
 
 
 def _join_insert_pg(*, user, campaign: Campaign, app_version: str, controls: Controls, device_id: str = "",
-                    ) -> tuple[Voucher | None, bool, int, str] | None:
-    """A join's count and its welcome card in ONE statement, under the slot lock the caller holds.
+                    lock_key: int) -> tuple[Voucher | None, bool, int, str] | None:
+    """A join's count and its welcome card in ONE statement, after the slot lock's statement in the same message.
 
     The statement counts the user's cards, and only when they hold no welcome card and are under the cap
     reserves the face value in a free bucket, inserts the card (slot = count + 1) and its ledger row; the
     lock was taken by the statement before, so this one's snapshot sees every committed card of the user.
+    A device over its cap fails the statement (division by zero, `_DEVICE_OVER_CAP`), which undoes all of it.
     Same answer as `_join_db`; None when no free bucket had room (nothing written: the slow path decides).
     With a plan or a daily cap, the reserve carries the plan's bound and counts the day on the same bucket
     row (campaign.services.budget_reserve_sql): no extra statement, no extra row.
@@ -447,13 +479,21 @@ def _join_insert_pg(*, user, campaign: Campaign, app_version: str, controls: Con
         # round trip; a device at its cap has no row in dc, and raising below rolls the card back with it.
         sql += f", dc AS ({device[0]}) "
         params += device[1]
-    sql += ("SELECT c.n, c.w, v.id, v.bucket_id, v.slot, "
-            f"{'EXISTS (SELECT 1 FROM dc)' if device is not None else 'true'} FROM c LEFT JOIN v ON true")
+    # A card issued to a device the upsert did not count divides by zero: the error rolls the whole message
+    # back (card, reservation, ledger row, event), as a raise in a transaction would. The divisor is computed
+    # per row, so the planner cannot fold it into an error at plan time.
+    refused = "v.id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM dc)" if device is not None else "false"
+    sql += f"SELECT c.n, c.w, v.id, v.bucket_id, v.slot, 1 / (CASE WHEN {refused} THEN 0 ELSE 1 END) " \
+           "FROM c LEFT JOIN v ON true"
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        held, welcome, card_id, bucket_id, slot, device_counted = cursor.fetchone()
-    if card_id is not None and not device_counted:
-        raise DeviceLimitReached()
+        if not connection.settings_dict.get("OPTIONS", {}).get("server_side_binding"):
+            # Django's default, client-side binding, sends the two statements as one simple-protocol message.
+            cursor.execute("SELECT pg_advisory_xact_lock(%s); " + sql, [lock_key, *params])
+            cursor.nextset()
+        else:  # server-side binding takes one statement per message (and then runs in a transaction)
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [lock_key])
+            cursor.execute(sql, params)
+        held, welcome, card_id, bucket_id, slot, _ = cursor.fetchone()
     if welcome:
         return Voucher.objects.get(code=welcome), False, held, welcome
     if held >= campaign.card_cap:
