@@ -173,6 +173,24 @@ def child_dashboard(repeat: int) -> list[dict]:
     t = time.perf_counter()
     client.get(rows[0]["url"])
     rows.append({"url": rows[0]["url"] + " (cached)", "status": 200, "ms": round((time.perf_counter() - t) * 1000, 1)})
+    # What a viewer waits once a copy exists but is older than DASHBOARD_FRESH_SECONDS: the copy is served and
+    # one background thread recomputes it (reports/admin.py); the refresh's own time is measured to its end.
+    from reports import admin as reports_admin
+
+    fresh_seconds, reports_admin.DASHBOARD_FRESH_SECONDS = reports_admin.DASHBOARD_FRESH_SECONDS, 0
+    try:
+        served, refreshed = [], []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            resp = client.get(rows[0]["url"])
+            served.append((time.perf_counter() - t) * 1000)
+            while cache.get(f"reports:dashboard:{campaign.pk}:refresh") is not None:
+                time.sleep(0.01)
+            refreshed.append((time.perf_counter() - t) * 1000)  # from the view to the new copy in place
+    finally:
+        reports_admin.DASHBOARD_FRESH_SECONDS = fresh_seconds
+    rows.append({"url": rows[0]["url"] + " (stale copy: served, refreshed behind)", "status": resp.status_code,
+                 "ms": round(statistics.median(served), 1), "refresh_done_ms": round(statistics.median(refreshed), 1)})
     if warm:
         rows.append({"ledger rollup catch-up (every row, once)": warm})
     return rows
