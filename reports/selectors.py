@@ -25,7 +25,7 @@ from campaign import pacing
 from campaign.models import BudgetBucket, Campaign, LedgerEntry
 from campaign.selectors import budget_totals, pace_overview
 from orders.models import Order, Store
-from orders.selectors import callback_lag, orders_in_flight
+from orders.selectors import IN_FLIGHT_STATES, callback_lag
 from referrals.models import InviteCode, Referral
 from vouchers.models import Voucher
 from vouchers.selectors import ReconcileReport, cents_sql, read_snapshot, reconcile
@@ -450,9 +450,18 @@ def _dashboard(*, campaign: Campaign, now: dt.datetime | None, minutes: int) -> 
     }
     minutes_axis = [(since + dt.timedelta(minutes=i)).astimezone(SHANGHAI) for i in range(minutes)]
     cards_per_minute = [(m, per_minute.get(m, 0)) for m in minutes_axis]
-    orders = campaign_orders(campaign=campaign)
-    # Count per store id first (index-only on order_campaign_state), then name the ten winners.
-    busiest = list(orders.order_by().values("store_id").annotate(orders=Count("*")).order_by("-orders", "store_id")[:10])
+    # The campaign's orders counted once per (state, store), index-only on order_campaign_state (campaign, status,
+    # store): the states, the ones in flight and the busiest stores all come from these rows (issue 14: three
+    # scans of the campaign's orders were ~0.3 s of the dashboard at 1 M orders).
+    per_store_state = list(campaign_orders(campaign=campaign).order_by().values_list("status", "store_id")
+                           .annotate(n=Count("*")))
+    orders_by_state = dict.fromkeys(Order.Status.values, 0)
+    per_store: dict[int, int] = {}
+    for status, store_id, n in per_store_state:
+        orders_by_state[status] = orders_by_state.get(status, 0) + n
+        per_store[store_id] = per_store.get(store_id, 0) + n
+    busiest = [{"store_id": store_id, "orders": n}
+               for store_id, n in sorted(per_store.items(), key=lambda item: (-item[1], item[0]))[:10]]
     stores = Store.objects.select_related("brand").in_bulk([row["store_id"] for row in busiest])
     top_stores = [
         {"store_id": row["store_id"], "store__name": stores[row["store_id"]].name,
@@ -496,8 +505,10 @@ def _dashboard(*, campaign: Campaign, now: dt.datetime | None, minutes: int) -> 
         burn=burn,
         burn_unit=unit,
         cards_per_minute=cards_per_minute,
-        orders_by_state=_counts(orders, "status", Order.Status),
-        orders_in_flight=orders_in_flight(campaign=campaign),
+        orders_by_state=orders_by_state,
+        # orders_in_flight(campaign=...)'s definition (tagged with the campaign or paid with its card) is
+        # campaign_orders': the same set, so the same counts (tests/reports/test_dashboard_orders.py).
+        orders_in_flight={state: orders_by_state.get(state, 0) for state in IN_FLIGHT_STATES},
         callback_lag=callback_lag(),
         top_stores=top_stores,
         referral_funnel=funnel,
