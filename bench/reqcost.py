@@ -10,6 +10,7 @@ statements are the ones PostgreSQL receives, the Redis commands the ones redis-p
            REDIS_KEY_PREFIX=bench MIANDAN_LOAD_TEST=1 MIANDAN_SMS_BACKEND=fixed MIANDAN_FIXED_OTP=246810
     .venv/bin/python bench/server.py call bench.reqcost:run '{"n": 100}'
     .venv/bin/python bench/server.py call bench.reqcost:run '{"n": 100, "shapes": "cards", "cprofile": "cards"}'
+    REQCOST_SORT=tottime .venv/bin/python bench/server.py call ...   # the profile by own time, not cumulative
 
 (`call` runs with the current environment: point it at the engine's database and Redis prefix.) Each shape
 replays 10 users, so the numbers are those of a user who comes back (token copy and Redis state warm).
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import cProfile
 import io
+import os
 import pstats
 import time
 
@@ -155,7 +157,7 @@ def run(*, n: int = 200, cprofile: str = "", shapes: str = "", wsgi: bool = Fals
                      "redis_per_request": round(redis_calls["n"] / n, 2), "statuses": statuses}
         if prof:
             buf = io.StringIO()
-            pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(45)
+            pstats.Stats(prof, stream=buf).sort_stats(os.environ.get("REQCOST_SORT", "cumulative")).print_stats(45)
             out[name]["profile"] = buf.getvalue()
             print(buf.getvalue())
         print(f"{name:<16}{out[name]['ms_per_request']:>8.2f} ms {out[name]['sql_per_request']:>6.2f} SQL "
