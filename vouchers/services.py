@@ -485,15 +485,19 @@ def _join_insert_pg(*, user, campaign: Campaign, app_version: str, controls: Con
     refused = "v.id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM dc)" if device is not None else "false"
     sql += f"SELECT c.n, c.w, v.id, v.bucket_id, v.slot, 1 / (CASE WHEN {refused} THEN 0 ELSE 1 END) " \
            "FROM c LEFT JOIN v ON true"
-    with connection.cursor() as cursor:
-        if not connection.settings_dict.get("OPTIONS", {}).get("server_side_binding"):
-            # Django's default, client-side binding, sends the two statements as one simple-protocol message.
+    if not connection.settings_dict.get("OPTIONS", {}).get("server_side_binding"):
+        # Django's default, client-side binding, sends the two statements as one simple-protocol message.
+        with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s); " + sql, [lock_key, *params])
             cursor.nextset()
-        else:  # server-side binding takes one statement per message (and then runs in a transaction)
+            row = cursor.fetchone()
+    else:
+        # Server-side binding takes one statement per message: a transaction keeps the lock for the second.
+        with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [lock_key])
             cursor.execute(sql, params)
-        held, welcome, card_id, bucket_id, slot, _ = cursor.fetchone()
+            row = cursor.fetchone()
+    held, welcome, card_id, bucket_id, slot, _ = row
     if welcome:
         return Voucher.objects.get(code=welcome), False, held, welcome
     if held >= campaign.card_cap:
