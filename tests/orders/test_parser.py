@@ -1,6 +1,7 @@
 """The chat parser, one behaviour per test (the labelled corpus is tests/orders/test_chat_corpus.py)."""
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -296,21 +297,39 @@ def test_a_catalogue_save_bumps_the_shared_version(django_capture_on_commit_call
 
 # --- speed -------------------------------------------------------------------------------------------
 
+_REFERENCE = re.compile(r"[\u4e00-\u9fff]+|\d+")
+
+
+def _reference_work(texts: list[str]) -> int:
+    """Plain Python over the same sentences (regex, splitting, set lookups): the yardstick the parser's speed is
+    measured against, so the check follows the machine's speed and how busy it is (a suite in parallel workers
+    on two cores inflates CPU time for everything alike)."""
+    hits = 0
+    for t in texts:
+        hits += len(_REFERENCE.findall(t)) + len(t.split("，")) + sum(1 for ch in t if ch in "大中小杯冰糖热")
+    return hits
+
+
 def test_parser_is_fast():
     texts = [c["text"] for c in CORPUS]
     for t in texts:
         parse(t)
-    # CPU time of this process, not wall time: other processes on a busy machine do not count against it.
-    n, started = 0, time.process_time()
-    while n < 20_000:
+    # CPU time of this process, not wall time, in interleaved rounds; the fastest round of each counts (what a
+    # busy machine adds is noise, not the code's cost).
+    parse_s, reference_s = [], []
+    for _ in range(12):
+        started = time.process_time()
         for t in texts:
             parse(t)
-        n += len(texts)
-    rate = n / (time.process_time() - started)
-    print(f"\nparser: {rate:,.0f} sentences per CPU-second")
-    # A generous floor (the target is 20,000/s, measured by bench/orders.py --parse-only): it only guards
-    # against an accidental slow path.
-    assert rate > 5_000
+        parse_s.append(time.process_time() - started)
+        started = time.process_time()
+        _reference_work(texts)
+        reference_s.append(time.process_time() - started)
+    ratio = min(parse_s) / min(reference_s)
+    print(f"\nparser: {len(texts) / min(parse_s):,.0f} sentences per CPU-second, {ratio:.1f}x the reference work")
+    # A generous bound (measured: 34x on a quiet box, i.e. ~9,700 sentences per CPU-second; the target,
+    # 20,000/s, is measured by bench/orders.py --parse-only): it only guards against an accidental slow path.
+    assert ratio < 100
 
 
 # --- round 2: how people correct themselves, label and time their orders ------------------------------
