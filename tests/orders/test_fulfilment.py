@@ -206,6 +206,10 @@ def test_orders_in_flight_no_worker_process_busy_while_they_wait(stack, count):
                                               stack.worker.log())]
     assert len(durations) >= count
     assert max(durations) < 5.0, max(durations)  # no task lasted an acceptance (>= 5 s): none waited on the store
-    assert sum(durations) < elapsed, (sum(durations), elapsed)  # the 2 processes were mostly idle
+    # The 2 processes were idle most of the time: their tasks add up to less than 75 % of what two processes
+    # could run in the elapsed time. (Task durations are wall time, so a suite in parallel workers on two slow
+    # cores inflates them: 51 % was measured there. A task that waited on the store would add >= 5 s per order,
+    # 2,000 s for these 400, against ~30 s elapsed.)
+    assert sum(durations) < 1.5 * elapsed, (sum(durations), elapsed)
     assert LedgerEntry.objects.filter(order_id__in=ids, kind="spend").count() == count
     assert reconcile(campaign=campaign).ok
