@@ -476,7 +476,7 @@ def _join_insert_pg(*, user, campaign: Campaign, app_version: str, controls: Con
     device = _device_claim_sql(campaign=campaign, device_id=device_id, kind=DeviceClaim.Kind.WELCOME, source="v")
     if device is not None:
         # device_claim's upsert, only for a card issued here (FROM v): the device's count and the card in one
-        # round trip; a device at its cap has no row in dc, and raising below rolls the card back with it.
+        # round trip; a device at its cap has no row in dc, and the division by zero below rolls the card back.
         sql += f", dc AS ({device[0]}) "
         params += device[1]
     # A card issued to a device the upsert did not count divides by zero: the error rolls the whole message
